@@ -1,0 +1,17 @@
+//! Wire types, framing, protocol versions and limits shared by the certfleet
+//! controller, its CLI and its agents.
+//!
+//! This crate owns no sockets and reads no clocks: time always arrives as an
+//! argument (Unix seconds), and byte streams arrive as generic readers. What it
+//! guarantees is that nothing a peer sends can make it panic or allocate more
+//! than the frame limit.
+
+pub mod frame;
+pub mod message;
+pub mod name;
+pub mod secret;
+pub mod version;
+
+pub use frame::{FrameError, DEFAULT_MAX_FRAME};
+pub use secret::Secret;
+pub use version::{VersionRange, ALPN, PROTOCOL};

@@ -1,0 +1,585 @@
+//! The messages exchanged over certfleet connections.
+//!
+//! Every connection starts with [`Hello`] / [`HelloReply`] on its first
+//! bidirectional stream; after that each bidirectional stream carries one
+//! [`Request`] and one [`Response`]. Enum variants are encoded by index, so
+//! new variants go at the end of an enum and nothing is ever reordered.
+//! The serde names below are also the CLI's JSON output (`docs/cli.md`).
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::secret::Secret;
+use crate::version::VersionRange;
+
+/// A point in time, in whole seconds since the Unix epoch. Encoded as an
+/// integer on the wire and as RFC 3339 text in human-readable formats (JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn to_rfc3339(self) -> String {
+        time::OffsetDateTime::from_unix_timestamp(self.0)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| self.0.to_string())
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_rfc3339())
+        } else {
+            s.serialize_i64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            let t =
+                time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                    .map_err(serde::de::Error::custom)?;
+            Ok(Timestamp(t.unix_timestamp()))
+        } else {
+            Ok(Timestamp(i64::deserialize(d)?))
+        }
+    }
+}
+
+/// First message of a connection, from the connecting side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub versions: VersionRange,
+    /// Software name and version, for the controller's records and errors.
+    pub software: String,
+}
+
+/// The controller's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Accepted { version: u16, controller: String },
+    Refused { reason: String },
+}
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "unknown {} {s:?}; expected one of: {}",
+                        stringify!($name),
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// Key algorithm of a certificate or CA.
+    KeyType {
+        EcdsaP256 = "ecdsa-p256",
+        EcdsaP384 = "ecdsa-p384",
+        Rsa2048 = "rsa-2048",
+        Rsa3072 = "rsa-3072",
+        Rsa4096 = "rsa-4096",
+    }
+);
+
+named_enum!(
+    /// Validation level purchased with an instance.
+    ValidationType { Dv = "dv", Ov = "ov", Ev = "ev" }
+);
+
+named_enum!(
+    /// Kind of CA behind an issuer.
+    IssuerKind { Builtin = "builtin", Acme = "acme" }
+);
+
+named_enum!(
+    InstanceState {
+        Unused = "unused",
+        Applying = "applying",
+        Issued = "issued",
+        Expired = "expired",
+        Revoked = "revoked",
+    }
+);
+
+named_enum!(
+    ApplicationState {
+        Pending = "pending",
+        Validating = "validating",
+        Issued = "issued",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+);
+
+named_enum!(
+    CertState {
+        Active = "active",
+        Superseded = "superseded",
+        Revoked = "revoked",
+        Expired = "expired",
+    }
+);
+
+named_enum!(
+    /// RFC 5280 revocation reasons an operator may give.
+    RevocationReason {
+        Unspecified = "unspecified",
+        KeyCompromise = "keyCompromise",
+        Superseded = "superseded",
+        CessationOfOperation = "cessationOfOperation",
+        AffiliationChanged = "affiliationChanged",
+    }
+);
+
+impl RevocationReason {
+    /// The CRLReason code of RFC 5280 §5.3.1.
+    pub fn code(self) -> u8 {
+        match self {
+            RevocationReason::Unspecified => 0,
+            RevocationReason::KeyCompromise => 1,
+            RevocationReason::AffiliationChanged => 3,
+            RevocationReason::Superseded => 4,
+            RevocationReason::CessationOfOperation => 5,
+        }
+    }
+}
+
+impl ApplicationState {
+    /// Whether the application still occupies its instance.
+    pub fn in_flight(self) -> bool {
+        matches!(
+            self,
+            ApplicationState::Pending | ApplicationState::Validating
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerInfo {
+    pub name: String,
+    pub kind: IssuerKind,
+    pub key: KeyType,
+    pub created_at: Timestamp,
+    /// Subject of the CA certificate that signs leaves.
+    pub ca_subject: String,
+    /// SHA-256 of the root certificate (hex).
+    pub root_fingerprint: String,
+    pub crl_url: String,
+}
+
+/// What was purchased: the limits every application on the instance obeys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub issuer: String,
+    pub validation: ValidationType,
+    pub max_domains: u32,
+    pub wildcard: bool,
+    pub validity_days: u32,
+    pub key: KeyType,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub spec: InstanceSpec,
+    pub state: InstanceState,
+    pub created_at: Timestamp,
+    /// The newest application made on this instance.
+    pub application: Option<String>,
+    /// The certificate issued on this instance.
+    pub certificate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplicationInfo {
+    pub id: String,
+    pub instance: String,
+    pub domains: Vec<String>,
+    pub state: ApplicationState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub certificate: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertInfo {
+    pub id: String,
+    pub instance: String,
+    pub issuer: String,
+    pub domains: Vec<String>,
+    /// Serial number, upper-case hex.
+    pub serial: String,
+    /// SHA-256 of the leaf certificate's DER (lower-case hex).
+    pub fingerprint: String,
+    pub key: KeyType,
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+    pub state: CertState,
+    /// The certificate this one renews (its lineage predecessor).
+    pub renews: Option<String>,
+    pub revoked_at: Option<Timestamp>,
+    pub revocation_reason: Option<RevocationReason>,
+    pub leaf_pem: String,
+    pub chain_pem: String,
+}
+
+/// A certificate with its private key, for download or installation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertBundle {
+    pub id: String,
+    /// The leaf certificate.
+    pub leaf_pem: String,
+    /// Intermediates, leaf-side first, without the root.
+    pub chain_pem: String,
+    /// The root that anchors the chain.
+    pub root_pem: String,
+    /// PKCS#8 PEM private key.
+    pub key: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crl {
+    pub issuer: String,
+    pub der: Vec<u8>,
+}
+
+/// A request on an admin connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    IssuerAdd {
+        name: String,
+        kind: IssuerKind,
+        key: KeyType,
+    },
+    IssuerList,
+    InstanceCreate(InstanceSpec),
+    InstanceList,
+    InstanceShow {
+        id: String,
+    },
+    CertApply {
+        instance: String,
+        domains: Vec<String>,
+    },
+    ApplicationShow {
+        id: String,
+    },
+    CertList {
+        expiring_within_secs: Option<i64>,
+    },
+    CertShow {
+        id: String,
+    },
+    CertDownload {
+        id: String,
+    },
+    CertRevoke {
+        id: String,
+        reason: RevocationReason,
+    },
+    CaCrl {
+        issuer: Option<String>,
+    },
+    AuditList {
+        limit: u32,
+    },
+}
+
+/// Broad class of a failed request, so clients can choose exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    NotFound,
+    InvalidArgument,
+    Conflict,
+    PermissionDenied,
+    Unavailable,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Issuer(IssuerInfo),
+    Issuers(Vec<IssuerInfo>),
+    Instance(InstanceInfo),
+    Instances(Vec<InstanceInfo>),
+    Application(ApplicationInfo),
+    Certificate(CertInfo),
+    Certificates(Vec<CertInfo>),
+    Bundle(CertBundle),
+    Crl(Crl),
+    Audit(Vec<AuditEntry>),
+    Error(RpcError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode, encode, DEFAULT_MAX_FRAME};
+
+    fn round_trip<T>(msg: &T)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let bytes = encode(msg, DEFAULT_MAX_FRAME).unwrap();
+        let back: T = decode(&bytes, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(&back, msg);
+    }
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            issuer: "builtin".into(),
+            validation: ValidationType::Dv,
+            max_domains: 3,
+            wildcard: true,
+            validity_days: 90,
+            key: KeyType::EcdsaP384,
+        }
+    }
+
+    fn cert() -> CertInfo {
+        CertInfo {
+            id: "cert-1".into(),
+            instance: "inst-1".into(),
+            issuer: "builtin".into(),
+            domains: vec!["a.example".into(), "127.0.0.1".into()],
+            serial: "0A".into(),
+            fingerprint: "ab".repeat(32),
+            key: KeyType::Rsa2048,
+            not_before: Timestamp(1_700_000_000),
+            not_after: Timestamp(1_800_000_000),
+            state: CertState::Revoked,
+            renews: Some("cert-0".into()),
+            revoked_at: Some(Timestamp(1_750_000_000)),
+            revocation_reason: Some(RevocationReason::KeyCompromise),
+            leaf_pem: "leaf".into(),
+            chain_pem: "chain".into(),
+        }
+    }
+
+    /// One value of every message type; a new variant must be added here.
+    fn all_requests() -> Vec<Request> {
+        vec![
+            Request::IssuerAdd {
+                name: "ca".into(),
+                kind: IssuerKind::Builtin,
+                key: KeyType::EcdsaP256,
+            },
+            Request::IssuerList,
+            Request::InstanceCreate(spec()),
+            Request::InstanceList,
+            Request::InstanceShow { id: "i".into() },
+            Request::CertApply {
+                instance: "i".into(),
+                domains: vec!["x.example".into()],
+            },
+            Request::ApplicationShow { id: "a".into() },
+            Request::CertList {
+                expiring_within_secs: Some(86_400),
+            },
+            Request::CertShow { id: "c".into() },
+            Request::CertDownload { id: "c".into() },
+            Request::CertRevoke {
+                id: "c".into(),
+                reason: RevocationReason::CessationOfOperation,
+            },
+            Request::CaCrl { issuer: None },
+            Request::AuditList { limit: 10 },
+        ]
+    }
+
+    fn all_responses() -> Vec<Response> {
+        let issuer = IssuerInfo {
+            name: "ca".into(),
+            kind: IssuerKind::Builtin,
+            key: KeyType::EcdsaP256,
+            created_at: Timestamp(1),
+            ca_subject: "CN=x".into(),
+            root_fingerprint: "00".into(),
+            crl_url: "http://127.0.0.1/crl".into(),
+        };
+        let instance = InstanceInfo {
+            id: "i".into(),
+            spec: spec(),
+            state: InstanceState::Applying,
+            created_at: Timestamp(2),
+            application: Some("a".into()),
+            certificate: None,
+        };
+        let app = ApplicationInfo {
+            id: "a".into(),
+            instance: "i".into(),
+            domains: vec!["d".into()],
+            state: ApplicationState::Failed,
+            attempts: 2,
+            last_error: Some("no".into()),
+            certificate: None,
+            created_at: Timestamp(3),
+            updated_at: Timestamp(4),
+        };
+        vec![
+            Response::Issuer(issuer.clone()),
+            Response::Issuers(vec![issuer]),
+            Response::Instance(instance.clone()),
+            Response::Instances(vec![instance]),
+            Response::Application(app),
+            Response::Certificate(cert()),
+            Response::Certificates(vec![cert(), cert()]),
+            Response::Bundle(CertBundle {
+                id: "c".into(),
+                leaf_pem: "l".into(),
+                chain_pem: "c".into(),
+                root_pem: "r".into(),
+                key: Secret::new(b"k".to_vec()),
+            }),
+            Response::Crl(Crl {
+                issuer: "ca".into(),
+                der: vec![1, 2, 3],
+            }),
+            Response::Audit(vec![AuditEntry {
+                id: 1,
+                at: Timestamp(5),
+                actor: "admin".into(),
+                action: "cert.revoke".into(),
+                target: "c".into(),
+                outcome: "ok".into(),
+                detail: String::new(),
+            }]),
+            Response::Error(RpcError {
+                kind: ErrorKind::Conflict,
+                message: "busy".into(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        round_trip(&Hello {
+            versions: crate::PROTOCOL,
+            software: "certfleet 0.1.0".into(),
+        });
+        round_trip(&HelloReply::Accepted {
+            version: 0,
+            controller: "x".into(),
+        });
+        round_trip(&HelloReply::Refused { reason: "r".into() });
+        for r in all_requests() {
+            round_trip(&r);
+        }
+        for r in all_responses() {
+            round_trip(&r);
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // Deterministic pseudo-random garbage plus every prefix of real frames.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..512usize {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let _ = decode::<Request>(&bytes, DEFAULT_MAX_FRAME);
+            let _ = crate::frame::decode_body::<Response>(&bytes);
+            let _ = crate::frame::decode_body::<Hello>(&bytes);
+        }
+        for r in all_responses() {
+            let f = encode(&r, DEFAULT_MAX_FRAME).unwrap();
+            for cut in 0..f.len() {
+                assert!(decode::<Response>(&f[..cut], DEFAULT_MAX_FRAME).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn huge_length_inside_body_does_not_allocate() {
+        // A body claiming a vector of u32::MAX elements must fail cleanly.
+        let body = [5u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(crate::frame::decode_body::<Request>(&body).is_err());
+    }
+
+    #[test]
+    fn json_uses_names_and_rfc3339() {
+        let json = serde_json::to_value(cert()).unwrap();
+        assert_eq!(json["state"], "revoked");
+        assert_eq!(json["key"], "rsa-2048");
+        assert_eq!(json["revocation_reason"], "keyCompromise");
+        assert_eq!(json["not_before"], "2023-11-14T22:13:20Z");
+        let back: CertInfo = serde_json::from_value(json).unwrap();
+        assert_eq!(back, cert());
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for k in KeyType::ALL {
+            assert_eq!(k.as_str().parse::<KeyType>().unwrap(), *k);
+        }
+        let err = "rsa-1024".parse::<KeyType>().unwrap_err();
+        assert!(err.contains("ecdsa-p256"), "{err}");
+    }
+}

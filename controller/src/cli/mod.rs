@@ -1,0 +1,495 @@
+//! The `certfleet` command line: `serve` runs the controller; every other
+//! subcommand is a client of a running controller.
+
+mod download;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use certfleet_protocol::message::{
+    ApplicationState, InstanceSpec, IssuerKind, KeyType, Request, Response, RevocationReason,
+    ValidationType,
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::{Client, Credential};
+use crate::clock::SystemClock;
+use crate::server::{self, ServeOptions};
+use output::Output;
+
+const AFTER_HELP: &str = "\
+Quick start:
+  certfleet serve --dev                 # throwaway controller; prints the two exports below
+  export CERTFLEET_CONTROLLER=127.0.0.1:7443
+  export CERTFLEET_CREDENTIAL=/tmp/certfleet-dev-…/admin.credential
+  certfleet instance create --issuer dev --domains 2
+  certfleet cert apply --instance inst-… --domain www.example.test --wait
+  certfleet cert download cert-… --out ./tls";
+
+/// certfleet: TLS certificates from purchase to revocation, across a fleet.
+#[derive(Debug, Parser)]
+#[command(name = "certfleet", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// Controller address (host:port of `certfleet serve`).
+    #[arg(
+        long,
+        global = true,
+        env = "CERTFLEET_CONTROLLER",
+        default_value = "127.0.0.1:7443"
+    )]
+    pub controller: String,
+    /// Admin credential file (written by `certfleet serve` as
+    /// <state-dir>/admin.credential).
+    #[arg(long, global = true, env = "CERTFLEET_CREDENTIAL")]
+    pub credential: Option<PathBuf>,
+    /// Output format. JSON is documented in docs/cli.md and stable.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller.
+    Serve(ServeArgs),
+    /// Certificate authorities to apply to.
+    #[command(subcommand)]
+    Issuer(IssuerCmd),
+    /// Purchased certificate slots.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Apply for, inspect, download and revoke certificates.
+    #[command(subcommand)]
+    Cert(CertCmd),
+    /// Applications to a CA.
+    #[command(subcommand)]
+    Application(ApplicationCmd),
+    /// The built-in CA's revocation list.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Who did what, when.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory for the database, master key and admin credential
+    /// (created with mode 0700).
+    #[arg(long, env = "CERTFLEET_STATE_DIR", required_unless_present = "dev")]
+    pub state_dir: Option<PathBuf>,
+    /// QUIC address for admins and agents.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP address that serves CRLs.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub crl_listen: SocketAddr,
+    /// URL base written into certificates' CRL distribution point
+    /// [default: http://<crl-listen>].
+    #[arg(long)]
+    pub crl_url_base: Option<String>,
+    /// Master key file [default: <state-dir>/master.key, created at first
+    /// start]. Also read from $CREDENTIALS_DIRECTORY/master.key under systemd.
+    #[arg(long)]
+    pub master_key_file: Option<PathBuf>,
+    /// Throwaway controller: temporary state, a built-in issuer named `dev`;
+    /// prints how to point the CLI at it. Everything is deleted on exit.
+    #[arg(long, conflicts_with = "state_dir")]
+    pub dev: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IssuerCmd {
+    /// Add an issuer. `builtin` creates a private root and issuing CA.
+    Add {
+        /// Name used by `instance create --issuer`.
+        name: String,
+        #[arg(long, value_parser = parse_named::<IssuerKind>)]
+        kind: IssuerKind,
+        /// Key type of the CA certificates.
+        #[arg(long, default_value = "ecdsa-p256", value_parser = parse_named::<KeyType>)]
+        key: KeyType,
+    },
+    /// List issuers.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCmd {
+    /// Purchase an instance: a slot for one certificate with a fixed spec.
+    Create {
+        #[arg(long)]
+        issuer: String,
+        /// Validation level.
+        #[arg(long = "type", default_value = "dv", value_parser = parse_named::<ValidationType>)]
+        validation: ValidationType,
+        /// Most names the certificate may carry.
+        #[arg(long, default_value_t = 1)]
+        domains: u32,
+        /// Allow wildcard names (*.example.com).
+        #[arg(long)]
+        wildcard: bool,
+        /// Certificate lifetime in days.
+        #[arg(long, default_value_t = 365)]
+        validity_days: u32,
+        /// Key type of the certificate.
+        #[arg(long, default_value = "ecdsa-p256", value_parser = parse_named::<KeyType>)]
+        key: KeyType,
+    },
+    /// List instances.
+    List,
+    /// Show one instance.
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCmd {
+    /// Apply to the instance's CA for a certificate.
+    Apply {
+        #[arg(long)]
+        instance: String,
+        /// A DNS name (IDN in punycode), a wildcard (*.example.com) or an IP
+        /// address; repeat for more.
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// Wait until the application is issued or failed.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (e.g. 90s, 5m).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// List certificates, soonest expiry first.
+    List {
+        /// Only certificates in service that expire within this period
+        /// (e.g. 30d, 12h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expiring_within: Option<Duration>,
+    },
+    /// Show one certificate.
+    Show { id: String },
+    /// Write a certificate and its private key to a directory.
+    Download {
+        id: String,
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// pem: cert.pem, chain.pem, fullchain.pem, root.pem, privkey.pem
+        /// (0600). pkcs12: cert.p12 (0600).
+        #[arg(long, value_enum, default_value_t = download::BundleFormat::Pem)]
+        format: download::BundleFormat,
+        /// File holding the PKCS#12 password (first line).
+        #[arg(long, required_if_eq("format", "pkcs12"))]
+        password_file: Option<PathBuf>,
+    },
+    /// Revoke a certificate at its CA.
+    Revoke {
+        id: String,
+        #[arg(long, value_parser = parse_named::<RevocationReason>)]
+        reason: RevocationReason,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApplicationCmd {
+    /// Show one application.
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Write an issuer's current CRL to a file.
+    Crl {
+        #[arg(long)]
+        out: PathBuf,
+        /// Issuer name; may be omitted when there is only one.
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long, value_enum, default_value_t = download::CrlFormat::Der)]
+        format: download::CrlFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// The newest audit entries, oldest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+fn parse_named<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> {
+    s.parse()
+}
+
+/// Run the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = Output::new(cli.output);
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        command => {
+            let client = connect(&cli.controller, cli.credential.as_deref()).await?;
+            let r = client_command(&client, command, &out).await;
+            client.close();
+            r
+        }
+    }
+}
+
+async fn connect(controller: &str, credential: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let Some(path) = credential else {
+        bail!(
+            "no credential: pass --credential FILE or set CERTFLEET_CREDENTIAL \
+             (the controller writes <state-dir>/admin.credential at first start)"
+        );
+    };
+    let cred = Credential::load(path)?;
+    let addr = resolve(controller).await?;
+    Client::open(addr, &cred).await
+}
+
+async fn resolve(controller: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = controller.parse() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(controller)
+        .await
+        .with_context(|| {
+            format!("cannot resolve controller address {controller:?} (expected HOST:PORT)")
+        })?
+        .next()
+        .ok_or_else(|| anyhow!("controller address {controller:?} resolves to nothing"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let master_key_file = args.master_key_file.or_else(|| {
+        let p = PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY")?).join("master.key");
+        p.exists().then_some(p)
+    });
+    let mut opts = ServeOptions {
+        state_dir: args.state_dir.clone().unwrap_or_default(),
+        listen: args.listen,
+        crl_listen: args.crl_listen,
+        crl_url_base: args.crl_url_base,
+        master_key_file,
+    };
+    let clock = Arc::new(SystemClock);
+    if !args.dev {
+        return server::run(opts, clock, shutdown_signal()).await;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("certfleet-dev-")
+        .tempdir()
+        .context("cannot create a temporary state directory")?;
+    opts.state_dir = dir.path().to_path_buf();
+    let running = server::start(opts, clock).await?;
+    running
+        .service
+        .issuer_add(
+            "controller".into(),
+            "dev".into(),
+            IssuerKind::Builtin,
+            KeyType::EcdsaP256,
+        )
+        .await
+        .map_err(|e| anyhow!("cannot create the dev issuer: {}", e.to_rpc().message))?;
+    let credential = dir.path().join(server::ADMIN_CREDENTIAL_FILE);
+    println!(
+        "certfleet dev controller listening on {listen} (QUIC), CRLs on {crl}.\n\
+         State lives in {state} and is deleted when this process exits.\n\
+         A built-in issuer named \"dev\" is ready.\n\n\
+         Point the CLI at it (in another shell):\n\n    \
+         export CERTFLEET_CONTROLLER={listen}\n    \
+         export CERTFLEET_CREDENTIAL={cred}\n\n\
+         Then, for example:\n\n    \
+         certfleet instance create --issuer dev --domains 2\n    \
+         certfleet cert apply --instance <instance id> --domain www.example.test --domain 127.0.0.1 --wait\n\n\
+         Press Ctrl-C to stop.",
+        listen = running.runtime.listen,
+        crl = running.runtime.crl_listen,
+        state = dir.path().display(),
+        cred = credential.display(),
+    );
+    shutdown_signal().await;
+    running.stop().await;
+    drop(dir);
+    Ok(())
+}
+
+macro_rules! expect_response {
+    ($resp:expr, $variant:ident) => {
+        match $resp {
+            Response::$variant(v) => v,
+            other => bail!("unexpected response from controller: {other:?}"),
+        }
+    };
+}
+
+async fn client_command(client: &Client, command: Command, out: &Output) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is handled before connecting"),
+        Command::Issuer(IssuerCmd::Add { name, kind, key }) => {
+            let r = client.call(&Request::IssuerAdd { name, kind, key }).await?;
+            out.issuer(&expect_response!(r, Issuer))
+        }
+        Command::Issuer(IssuerCmd::List) => {
+            let r = client.call(&Request::IssuerList).await?;
+            out.issuers(&expect_response!(r, Issuers))
+        }
+        Command::Instance(InstanceCmd::Create {
+            issuer,
+            validation,
+            domains,
+            wildcard,
+            validity_days,
+            key,
+        }) => {
+            let r = client
+                .call(&Request::InstanceCreate(InstanceSpec {
+                    issuer,
+                    validation,
+                    max_domains: domains,
+                    wildcard,
+                    validity_days,
+                    key,
+                }))
+                .await?;
+            out.instance(&expect_response!(r, Instance))
+        }
+        Command::Instance(InstanceCmd::List) => {
+            let r = client.call(&Request::InstanceList).await?;
+            out.instances(&expect_response!(r, Instances))
+        }
+        Command::Instance(InstanceCmd::Show { id }) => {
+            let r = client.call(&Request::InstanceShow { id }).await?;
+            out.instance(&expect_response!(r, Instance))
+        }
+        Command::Cert(CertCmd::Apply {
+            instance,
+            domains,
+            wait,
+            timeout,
+        }) => {
+            let r = client
+                .call(&Request::CertApply { instance, domains })
+                .await?;
+            let mut app = expect_response!(r, Application);
+            if wait {
+                let deadline = tokio::time::Instant::now() + timeout;
+                while app.state.in_flight() {
+                    if tokio::time::Instant::now() >= deadline {
+                        bail!(
+                            "application {} is still {} after {}; follow it with \
+                             `certfleet application show {}`",
+                            app.id,
+                            app.state,
+                            humantime::format_duration(timeout),
+                            app.id
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let r = client
+                        .call(&Request::ApplicationShow { id: app.id.clone() })
+                        .await?;
+                    app = expect_response!(r, Application);
+                }
+            }
+            out.application(&app)?;
+            if app.state == ApplicationState::Failed {
+                bail!(
+                    "application {} failed: {}",
+                    app.id,
+                    app.last_error.as_deref().unwrap_or("no reason given")
+                );
+            }
+            Ok(())
+        }
+        Command::Application(ApplicationCmd::Show { id }) => {
+            let r = client.call(&Request::ApplicationShow { id }).await?;
+            out.application(&expect_response!(r, Application))
+        }
+        Command::Cert(CertCmd::List { expiring_within }) => {
+            let secs = expiring_within.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let r = client
+                .call(&Request::CertList {
+                    expiring_within_secs: secs,
+                })
+                .await?;
+            out.certs(&expect_response!(r, Certificates))
+        }
+        Command::Cert(CertCmd::Show { id }) => {
+            let r = client.call(&Request::CertShow { id }).await?;
+            out.cert(&expect_response!(r, Certificate))
+        }
+        Command::Cert(CertCmd::Download {
+            id,
+            out: dir,
+            format,
+            password_file,
+        }) => {
+            // Read the password before the key is released, so a missing
+            // password file fails without an audit entry for nothing.
+            let password = match (&format, &password_file) {
+                (download::BundleFormat::Pkcs12, Some(p)) => Some(download::read_password(p)?),
+                _ => None,
+            };
+            let r = client.call(&Request::CertDownload { id }).await?;
+            let bundle = expect_response!(r, Bundle);
+            let files = download::write_bundle(
+                &bundle,
+                &dir,
+                format,
+                password.as_ref().map(|p| p.as_str()),
+            )?;
+            out.files(&dir, &files)
+        }
+        Command::Cert(CertCmd::Revoke { id, reason }) => {
+            let r = client.call(&Request::CertRevoke { id, reason }).await?;
+            out.cert(&expect_response!(r, Certificate))
+        }
+        Command::Ca(CaCmd::Crl {
+            out: path,
+            issuer,
+            format,
+        }) => {
+            let r = client.call(&Request::CaCrl { issuer }).await?;
+            let crl = expect_response!(r, Crl);
+            download::write_crl(&crl.der, &path, format)?;
+            out.files(
+                path.parent().unwrap_or(std::path::Path::new(".")),
+                &[path.clone()],
+            )
+        }
+        Command::Audit(AuditCmd::List { limit }) => {
+            let r = client.call(&Request::AuditList { limit }).await?;
+            out.audit(&expect_response!(r, Audit))
+        }
+    }
+}

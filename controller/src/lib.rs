@@ -1,0 +1,15 @@
+//! certfleet controller: the `certfleet` binary's library.
+//!
+//! `serve` runs the controller (store, issuers, QUIC endpoint, CRL endpoint,
+//! reconcilers); every other subcommand is a client of a running controller.
+
+pub mod check;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod identity;
+pub mod issuer;
+pub mod seal;
+pub mod server;
+pub mod service;
+pub mod store;

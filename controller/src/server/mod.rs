@@ -1,0 +1,320 @@
+//! `certfleet serve`: opens the state directory, starts the QUIC endpoint for
+//! admins and agents, the plain-HTTP CRL endpoint and the background
+//! reconcilers, and drains them all on shutdown.
+
+mod crl_http;
+mod rpc;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::client::Credential;
+use crate::clock::Clock;
+use crate::identity::{IdentityCa, Role};
+use crate::seal::MasterKey;
+use crate::service::Service;
+use crate::store::{self, Store};
+
+/// File names inside the state directory.
+pub const DB_FILE: &str = "certfleet.db";
+pub const MASTER_KEY_FILE: &str = "master.key";
+pub const ADMIN_CREDENTIAL_FILE: &str = "admin.credential";
+pub const RUNTIME_FILE: &str = "runtime.json";
+
+const MASTER_KEY_CHECK: &str = "master_key_check";
+const MASTER_KEY_CHECK_AAD: &str = "meta:master-key-check";
+const MASTER_KEY_CHECK_TEXT: &[u8] = b"certfleet master key check v1";
+
+/// How long an admin credential written by the controller stays valid.
+pub const ADMIN_CREDENTIAL_DAYS: i64 = 365;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub crl_listen: SocketAddr,
+    /// Base of the URL written into certificates' CRL distribution point;
+    /// defaults to `http://<crl_listen>`.
+    pub crl_url_base: Option<String>,
+    pub master_key_file: Option<PathBuf>,
+}
+
+/// What a running controller tells the world about itself
+/// (`<state-dir>/runtime.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeInfo {
+    pub listen: SocketAddr,
+    pub crl_listen: SocketAddr,
+    pub crl_url_base: String,
+    pub pid: u32,
+}
+
+/// The opened state directory.
+pub struct State {
+    pub store: Store,
+    pub master: Arc<MasterKey>,
+    pub identity: Arc<IdentityCa>,
+}
+
+fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read state directory {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("state directory {} is not a directory", dir.display());
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        warn!(dir = %dir.display(), "state directory is accessible by other users; chmod 700 it");
+    }
+    Ok(())
+}
+
+/// Open the state directory: database, master key (created at first start,
+/// verified on every later one), identity CA and the first admin credential.
+pub fn open_state(opts: &ServeOptions, clock: &dyn Clock) -> anyhow::Result<State> {
+    ensure_state_dir(&opts.state_dir)?;
+    let key_path = opts
+        .master_key_file
+        .clone()
+        .unwrap_or_else(|| opts.state_dir.join(MASTER_KEY_FILE));
+    let store = Store::open(&opts.state_dir.join(DB_FILE))?;
+    let check = store.call_blocking(|c| store::meta_get(c, MASTER_KEY_CHECK))?;
+    let master = match check {
+        Some(blob) => {
+            let key = MasterKey::load(&key_path)?;
+            key.open(MASTER_KEY_CHECK_AAD, &blob).map_err(|_| {
+                anyhow!(
+                    "master key {} does not match state directory {}: it is not the key this \
+                     controller was initialized with. Restore the original key file, or name it \
+                     with --master-key-file",
+                    key_path.display(),
+                    opts.state_dir.display()
+                )
+            })?;
+            key
+        }
+        None => {
+            let key = if key_path.exists() {
+                MasterKey::load(&key_path)?
+            } else {
+                info!(path = %key_path.display(), "creating master key");
+                MasterKey::create(&key_path)?
+            };
+            let blob = key.seal(MASTER_KEY_CHECK_AAD, MASTER_KEY_CHECK_TEXT)?;
+            store.call_blocking(|c| store::meta_put(c, MASTER_KEY_CHECK, &blob))?;
+            key
+        }
+    };
+
+    let now = clock.now();
+    let existing = store.call_blocking(|c| store::identity_ca_get(c))?;
+    let identity = match existing {
+        Some(row) => IdentityCa::load(&master, &row)?,
+        None => {
+            info!("creating identity CA and the first admin credential");
+            let (ca, row) = IdentityCa::create(&master, now)?;
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let issued = ca.issue_client(
+                Role::Admin,
+                "admin",
+                &key,
+                now,
+                time::Duration::days(ADMIN_CREDENTIAL_DAYS),
+            )?;
+            let ts = now.unix_timestamp();
+            store.call_blocking(|c| -> anyhow::Result<()> {
+                let tx = c.transaction()?;
+                store::identity_ca_put(&tx, &row, ts)?;
+                store::credential_insert(
+                    &tx,
+                    &store::CredentialRow {
+                        serial: issued.serial.clone(),
+                        role: Role::Admin.as_str().into(),
+                        subject: "admin".into(),
+                        not_after: issued.not_after,
+                        revoked_at: None,
+                    },
+                    ts,
+                )?;
+                store::audit_insert(
+                    &tx,
+                    ts,
+                    &store::AuditRecord {
+                        actor: "controller",
+                        action: "admin.credential.create",
+                        target: "admin",
+                        outcome: "ok",
+                        detail: &format!("serial={} file={ADMIN_CREDENTIAL_FILE}", issued.serial),
+                    },
+                )?;
+                tx.commit()?;
+                Ok(())
+            })?;
+            Credential::write_pem(
+                &opts.state_dir.join(ADMIN_CREDENTIAL_FILE),
+                &issued.cert_pem,
+                ca.cert_pem(),
+                &key.serialize_pem(),
+            )?;
+            ca
+        }
+    };
+    Ok(State {
+        store,
+        master: Arc::new(master),
+        identity: Arc::new(identity),
+    })
+}
+
+fn write_runtime(dir: &Path, info: &RuntimeInfo) -> anyhow::Result<()> {
+    let tmp = dir.join(format!("{RUNTIME_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(info)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(RUNTIME_FILE))
+        .with_context(|| format!("cannot write {}", dir.join(RUNTIME_FILE).display()))?;
+    Ok(())
+}
+
+/// A controller whose sockets are bound and whose tasks are running.
+pub struct Running {
+    pub runtime: RuntimeInfo,
+    pub service: Arc<Service>,
+    shutdown: watch::Sender<bool>,
+    endpoint: quinn::Endpoint,
+    tasks: tokio::task::JoinSet<()>,
+    state_dir: PathBuf,
+}
+
+impl Running {
+    /// Stop accepting, close connections, and wait (briefly) for tasks.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"controller shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_file(self.state_dir.join(RUNTIME_FILE));
+        info!("controller stopped");
+    }
+}
+
+/// Open the state, bind the sockets and start every task.
+pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    let state = {
+        let opts = opts.clone();
+        let clock = clock.clone();
+        tokio::task::spawn_blocking(move || open_state(&opts, clock.as_ref())).await??
+    };
+
+    let tls = state.identity.server_tls(clock.now())?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
+    transport.max_concurrent_bidi_streams(256u32.into());
+    server_config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(server_config, opts.listen).with_context(|| {
+        format!(
+            "cannot listen on {} (UDP); is another controller running? choose another --listen",
+            opts.listen
+        )
+    })?;
+    let listen = endpoint.local_addr()?;
+    let crl_listener = tokio::net::TcpListener::bind(opts.crl_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (TCP) for the CRL endpoint; choose another --crl-listen",
+                opts.crl_listen
+            )
+        })?;
+    let crl_listen = crl_listener.local_addr()?;
+    let crl_url_base = opts
+        .crl_url_base
+        .clone()
+        .unwrap_or_else(|| format!("http://{crl_listen}"));
+
+    let (service, app_rx) = Service::new(
+        state.store.clone(),
+        state.master.clone(),
+        clock.clone(),
+        crl_url_base.clone(),
+    );
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(service.clone().run_applications(app_rx));
+    tasks.spawn(crl_http::serve(
+        crl_listener,
+        service.clone(),
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(expiry_loop(service.clone(), shutdown_rx.clone()));
+    let ctx = Arc::new(rpc::Ctx {
+        service: service.clone(),
+        store: state.store.clone(),
+        identity: state.identity.clone(),
+    });
+    tasks.spawn(rpc::accept_loop(endpoint.clone(), ctx, shutdown_rx));
+
+    let runtime = RuntimeInfo {
+        listen,
+        crl_listen,
+        crl_url_base,
+        pid: std::process::id(),
+    };
+    write_runtime(&opts.state_dir, &runtime)?;
+    info!(%listen, %crl_listen, state_dir = %opts.state_dir.display(), "controller listening");
+    Ok(Running {
+        runtime,
+        service,
+        shutdown,
+        endpoint,
+        tasks,
+        state_dir: opts.state_dir,
+    })
+}
+
+/// Run a controller until `shutdown` resolves.
+pub async fn run(
+    opts: ServeOptions,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let running = start(opts, clock).await?;
+    shutdown.await;
+    info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+/// Marks certificates past their expiry, every minute.
+async fn expiry_loop(service: Arc<Service>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match service.expire().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(count = n, "certificates expired"),
+                    Err(e) => warn!(error = %e, "expiry pass failed"),
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}

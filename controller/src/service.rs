@@ -1,0 +1,931 @@
+//! The certificate lifecycle: issuers, instances, applications, certificates,
+//! revocation and the audit log.
+//!
+//! Each operation validates its input completely before touching the store,
+//! then makes its state transition and its audit record in one transaction,
+//! so an operator action is recorded exactly when it takes effect and a
+//! refused one changes nothing. Applications are processed by a background
+//! worker from their stored state, so a controller restart resumes them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use certfleet_protocol::message::{
+    ApplicationInfo, ApplicationState, AuditEntry, CertBundle, CertInfo, CertState, Crl, ErrorKind,
+    InstanceInfo, InstanceSpec, InstanceState, IssuerInfo, IssuerKind, KeyType, RevocationReason,
+    RpcError, Timestamp,
+};
+use certfleet_protocol::name::{self, SubjectName};
+use certfleet_protocol::Secret;
+use rusqlite::Connection;
+use time::{Duration, OffsetDateTime};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::check;
+use crate::clock::Clock;
+use crate::identity::pem_to_der;
+use crate::issuer::builtin::{self, BuiltinCa};
+use crate::issuer::generate_key;
+use crate::seal::MasterKey;
+use crate::store::{self, AuditRecord, CertRow, IssuerRow, Store, StoreError};
+
+/// Longest validity the built-in CA issues.
+pub const MAX_VALIDITY_DAYS: u32 = 3650;
+/// Most names one instance may cover.
+pub const MAX_DOMAINS: u32 = 100;
+/// A CRL older than this is re-signed before it is served.
+const CRL_REFRESH: Duration = Duration::hours(24);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for ServiceError {
+    fn from(e: rusqlite::Error) -> Self {
+        ServiceError::Store(StoreError::Sqlite(e))
+    }
+}
+
+impl ServiceError {
+    pub fn to_rpc(&self) -> RpcError {
+        let kind = match self {
+            ServiceError::NotFound { .. } => ErrorKind::NotFound,
+            ServiceError::Invalid(_) => ErrorKind::InvalidArgument,
+            ServiceError::Conflict(_) => ErrorKind::Conflict,
+            ServiceError::Internal(_) | ServiceError::Store(_) => ErrorKind::Internal,
+        };
+        let message = match self {
+            ServiceError::Store(e) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    text.push_str(": ");
+                    text.push_str(&s.to_string());
+                    source = s.source();
+                }
+                text
+            }
+            other => other.to_string(),
+        };
+        RpcError { kind, message }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(e.to_string())
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+pub struct Service {
+    store: Store,
+    master: Arc<MasterKey>,
+    clock: Arc<dyn Clock>,
+    crl_url_base: String,
+    applications: mpsc::UnboundedSender<String>,
+}
+
+fn key_aad(cert_id: &str) -> String {
+    format!("cert:{cert_id}")
+}
+
+fn issuer_key_aad(name: &str) -> String {
+    format!("issuer:{name}")
+}
+
+fn validate_issuer_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(format!(
+            "issuer name {name:?} is invalid: use 1-63 lower-case letters, digits, '-' or '_', \
+             starting with a letter or digit"
+        )))
+    }
+}
+
+impl Service {
+    /// Start the service; returns it with the receiver its application
+    /// worker must be given (see [`Service::run_applications`]).
+    pub fn new(
+        store: Store,
+        master: Arc<MasterKey>,
+        clock: Arc<dyn Clock>,
+        crl_url_base: String,
+    ) -> (Arc<Service>, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Service {
+                store,
+                master,
+                clock,
+                crl_url_base: crl_url_base.trim_end_matches('/').to_string(),
+                applications: tx,
+            }),
+            rx,
+        )
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    fn crl_url(&self, issuer: &str) -> String {
+        format!("{}/crl/{issuer}.crl", self.crl_url_base)
+    }
+
+    /// Record an operator action that was refused or failed. Successful
+    /// actions are recorded inside their own transaction.
+    pub async fn audit_failure(
+        &self,
+        actor: String,
+        action: &'static str,
+        target: String,
+        err: &ServiceError,
+    ) {
+        let at = self.now().unix_timestamp();
+        let outcome = format!("refused: {}", err.to_rpc().message);
+        let r = self
+            .store
+            .call(move |c| {
+                store::audit_insert(
+                    c,
+                    at,
+                    &AuditRecord {
+                        actor: &actor,
+                        action,
+                        target: &target,
+                        outcome: &outcome,
+                        detail: "",
+                    },
+                )
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "could not write audit record");
+        }
+    }
+
+    fn issuer_info(&self, row: &IssuerRow) -> IssuerInfo {
+        let (ca_subject, root_fingerprint) = pem_to_der(&row.ca_pem)
+            .and_then(|ca| {
+                let (_, x) = x509_parser::parse_x509_certificate(&ca).ok()?;
+                let root = pem_to_der(&row.root_pem)?;
+                Some((x.subject().to_string(), check::fingerprint(&root)))
+            })
+            .unwrap_or_default();
+        IssuerInfo {
+            name: row.name.clone(),
+            kind: row.kind,
+            key: row.key,
+            created_at: Timestamp(row.created_at),
+            ca_subject,
+            root_fingerprint,
+            crl_url: self.crl_url(&row.name),
+        }
+    }
+
+    // ------------------------------------------------------------ issuers
+
+    pub async fn issuer_add(
+        &self,
+        actor: String,
+        name: String,
+        kind: IssuerKind,
+        key: KeyType,
+    ) -> Result<IssuerInfo> {
+        validate_issuer_name(&name)?;
+        if kind != IssuerKind::Builtin {
+            return Err(ServiceError::Invalid(format!(
+                "issuer kind {kind} is not supported by this controller; use --kind builtin"
+            )));
+        }
+        let exists = {
+            let name = name.clone();
+            self.store
+                .call(move |c| store::issuer_get(c, &name))
+                .await?
+                .is_some()
+        };
+        if exists {
+            return Err(ServiceError::Conflict(format!(
+                "issuer {name:?} already exists"
+            )));
+        }
+        let now = self.now();
+        let new = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || builtin::create(&name, key, now))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
+        let row = IssuerRow {
+            name: name.clone(),
+            kind,
+            key,
+            root_pem: new.root_pem,
+            ca_pem: new.ca_pem,
+            ca_key_sealed: self
+                .master
+                .seal(&issuer_key_aad(&name), &new.ca_key_pkcs8)
+                .map_err(internal)?,
+            crl_number: 0,
+            crl_der: None,
+            crl_at: None,
+            created_at: now.unix_timestamp(),
+        };
+        let info = self.issuer_info(&row);
+        self.store
+            .call(move |c| -> Result<()> {
+                let tx = c.transaction()?;
+                if store::issuer_get(&tx, &row.name)?.is_some() {
+                    return Err(ServiceError::Conflict(format!(
+                        "issuer {:?} already exists",
+                        row.name
+                    )));
+                }
+                store::issuer_insert(&tx, &row)?;
+                store::audit_insert(
+                    &tx,
+                    row.created_at,
+                    &AuditRecord {
+                        actor: &actor,
+                        action: "issuer.add",
+                        target: &row.name,
+                        outcome: "ok",
+                        detail: &format!("kind={} key={}", row.kind, row.key),
+                    },
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        info!(issuer = %info.name, "issuer added");
+        Ok(info)
+    }
+
+    pub async fn issuer_list(&self) -> Result<Vec<IssuerInfo>> {
+        let rows = self.store.call(|c| store::issuer_list(c)).await?;
+        Ok(rows.iter().map(|r| self.issuer_info(r)).collect())
+    }
+
+    // ------------------------------------------------------------ instances
+
+    pub async fn instance_create(&self, actor: String, spec: InstanceSpec) -> Result<InstanceInfo> {
+        if spec.max_domains == 0 || spec.max_domains > MAX_DOMAINS {
+            return Err(ServiceError::Invalid(format!(
+                "--domains must be between 1 and {MAX_DOMAINS}, not {}",
+                spec.max_domains
+            )));
+        }
+        if spec.validity_days == 0 || spec.validity_days > MAX_VALIDITY_DAYS {
+            return Err(ServiceError::Invalid(format!(
+                "--validity-days must be between 1 and {MAX_VALIDITY_DAYS}, not {}",
+                spec.validity_days
+            )));
+        }
+        let now = self.now().unix_timestamp();
+        let instance = InstanceInfo {
+            id: store::new_id("inst"),
+            spec,
+            state: InstanceState::Unused,
+            created_at: Timestamp(now),
+            application: None,
+            certificate: None,
+        };
+        let out = instance.clone();
+        self.store
+            .call(move |c| -> Result<()> {
+                let tx = c.transaction()?;
+                if store::issuer_get(&tx, &instance.spec.issuer)?.is_none() {
+                    return Err(ServiceError::NotFound {
+                        what: "issuer",
+                        id: instance.spec.issuer.clone(),
+                    });
+                }
+                store::instance_insert(&tx, &instance)?;
+                let s = &instance.spec;
+                store::audit_insert(
+                    &tx,
+                    now,
+                    &AuditRecord {
+                        actor: &actor,
+                        action: "instance.create",
+                        target: &instance.id,
+                        outcome: "ok",
+                        detail: &format!(
+                            "issuer={} type={} domains={} wildcard={} validity_days={} key={}",
+                            s.issuer,
+                            s.validation,
+                            s.max_domains,
+                            s.wildcard,
+                            s.validity_days,
+                            s.key
+                        ),
+                    },
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(out)
+    }
+
+    pub async fn instance_list(&self) -> Result<Vec<InstanceInfo>> {
+        Ok(self.store.call(|c| store::instance_list(c)).await?)
+    }
+
+    pub async fn instance_show(&self, id: String) -> Result<InstanceInfo> {
+        self.store
+            .call(move |c| {
+                store::instance_get(c, &id)?.ok_or(ServiceError::NotFound {
+                    what: "instance",
+                    id,
+                })
+            })
+            .await
+    }
+
+    // ------------------------------------------------------------ applications
+
+    /// Check requested names against an instance's quota; returns them
+    /// normalized and de-duplicated, in the order given.
+    fn check_names(
+        spec: &InstanceSpec,
+        instance: &str,
+        domains: &[String],
+    ) -> Result<Vec<SubjectName>> {
+        if domains.is_empty() {
+            return Err(ServiceError::Invalid(
+                "give at least one --domain".to_string(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        let mut names = Vec::new();
+        for d in domains {
+            let n = name::parse(d).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            if n.is_wildcard() && !spec.wildcard {
+                return Err(ServiceError::Invalid(format!(
+                    "{n} is a wildcard but instance {instance} was not purchased with --wildcard"
+                )));
+            }
+            if seen.insert(n.clone()) {
+                names.push(n);
+            }
+        }
+        if names.len() > spec.max_domains as usize {
+            return Err(ServiceError::Invalid(format!(
+                "{} names requested but instance {instance} allows at most {}",
+                names.len(),
+                spec.max_domains
+            )));
+        }
+        Ok(names)
+    }
+
+    pub async fn cert_apply(
+        &self,
+        actor: String,
+        instance_id: String,
+        domains: Vec<String>,
+    ) -> Result<ApplicationInfo> {
+        let now = self.now().unix_timestamp();
+        let app_id = store::new_id("app");
+        let app = self
+            .store
+            .call(move |c| -> Result<ApplicationInfo> {
+                let tx = c.transaction()?;
+                let instance = store::instance_get(&tx, &instance_id)?.ok_or_else(|| {
+                    ServiceError::NotFound {
+                        what: "instance",
+                        id: instance_id.clone(),
+                    }
+                })?;
+                let names = Self::check_names(&instance.spec, &instance.id, &domains)?;
+                match instance.state {
+                    InstanceState::Unused => {}
+                    InstanceState::Applying => {
+                        return Err(ServiceError::Conflict(format!(
+                            "instance {} already has application {} in flight; wait for it \
+                             (certfleet application show {0}) before applying again",
+                            instance.id,
+                            instance.application.as_deref().unwrap_or("?")
+                        )))
+                    }
+                    other => {
+                        return Err(ServiceError::Conflict(format!(
+                            "instance {} is {other} (certificate {}); an instance holds one \
+                             certificate — create a new instance to apply again",
+                            instance.id,
+                            instance.certificate.as_deref().unwrap_or("-")
+                        )))
+                    }
+                }
+                let app = ApplicationInfo {
+                    id: app_id,
+                    instance: instance.id.clone(),
+                    domains: names.iter().map(ToString::to_string).collect(),
+                    state: ApplicationState::Pending,
+                    attempts: 0,
+                    last_error: None,
+                    certificate: None,
+                    created_at: Timestamp(now),
+                    updated_at: Timestamp(now),
+                };
+                store::application_insert(&tx, &app)?;
+                store::instance_update(
+                    &tx,
+                    &instance.id,
+                    InstanceState::Applying,
+                    Some(&app.id),
+                    None,
+                )?;
+                store::audit_insert(
+                    &tx,
+                    now,
+                    &AuditRecord {
+                        actor: &actor,
+                        action: "cert.apply",
+                        target: &instance.id,
+                        outcome: "ok",
+                        detail: &format!(
+                            "application={} domains={}",
+                            app.id,
+                            app.domains.join(",")
+                        ),
+                    },
+                )?;
+                tx.commit()?;
+                Ok(app)
+            })
+            .await?;
+        // The worker may have stopped only during shutdown; the application
+        // is stored and resumes at the next start.
+        let _ = self.applications.send(app.id.clone());
+        Ok(app)
+    }
+
+    pub async fn application_show(&self, id: String) -> Result<ApplicationInfo> {
+        self.store
+            .call(move |c| {
+                store::application_get(c, &id)?.ok_or(ServiceError::NotFound {
+                    what: "application",
+                    id,
+                })
+            })
+            .await
+    }
+
+    /// Process applications as they arrive, after resuming those a previous
+    /// run left in flight.
+    pub async fn run_applications(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
+        match self.store.call(|c| store::applications_in_flight(c)).await {
+            Ok(apps) => {
+                for a in apps {
+                    info!(application = %a.id, state = %a.state, "resuming application");
+                    self.process_application(&a.id).await;
+                }
+            }
+            Err(e) => warn!(error = %e, "could not list applications to resume"),
+        }
+        while let Some(id) = rx.recv().await {
+            self.process_application(&id).await;
+        }
+    }
+
+    async fn process_application(&self, id: &str) {
+        if let Err(e) = self.try_process_application(id).await {
+            let message = e.to_rpc().message;
+            warn!(application = %id, error = %message, "application failed");
+            let app_id = id.to_string();
+            let now = self.now().unix_timestamp();
+            let r = self
+                .store
+                .call(move |c| -> Result<()> {
+                    let tx = c.transaction()?;
+                    let Some(mut app) = store::application_get(&tx, &app_id)? else {
+                        return Ok(());
+                    };
+                    if !app.state.in_flight() {
+                        return Ok(());
+                    }
+                    app.state = ApplicationState::Failed;
+                    app.last_error = Some(message.clone());
+                    app.updated_at = Timestamp(now);
+                    store::application_update(&tx, &app)?;
+                    store::instance_update(
+                        &tx,
+                        &app.instance,
+                        InstanceState::Unused,
+                        Some(&app.id),
+                        None,
+                    )?;
+                    store::audit_insert(
+                        &tx,
+                        now,
+                        &AuditRecord {
+                            actor: "controller",
+                            action: "cert.issue",
+                            target: &app.instance,
+                            outcome: "failed",
+                            detail: &format!("application={} error={message}", app.id),
+                        },
+                    )?;
+                    tx.commit()?;
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                warn!(application = %id, error = %e, "could not record application failure");
+            }
+        }
+    }
+
+    async fn try_process_application(&self, id: &str) -> Result<()> {
+        let now = self.now();
+        let id_owned = id.to_string();
+        let loaded = self
+            .store
+            .call(
+                move |c| -> Result<Option<(ApplicationInfo, InstanceInfo, IssuerRow)>> {
+                    let tx = c.transaction()?;
+                    let Some(mut app) = store::application_get(&tx, &id_owned)? else {
+                        return Ok(None);
+                    };
+                    if !app.state.in_flight() {
+                        return Ok(None);
+                    }
+                    let instance = store::instance_get(&tx, &app.instance)?
+                        .ok_or_else(|| internal(format!("instance {} vanished", app.instance)))?;
+                    let issuer =
+                        store::issuer_get(&tx, &instance.spec.issuer)?.ok_or_else(|| {
+                            internal(format!("issuer {} vanished", instance.spec.issuer))
+                        })?;
+                    app.state = ApplicationState::Validating;
+                    app.attempts += 1;
+                    app.updated_at = Timestamp(now.unix_timestamp());
+                    store::application_update(&tx, &app)?;
+                    tx.commit()?;
+                    Ok(Some((app, instance, issuer)))
+                },
+            )
+            .await?;
+        let Some((app, instance, issuer)) = loaded else {
+            return Ok(());
+        };
+
+        let names: Vec<SubjectName> = app
+            .domains
+            .iter()
+            .map(|d| name::parse(d).map_err(|e| internal(e.to_string())))
+            .collect::<Result<_>>()?;
+        let ca_key = self
+            .master
+            .open(&issuer_key_aad(&issuer.name), &issuer.ca_key_sealed)
+            .map_err(internal)?;
+        let crl_url = self.crl_url(&issuer.name);
+        let spec = instance.spec.clone();
+        let issuer_for_issue = issuer.clone();
+        let (leaf, key) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let ca = BuiltinCa::load(issuer_for_issue.key, &issuer_for_issue.ca_pem, &ca_key)
+                .map_err(internal)?;
+            let key = generate_key(spec.key).map_err(internal)?;
+            let leaf = ca
+                .issue(
+                    &names,
+                    &key,
+                    Duration::days(i64::from(spec.validity_days)),
+                    &crl_url,
+                    now,
+                )
+                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            Ok((leaf, key))
+        })
+        .await
+        .map_err(internal)??;
+
+        let names: Vec<SubjectName> = app
+            .domains
+            .iter()
+            .map(|d| name::parse(d).map_err(internal))
+            .collect::<Result<_>>()?;
+        let ca_der = pem_to_der(&issuer.ca_pem).ok_or_else(|| internal("stored CA unreadable"))?;
+        let root_der =
+            pem_to_der(&issuer.root_pem).ok_or_else(|| internal("stored root unreadable"))?;
+        let checked = check::check_issued(
+            &leaf.der,
+            std::slice::from_ref(&ca_der),
+            &root_der,
+            &key,
+            &names,
+            now.unix_timestamp(),
+        )
+        .map_err(|e| internal(format!("issued certificate failed its checks: {e}")))?;
+
+        let cert_id = store::new_id("cert");
+        let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+        let key_sealed = self
+            .master
+            .seal(&key_aad(&cert_id), key_pem.as_bytes())
+            .map_err(internal)?;
+        let row = CertRow {
+            info: CertInfo {
+                id: cert_id,
+                instance: instance.id.clone(),
+                issuer: issuer.name.clone(),
+                domains: app.domains.clone(),
+                serial: checked.serial,
+                fingerprint: checked.fingerprint,
+                key: instance.spec.key,
+                not_before: Timestamp(checked.not_before),
+                not_after: Timestamp(checked.not_after),
+                state: CertState::Active,
+                renews: None,
+                revoked_at: None,
+                revocation_reason: None,
+                leaf_pem: leaf.pem,
+                chain_pem: issuer.ca_pem.clone(),
+            },
+            application: app.id.clone(),
+            key_sealed,
+        };
+        let at = now.unix_timestamp();
+        self.store
+            .call(move |c| -> Result<()> {
+                let tx = c.transaction()?;
+                let Some(mut app) = store::application_get(&tx, &row.application)? else {
+                    return Ok(());
+                };
+                if !app.state.in_flight() {
+                    // Cancelled meanwhile: discard the certificate.
+                    return Ok(());
+                }
+                store::cert_insert(&tx, &row, at)?;
+                app.state = ApplicationState::Issued;
+                app.certificate = Some(row.info.id.clone());
+                app.last_error = None;
+                app.updated_at = Timestamp(at);
+                store::application_update(&tx, &app)?;
+                store::instance_update(
+                    &tx,
+                    &app.instance,
+                    InstanceState::Issued,
+                    Some(&app.id),
+                    Some(&row.info.id),
+                )?;
+                store::audit_insert(
+                    &tx,
+                    at,
+                    &AuditRecord {
+                        actor: "controller",
+                        action: "cert.issue",
+                        target: &row.info.id,
+                        outcome: "ok",
+                        detail: &format!(
+                            "application={} serial={} not_after={}",
+                            app.id, row.info.serial, row.info.not_after
+                        ),
+                    },
+                )?;
+                tx.commit()?;
+                info!(certificate = %row.info.id, serial = %row.info.serial, "certificate issued");
+                Ok(())
+            })
+            .await
+    }
+
+    // ------------------------------------------------------------ certificates
+
+    pub async fn cert_list(&self, expiring_within: Option<i64>) -> Result<Vec<CertInfo>> {
+        let before = expiring_within.map(|s| self.now().unix_timestamp().saturating_add(s));
+        let rows = self
+            .store
+            .call(move |c| store::cert_list(c, before))
+            .await?;
+        Ok(rows.into_iter().map(|r| r.info).collect())
+    }
+
+    async fn cert_row(&self, id: String) -> Result<CertRow> {
+        self.store
+            .call(move |c| {
+                store::cert_get(c, &id)?.ok_or(ServiceError::NotFound {
+                    what: "certificate",
+                    id,
+                })
+            })
+            .await
+    }
+
+    pub async fn cert_show(&self, id: String) -> Result<CertInfo> {
+        Ok(self.cert_row(id).await?.info)
+    }
+
+    /// Release a certificate's private key. The release is audited before
+    /// the key leaves this function.
+    pub async fn cert_download(&self, actor: String, id: String) -> Result<CertBundle> {
+        let row = self.cert_row(id).await?;
+        let issuer_name = row.info.issuer.clone();
+        let issuer = self
+            .store
+            .call(move |c| store::issuer_get(c, &issuer_name))
+            .await?
+            .ok_or_else(|| internal("issuer of certificate vanished"))?;
+        let key = self
+            .master
+            .open(&key_aad(&row.info.id), &row.key_sealed)
+            .map_err(|e| internal(format!("private key of {}: {e}", row.info.id)))?;
+        let at = self.now().unix_timestamp();
+        let cert_id = row.info.id.clone();
+        self.store
+            .call(move |c| {
+                store::audit_insert(
+                    c,
+                    at,
+                    &AuditRecord {
+                        actor: &actor,
+                        action: "key.release",
+                        target: &cert_id,
+                        outcome: "ok",
+                        detail: "cert download",
+                    },
+                )
+            })
+            .await?;
+        Ok(CertBundle {
+            id: row.info.id,
+            leaf_pem: row.info.leaf_pem,
+            chain_pem: row.info.chain_pem,
+            root_pem: issuer.root_pem,
+            key: Secret::new(key.to_vec()),
+        })
+    }
+
+    pub async fn cert_revoke(
+        &self,
+        actor: String,
+        id: String,
+        reason: RevocationReason,
+    ) -> Result<CertInfo> {
+        let now = self.now();
+        let master = self.master.clone();
+        self.store
+            .call(move |c| -> Result<CertInfo> {
+                let tx = c.transaction()?;
+                let row = store::cert_get(&tx, &id)?.ok_or_else(|| ServiceError::NotFound {
+                    what: "certificate",
+                    id: id.clone(),
+                })?;
+                if row.info.state == CertState::Revoked {
+                    return Err(ServiceError::Conflict(format!(
+                        "certificate {id} was already revoked at {} (reason {})",
+                        row.info
+                            .revoked_at
+                            .map(|t| t.to_string())
+                            .unwrap_or_default(),
+                        row.info
+                            .revocation_reason
+                            .map(|r| r.as_str())
+                            .unwrap_or("unspecified")
+                    )));
+                }
+                let at = now.unix_timestamp();
+                store::cert_revoke(&tx, &id, at, reason)?;
+                store::instance_update(
+                    &tx,
+                    &row.info.instance,
+                    InstanceState::Revoked,
+                    Some(&row.application),
+                    Some(&id),
+                )?;
+                store::audit_insert(
+                    &tx,
+                    at,
+                    &AuditRecord {
+                        actor: &actor,
+                        action: "cert.revoke",
+                        target: &id,
+                        outcome: "ok",
+                        detail: &format!("serial={} reason={reason}", row.info.serial),
+                    },
+                )?;
+                regenerate_crl(&tx, &master, &row.info.issuer, now)?;
+                tx.commit()?;
+                let mut info = row.info;
+                info.state = CertState::Revoked;
+                info.revoked_at = Some(Timestamp(at));
+                info.revocation_reason = Some(reason);
+                Ok(info)
+            })
+            .await
+    }
+
+    /// The current CRL of an issuer (the only built-in one when `issuer` is
+    /// not given), re-signed when it is older than a day.
+    pub async fn crl(&self, issuer: Option<String>) -> Result<Crl> {
+        let now = self.now();
+        let master = self.master.clone();
+        self.store
+            .call(move |c| -> Result<Crl> {
+                let tx = c.transaction()?;
+                let name = match issuer {
+                    Some(n) => n,
+                    None => {
+                        let all = store::issuer_list(&tx)?;
+                        match all.as_slice() {
+                            [one] => one.name.clone(),
+                            [] => {
+                                return Err(ServiceError::Invalid(
+                                    "no issuers yet; add one with `certfleet issuer add`".into(),
+                                ))
+                            }
+                            many => {
+                                return Err(ServiceError::Invalid(format!(
+                                    "several issuers exist ({}); choose one with --issuer",
+                                    many.iter()
+                                        .map(|i| i.name.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )))
+                            }
+                        }
+                    }
+                };
+                let row = store::issuer_get(&tx, &name)?.ok_or_else(|| ServiceError::NotFound {
+                    what: "issuer",
+                    id: name.clone(),
+                })?;
+                let fresh = match (&row.crl_der, row.crl_at) {
+                    (Some(der), Some(at)) if at > (now - CRL_REFRESH).unix_timestamp() => {
+                        Some(der.clone())
+                    }
+                    _ => None,
+                };
+                let der = match fresh {
+                    Some(der) => der,
+                    None => {
+                        let der = regenerate_crl(&tx, &master, &name, now)?;
+                        tx.commit()?;
+                        der
+                    }
+                };
+                Ok(Crl { issuer: name, der })
+            })
+            .await
+    }
+
+    pub async fn audit_list(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .store
+            .call(move |c| store::audit_list(c, limit))
+            .await?)
+    }
+
+    /// Mark certificates past their expiry. Idempotent; run periodically.
+    pub async fn expire(&self) -> Result<usize> {
+        let now = self.now().unix_timestamp();
+        Ok(self
+            .store
+            .call(move |c| store::expire_certificates(c, now))
+            .await?)
+    }
+}
+
+/// Sign and store a new CRL for `issuer` inside the caller's transaction.
+fn regenerate_crl(
+    conn: &Connection,
+    master: &MasterKey,
+    issuer: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<u8>> {
+    let row = store::issuer_get(conn, issuer)?.ok_or_else(|| ServiceError::NotFound {
+        what: "issuer",
+        id: issuer.to_string(),
+    })?;
+    let key = master
+        .open(&issuer_key_aad(issuer), &row.ca_key_sealed)
+        .map_err(internal)?;
+    let ca = BuiltinCa::load(row.key, &row.ca_pem, &key).map_err(internal)?;
+    let revoked = store::revoked_of_issuer(conn, issuer)?;
+    let number = row.crl_number + 1;
+    let der = ca.crl(&revoked, number, now).map_err(internal)?;
+    store::issuer_set_crl(conn, issuer, number, &der, now.unix_timestamp())?;
+    Ok(der)
+}

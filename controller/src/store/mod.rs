@@ -1,0 +1,717 @@
+//! The controller's store: SQLite in WAL mode behind one connection.
+//!
+//! One connection means one writer; every state transition is one
+//! transaction. The connection is only used from blocking threads
+//! ([`Store::call`]), so SQLite work never stalls the async runtime. Rows are
+//! mapped to the protocol's types, which are also the controller's nouns.
+//! Private keys arrive here already sealed (`seal.rs`).
+
+mod migrations;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use certfleet_protocol::message::{
+    ApplicationInfo, AuditEntry, CertInfo, CertState, InstanceInfo, InstanceSpec, InstanceState,
+    IssuerKind, KeyType, RevocationReason, Timestamp, ValidationType,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+pub use rusqlite::Connection as Conn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database is newer than this build (schema {found}, this build knows {known}); upgrade certfleet")]
+    TooNew { found: i64, known: i64 },
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("database worker stopped")]
+    Worker,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and bring its schema
+    /// up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Run `f` with the connection on a blocking thread.
+    pub async fn call<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic inside a previous transaction;
+            // SQLite rolled that transaction back, so the connection is usable.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|_| E::from(StoreError::Worker))?
+    }
+
+    /// Run `f` synchronously (startup, tests).
+    pub fn call_blocking<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = migrations::MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::TooNew {
+            found: current,
+            known,
+        });
+    }
+    for (i, sql) in migrations::MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(current as usize)
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// A new random identifier with a readable prefix, like `cert-5f1c…`.
+pub fn new_id(prefix: &str) -> String {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    // The system RNG failing leaves no safe way to continue issuing ids.
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system random number generator");
+    format!("{prefix}-{}", hex::encode(bytes))
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(s: String) -> Result<T, rusqlite::Error> {
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn json_list(s: String) -> Result<Vec<String>, rusqlite::Error> {
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn to_json(list: &[String]) -> String {
+    // Serializing a list of strings cannot fail.
+    serde_json::to_string(list).expect("string list serializes")
+}
+
+// ---------------------------------------------------------------- meta
+
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn meta_put(conn: &Connection, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- identity
+
+pub struct IdentityCaRow {
+    pub cert_pem: String,
+    pub key_sealed: Vec<u8>,
+}
+
+pub fn identity_ca_get(conn: &Connection) -> Result<Option<IdentityCaRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT cert_pem, key_sealed FROM identity_ca WHERE id = 1",
+            [],
+            |r| {
+                Ok(IdentityCaRow {
+                    cert_pem: r.get(0)?,
+                    key_sealed: r.get(1)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+pub fn identity_ca_put(conn: &Connection, row: &IdentityCaRow, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO identity_ca (id, cert_pem, key_sealed, created_at) VALUES (1, ?1, ?2, ?3)",
+        params![row.cert_pem, row.key_sealed, now],
+    )?;
+    Ok(())
+}
+
+/// A client credential the identity CA issued.
+#[derive(Debug, Clone)]
+pub struct CredentialRow {
+    pub serial: String,
+    pub role: String,
+    pub subject: String,
+    pub not_after: i64,
+    pub revoked_at: Option<i64>,
+}
+
+pub fn credential_insert(conn: &Connection, c: &CredentialRow, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO credentials (serial, role, subject, not_after, created_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![c.serial, c.role, c.subject, c.not_after, now, c.revoked_at],
+    )?;
+    Ok(())
+}
+
+pub fn credential_get(
+    conn: &Connection,
+    serial: &str,
+) -> Result<Option<CredentialRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT serial, role, subject, not_after, revoked_at FROM credentials WHERE serial = ?1",
+            [serial],
+            |r| {
+                Ok(CredentialRow {
+                    serial: r.get(0)?,
+                    role: r.get(1)?,
+                    subject: r.get(2)?,
+                    not_after: r.get(3)?,
+                    revoked_at: r.get(4)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+// ---------------------------------------------------------------- issuers
+
+#[derive(Debug, Clone)]
+pub struct IssuerRow {
+    pub name: String,
+    pub kind: IssuerKind,
+    pub key: KeyType,
+    pub root_pem: String,
+    pub ca_pem: String,
+    pub ca_key_sealed: Vec<u8>,
+    pub crl_number: i64,
+    pub crl_der: Option<Vec<u8>>,
+    pub crl_at: Option<i64>,
+    pub created_at: i64,
+}
+
+const ISSUER_COLS: &str = "name, kind, key_type, root_pem, ca_pem, ca_key_sealed, \
+                           crl_number, crl_der, crl_at, created_at";
+
+fn issuer_from_row(r: &Row<'_>) -> Result<IssuerRow, rusqlite::Error> {
+    Ok(IssuerRow {
+        name: r.get(0)?,
+        kind: parse(r.get(1)?)?,
+        key: parse(r.get(2)?)?,
+        root_pem: r.get(3)?,
+        ca_pem: r.get(4)?,
+        ca_key_sealed: r.get(5)?,
+        crl_number: r.get(6)?,
+        crl_der: r.get(7)?,
+        crl_at: r.get(8)?,
+        created_at: r.get(9)?,
+    })
+}
+
+pub fn issuer_insert(conn: &Connection, i: &IssuerRow) -> Result<(), StoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO issuers ({ISSUER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ),
+        params![
+            i.name,
+            i.kind.as_str(),
+            i.key.as_str(),
+            i.root_pem,
+            i.ca_pem,
+            i.ca_key_sealed,
+            i.crl_number,
+            i.crl_der,
+            i.crl_at,
+            i.created_at
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn issuer_get(conn: &Connection, name: &str) -> Result<Option<IssuerRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {ISSUER_COLS} FROM issuers WHERE name = ?1"),
+            [name],
+            issuer_from_row,
+        )
+        .optional()?)
+}
+
+pub fn issuer_list(conn: &Connection) -> Result<Vec<IssuerRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {ISSUER_COLS} FROM issuers ORDER BY name"))?;
+    let rows = stmt.query_map([], issuer_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn issuer_set_crl(
+    conn: &Connection,
+    name: &str,
+    number: i64,
+    der: &[u8],
+    at: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE issuers SET crl_number = ?2, crl_der = ?3, crl_at = ?4 WHERE name = ?1",
+        params![name, number, der, at],
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- instances
+
+const INSTANCE_COLS: &str = "id, issuer, validation, max_domains, wildcard, validity_days, \
+                             key_type, state, application, certificate, created_at";
+
+fn instance_from_row(r: &Row<'_>) -> Result<InstanceInfo, rusqlite::Error> {
+    Ok(InstanceInfo {
+        id: r.get(0)?,
+        spec: InstanceSpec {
+            issuer: r.get(1)?,
+            validation: parse::<ValidationType>(r.get(2)?)?,
+            max_domains: r.get(3)?,
+            wildcard: r.get(4)?,
+            validity_days: r.get(5)?,
+            key: parse(r.get(6)?)?,
+        },
+        state: parse(r.get(7)?)?,
+        application: r.get(8)?,
+        certificate: r.get(9)?,
+        created_at: Timestamp(r.get(10)?),
+    })
+}
+
+pub fn instance_insert(conn: &Connection, i: &InstanceInfo) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        params![
+            i.id,
+            i.spec.issuer,
+            i.spec.validation.as_str(),
+            i.spec.max_domains,
+            i.spec.wildcard,
+            i.spec.validity_days,
+            i.spec.key.as_str(),
+            i.state.as_str(),
+            i.application,
+            i.certificate,
+            i.created_at.0
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn instance_get(conn: &Connection, id: &str) -> Result<Option<InstanceInfo>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = ?1"),
+            [id],
+            instance_from_row,
+        )
+        .optional()?)
+}
+
+pub fn instance_list(conn: &Connection) -> Result<Vec<InstanceInfo>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {INSTANCE_COLS} FROM instances ORDER BY created_at, id"
+    ))?;
+    let rows = stmt.query_map([], instance_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn instance_update(
+    conn: &Connection,
+    id: &str,
+    state: InstanceState,
+    application: Option<&str>,
+    certificate: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE instances SET state = ?2, application = ?3, certificate = ?4 WHERE id = ?1",
+        params![id, state.as_str(), application, certificate],
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- applications
+
+const APPLICATION_COLS: &str =
+    "id, instance, domains, state, attempts, last_error, certificate, created_at, updated_at";
+
+fn application_from_row(r: &Row<'_>) -> Result<ApplicationInfo, rusqlite::Error> {
+    Ok(ApplicationInfo {
+        id: r.get(0)?,
+        instance: r.get(1)?,
+        domains: json_list(r.get(2)?)?,
+        state: parse(r.get(3)?)?,
+        attempts: r.get(4)?,
+        last_error: r.get(5)?,
+        certificate: r.get(6)?,
+        created_at: Timestamp(r.get(7)?),
+        updated_at: Timestamp(r.get(8)?),
+    })
+}
+
+pub fn application_insert(conn: &Connection, a: &ApplicationInfo) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO applications ({APPLICATION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        params![
+            a.id,
+            a.instance,
+            to_json(&a.domains),
+            a.state.as_str(),
+            a.attempts,
+            a.last_error,
+            a.certificate,
+            a.created_at.0,
+            a.updated_at.0
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn application_get(conn: &Connection, id: &str) -> Result<Option<ApplicationInfo>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {APPLICATION_COLS} FROM applications WHERE id = ?1"),
+            [id],
+            application_from_row,
+        )
+        .optional()?)
+}
+
+pub fn application_update(conn: &Connection, a: &ApplicationInfo) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE applications SET state = ?2, attempts = ?3, last_error = ?4, certificate = ?5,
+         updated_at = ?6 WHERE id = ?1",
+        params![
+            a.id,
+            a.state.as_str(),
+            a.attempts,
+            a.last_error,
+            a.certificate,
+            a.updated_at.0
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn applications_in_flight(conn: &Connection) -> Result<Vec<ApplicationInfo>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {APPLICATION_COLS} FROM applications
+         WHERE state IN ('pending', 'validating') ORDER BY created_at"
+    ))?;
+    let rows = stmt.query_map([], application_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------- certificates
+
+/// A stored certificate: its public description plus the sealed key.
+#[derive(Debug, Clone)]
+pub struct CertRow {
+    pub info: CertInfo,
+    pub application: String,
+    pub key_sealed: Vec<u8>,
+}
+
+const CERT_COLS: &str = "id, instance, issuer, domains, serial, fingerprint, key_type, \
+     not_before, not_after, state, renews, revoked_at, revocation_reason, leaf_pem, chain_pem, \
+     application, key_sealed";
+
+fn cert_from_row(r: &Row<'_>) -> Result<CertRow, rusqlite::Error> {
+    let reason: Option<String> = r.get(12)?;
+    Ok(CertRow {
+        info: CertInfo {
+            id: r.get(0)?,
+            instance: r.get(1)?,
+            issuer: r.get(2)?,
+            domains: json_list(r.get(3)?)?,
+            serial: r.get(4)?,
+            fingerprint: r.get(5)?,
+            key: parse(r.get(6)?)?,
+            not_before: Timestamp(r.get(7)?),
+            not_after: Timestamp(r.get(8)?),
+            state: parse::<CertState>(r.get(9)?)?,
+            renews: r.get(10)?,
+            revoked_at: r.get::<_, Option<i64>>(11)?.map(Timestamp),
+            revocation_reason: reason.map(parse::<RevocationReason>).transpose()?,
+            leaf_pem: r.get(13)?,
+            chain_pem: r.get(14)?,
+        },
+        application: r.get(15)?,
+        key_sealed: r.get(16)?,
+    })
+}
+
+pub fn cert_insert(conn: &Connection, c: &CertRow, now: i64) -> Result<(), StoreError> {
+    let i = &c.info;
+    conn.execute(
+        &format!(
+            "INSERT INTO certificates ({CERT_COLS}, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+        ),
+        params![
+            i.id,
+            i.instance,
+            i.issuer,
+            to_json(&i.domains),
+            i.serial,
+            i.fingerprint,
+            i.key.as_str(),
+            i.not_before.0,
+            i.not_after.0,
+            i.state.as_str(),
+            i.renews,
+            i.revoked_at.map(|t| t.0),
+            i.revocation_reason.map(|r| r.as_str()),
+            i.leaf_pem,
+            i.chain_pem,
+            c.application,
+            c.key_sealed,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn cert_get(conn: &Connection, id: &str) -> Result<Option<CertRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {CERT_COLS} FROM certificates WHERE id = ?1"),
+            [id],
+            cert_from_row,
+        )
+        .optional()?)
+}
+
+/// Certificates, soonest expiry first; with `not_after_before`, only those
+/// that expire before that time and are still in service.
+pub fn cert_list(
+    conn: &Connection,
+    not_after_before: Option<i64>,
+) -> Result<Vec<CertRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {CERT_COLS} FROM certificates
+         WHERE ?1 IS NULL OR (not_after < ?1 AND state = 'active')
+         ORDER BY not_after, id"
+    ))?;
+    let rows = stmt.query_map([not_after_before], cert_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn cert_revoke(
+    conn: &Connection,
+    id: &str,
+    at: i64,
+    reason: RevocationReason,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE certificates SET state = 'revoked', revoked_at = ?2, revocation_reason = ?3
+         WHERE id = ?1",
+        params![id, at, reason.as_str()],
+    )?;
+    Ok(())
+}
+
+/// Serial, revocation time and reason of every revoked certificate of an issuer.
+pub fn revoked_of_issuer(
+    conn: &Connection,
+    issuer: &str,
+) -> Result<Vec<(String, i64, RevocationReason)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT serial, revoked_at, revocation_reason FROM certificates
+         WHERE issuer = ?1 AND state = 'revoked' ORDER BY revoked_at, serial",
+    )?;
+    let rows = stmt.query_map([issuer], |r| Ok((r.get(0)?, r.get(1)?, parse(r.get(2)?)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Mark active certificates past their `not_after` (and their instances) expired.
+pub fn expire_certificates(conn: &Connection, now: i64) -> Result<usize, StoreError> {
+    conn.execute(
+        "UPDATE instances SET state = 'expired' WHERE state = 'issued' AND certificate IN
+         (SELECT id FROM certificates WHERE state = 'active' AND not_after <= ?1)",
+        [now],
+    )?;
+    Ok(conn.execute(
+        "UPDATE certificates SET state = 'expired' WHERE state = 'active' AND not_after <= ?1",
+        [now],
+    )?)
+}
+
+// ---------------------------------------------------------------- audit
+
+/// An audit record about to be written.
+#[derive(Debug, Clone)]
+pub struct AuditRecord<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub outcome: &'a str,
+    pub detail: &'a str,
+}
+
+pub fn audit_insert(conn: &Connection, at: i64, a: &AuditRecord<'_>) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO audit (at, actor, action, target, outcome, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![at, a.actor, a.action, a.target, a.outcome, a.detail],
+    )?;
+    Ok(())
+}
+
+/// The newest `limit` audit entries, oldest first.
+pub fn audit_list(conn: &Connection, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, at, actor, action, target, outcome, detail FROM
+         (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
+    )?;
+    let rows = stmt.query_map([limit], |r| {
+        Ok(AuditEntry {
+            id: r.get(0)?,
+            at: Timestamp(r.get(1)?),
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            outcome: r.get(5)?,
+            detail: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(conn: &Connection) -> String {
+        let mut stmt = conn
+            .prepare(
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL
+                 AND name NOT LIKE 'sqlite_%' ORDER BY type DESC, name",
+            )
+            .unwrap();
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.join(";\n\n") + ";\n"
+    }
+
+    #[test]
+    fn schema_matches_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let actual = store.call_blocking(|c| schema(c));
+        let expected_path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/schema.sql");
+        if std::env::var_os("CERTFLEET_BLESS").is_some() {
+            std::fs::write(expected_path, &actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(expected_path).unwrap();
+        assert_eq!(
+            actual, expected,
+            "schema differs from src/store/schema.sql; if the change is intended, \
+             add a migration and rerun with CERTFLEET_BLESS=1"
+        );
+        let version: i64 = store
+            .call_blocking(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version, migrations::MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn reopening_does_not_reapply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(Store::open(&path).unwrap());
+        Store::open(&path).unwrap();
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        store
+            .call_blocking(|c| c.pragma_update(None, "user_version", 999))
+            .unwrap();
+        drop(store);
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 999, .. })
+        ));
+    }
+
+    #[test]
+    fn one_application_in_flight_per_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.call_blocking(|c| {
+            c.execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 INSERT INTO applications (id, instance, domains, state, created_at, updated_at)
+                 VALUES ('a1', 'i1', '[]', 'pending', 0, 0);",
+            )
+            .unwrap();
+            let second = c.execute(
+                "INSERT INTO applications (id, instance, domains, state, created_at, updated_at)
+                 VALUES ('a2', 'i1', '[]', 'validating', 0, 0)",
+                [],
+            );
+            assert!(second.is_err());
+        });
+    }
+}

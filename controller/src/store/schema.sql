@@ -1,0 +1,116 @@
+CREATE TABLE agents (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    labels      TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    last_seen   INTEGER,
+    version     TEXT,
+    targets     TEXT NOT NULL DEFAULT '[]',
+    removed_at  INTEGER
+) STRICT;
+
+CREATE TABLE applications (
+    id          TEXT PRIMARY KEY,
+    instance    TEXT NOT NULL REFERENCES instances(id),
+    domains     TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    certificate TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      INTEGER NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    target  TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail  TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE certificates (
+    id                TEXT PRIMARY KEY,
+    instance          TEXT NOT NULL REFERENCES instances(id),
+    issuer            TEXT NOT NULL REFERENCES issuers(name),
+    application       TEXT NOT NULL REFERENCES applications(id),
+    domains           TEXT NOT NULL,
+    serial            TEXT NOT NULL,
+    fingerprint       TEXT NOT NULL UNIQUE,
+    key_type          TEXT NOT NULL,
+    not_before        INTEGER NOT NULL,
+    not_after         INTEGER NOT NULL,
+    state             TEXT NOT NULL,
+    renews            TEXT REFERENCES certificates(id),
+    leaf_pem          TEXT NOT NULL,
+    chain_pem         TEXT NOT NULL,
+    key_sealed        BLOB NOT NULL,
+    revoked_at        INTEGER,
+    revocation_reason TEXT,
+    created_at        INTEGER NOT NULL,
+    UNIQUE (issuer, serial)
+) STRICT;
+
+CREATE TABLE credentials (
+    serial     TEXT PRIMARY KEY,
+    role       TEXT NOT NULL CHECK (role IN ('admin', 'agent')),
+    subject    TEXT NOT NULL,
+    not_after  INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+) STRICT;
+
+CREATE TABLE identity_ca (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    cert_pem   TEXT NOT NULL,
+    key_sealed BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE instances (
+    id            TEXT PRIMARY KEY,
+    issuer        TEXT NOT NULL REFERENCES issuers(name),
+    validation    TEXT NOT NULL,
+    max_domains   INTEGER NOT NULL,
+    wildcard      INTEGER NOT NULL,
+    validity_days INTEGER NOT NULL,
+    key_type      TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    application   TEXT,
+    certificate   TEXT,
+    created_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE issuers (
+    name          TEXT PRIMARY KEY,
+    kind          TEXT NOT NULL,
+    key_type      TEXT NOT NULL,
+    root_pem      TEXT NOT NULL,
+    ca_pem        TEXT NOT NULL,
+    ca_key_sealed BLOB NOT NULL,
+    crl_number    INTEGER NOT NULL DEFAULT 0,
+    crl_der       BLOB,
+    crl_at        INTEGER,
+    created_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE join_tokens (
+    id          TEXT PRIMARY KEY,
+    secret_hash BLOB NOT NULL,
+    labels      TEXT NOT NULL,
+    uses_left   INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) STRICT;
+
+CREATE UNIQUE INDEX applications_one_in_flight
+    ON applications(instance) WHERE state IN ('pending', 'validating');
+
+CREATE INDEX certificates_not_after ON certificates(not_after);

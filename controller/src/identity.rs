@@ -228,7 +228,8 @@ impl IdentityCa {
     }
 
     /// TLS configuration of the controller's QUIC endpoint: TLS 1.3, ALPN
-    /// `certfleet/1`, client certificates from this CA required.
+    /// `certfleet/1`, client certificates verified against this CA (and
+    /// required for everything but enrollment).
     pub fn server_tls(&self, now: OffsetDateTime) -> Result<rustls::ServerConfig, IdentityError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();

@@ -7,6 +7,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod fleet;
 pub mod identity;
 pub mod issuer;
 pub mod seal;

@@ -82,21 +82,24 @@ impl ServiceError {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ServiceError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Internal(e.to_string())
 }
 
-type Result<T> = std::result::Result<T, ServiceError>;
+pub(crate) type Result<T> = std::result::Result<T, ServiceError>;
 
 pub struct Service {
-    store: Store,
-    master: Arc<MasterKey>,
-    clock: Arc<dyn Clock>,
+    pub(crate) store: Store,
+    pub(crate) master: Arc<MasterKey>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) identity: Arc<crate::identity::IdentityCa>,
     crl_url_base: String,
     applications: mpsc::UnboundedSender<String>,
+    /// Live agent sessions, for pokes and removal.
+    pub(crate) sessions: crate::fleet::Sessions,
 }
 
-fn key_aad(cert_id: &str) -> String {
+pub(crate) fn key_aad(cert_id: &str) -> String {
     format!("cert:{cert_id}")
 }
 
@@ -128,6 +131,7 @@ impl Service {
         store: Store,
         master: Arc<MasterKey>,
         clock: Arc<dyn Clock>,
+        identity: Arc<crate::identity::IdentityCa>,
         crl_url_base: String,
     ) -> (Arc<Service>, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -136,8 +140,10 @@ impl Service {
                 store,
                 master,
                 clock,
+                identity,
                 crl_url_base: crl_url_base.trim_end_matches('/').to_string(),
                 applications: tx,
+                sessions: Default::default(),
             }),
             rx,
         )

@@ -297,6 +297,108 @@ pub struct Crl {
     pub der: Vec<u8>,
 }
 
+named_enum!(
+    /// Where a deployment stands on its agent.
+    DeploymentStatus {
+        Pending = "pending",
+        Installed = "installed",
+        RolledBack = "rolled_back",
+        Failed = "failed",
+    }
+);
+
+/// A join token as printed for the operator, with the pin the enrolling
+/// agent must check the controller's identity CA against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// `cfjt1.<id>.<secret>`; shown once, only a hash is stored.
+    pub token: Secret,
+    pub id: String,
+    /// `sha256:<hex>` of the identity CA's public key.
+    pub ca_pin: String,
+    pub labels: Vec<(String, String)>,
+    pub uses: u32,
+    pub expires_at: Timestamp,
+}
+
+/// A target an agent declares in its own configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub name: String,
+    pub kind: String,
+    /// Names the target serves; a deployed certificate must cover them.
+    pub domains: Vec<String>,
+}
+
+/// What an agent tells the controller when it connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHello {
+    pub hostname: String,
+    pub version: String,
+    pub labels: Vec<(String, String)>,
+    pub targets: Vec<TargetInfo>,
+    /// The agent's clock, for skew detection.
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub targets: Vec<TargetInfo>,
+    pub version: Option<String>,
+    pub enrolled_at: Timestamp,
+    pub last_seen: Option<Timestamp>,
+    pub connected: bool,
+    pub identity_expires: Option<Timestamp>,
+}
+
+/// One certificate an agent should have installed on one of its targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredInstall {
+    pub deployment: String,
+    pub target: String,
+    pub certificate: String,
+    pub fingerprint: String,
+    pub bundle: CertBundle,
+}
+
+/// How an install went, reported by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallReport {
+    pub deployment: String,
+    pub certificate: String,
+    pub status: DeploymentStatus,
+    /// Fingerprint of the leaf the server was seen serving, when verified.
+    pub served_fingerprint: Option<String>,
+    /// Error and captured command output, size-capped by the agent.
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentInfo {
+    pub id: String,
+    pub agent: String,
+    pub agent_name: String,
+    pub target: String,
+    pub lineage: String,
+    pub desired: String,
+    pub installed: Option<String>,
+    pub status: DeploymentStatus,
+    pub last_error: Option<String>,
+    pub served_fingerprint: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+/// Sent by the controller on a unidirectional stream of its own: the
+/// agent's desired state changed (or it was removed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Poke {
+    DesiredStateChanged,
+}
+
 /// A request on an admin connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -337,6 +439,42 @@ pub enum Request {
     AuditList {
         limit: u32,
     },
+    // Enrollment: the only request accepted without a client certificate.
+    Enroll {
+        token: Secret,
+        /// PEM certificate signing request for the agent's own key.
+        csr_pem: String,
+        hostname: String,
+    },
+    // Agent requests (agent identity).
+    AgentHello(AgentHello),
+    DesiredState,
+    Report(InstallReport),
+    RenewIdentity {
+        csr_pem: String,
+    },
+    // Fleet administration (admin identity).
+    TokenCreate {
+        labels: Vec<(String, String)>,
+        ttl_secs: u64,
+        uses: u32,
+    },
+    AgentList,
+    AgentShow {
+        id: String,
+    },
+    AgentRemove {
+        id: String,
+    },
+    Deploy {
+        certificate: String,
+        selector: String,
+        target: String,
+    },
+    DeploymentList {
+        certificate: Option<String>,
+        agent: Option<String>,
+    },
 }
 
 /// Broad class of a failed request, so clients can choose exit codes.
@@ -370,6 +508,18 @@ pub enum Response {
     Crl(Crl),
     Audit(Vec<AuditEntry>),
     Error(RpcError),
+    Enrolled {
+        agent: String,
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Ack,
+    Desired(Vec<DesiredInstall>),
+    Identity { cert_pem: String },
+    Token(JoinToken),
+    Agent(AgentInfo),
+    Agents(Vec<AgentInfo>),
+    Deployments(Vec<DeploymentInfo>),
 }
 
 #[cfg(test)]
@@ -417,6 +567,34 @@ mod tests {
         }
     }
 
+    fn agent_hello() -> AgentHello {
+        AgentHello {
+            hostname: "web-1".into(),
+            version: "0.1.0".into(),
+            labels: vec![("role".into(), "web".into())],
+            targets: vec![TargetInfo {
+                name: "nginx".into(),
+                kind: "nginx".into(),
+                domains: vec!["www.example.test".into()],
+            }],
+            now: Timestamp(100),
+        }
+    }
+
+    fn agent_info() -> AgentInfo {
+        AgentInfo {
+            id: "agent-1".into(),
+            name: "web-1".into(),
+            labels: vec![("role".into(), "web".into())],
+            targets: agent_hello().targets,
+            version: Some("0.1.0".into()),
+            enrolled_at: Timestamp(1),
+            last_seen: None,
+            connected: false,
+            identity_expires: Some(Timestamp(2)),
+        }
+    }
+
     /// One value of every message type; a new variant must be added here.
     fn all_requests() -> Vec<Request> {
         vec![
@@ -445,6 +623,41 @@ mod tests {
             },
             Request::CaCrl { issuer: None },
             Request::AuditList { limit: 10 },
+            Request::Enroll {
+                token: Secret::new(b"cfjt1.a.b".to_vec()),
+                csr_pem: "csr".into(),
+                hostname: "web-1".into(),
+            },
+            Request::AgentHello(agent_hello()),
+            Request::DesiredState,
+            Request::Report(InstallReport {
+                deployment: "d".into(),
+                certificate: "c".into(),
+                status: DeploymentStatus::RolledBack,
+                served_fingerprint: None,
+                error: Some("nginx -t failed".into()),
+                duration_ms: 12,
+            }),
+            Request::RenewIdentity {
+                csr_pem: "csr".into(),
+            },
+            Request::TokenCreate {
+                labels: vec![("role".into(), "web".into())],
+                ttl_secs: 3600,
+                uses: 2,
+            },
+            Request::AgentList,
+            Request::AgentShow { id: "a".into() },
+            Request::AgentRemove { id: "a".into() },
+            Request::Deploy {
+                certificate: "c".into(),
+                selector: "role=web".into(),
+                target: "nginx".into(),
+            },
+            Request::DeploymentList {
+                certificate: None,
+                agent: Some("a".into()),
+            },
         ]
     }
 
@@ -509,6 +722,51 @@ mod tests {
                 kind: ErrorKind::Conflict,
                 message: "busy".into(),
             }),
+            Response::Enrolled {
+                agent: "agent-1".into(),
+                cert_pem: "c".into(),
+                ca_pem: "ca".into(),
+            },
+            Response::Ack,
+            Response::Desired(vec![DesiredInstall {
+                deployment: "d".into(),
+                target: "nginx".into(),
+                certificate: "c".into(),
+                fingerprint: "f".into(),
+                bundle: CertBundle {
+                    id: "c".into(),
+                    leaf_pem: "l".into(),
+                    chain_pem: "c".into(),
+                    root_pem: "r".into(),
+                    key: Secret::new(b"k".to_vec()),
+                },
+            }]),
+            Response::Identity {
+                cert_pem: "c".into(),
+            },
+            Response::Token(JoinToken {
+                token: Secret::new(b"cfjt1.x.y".to_vec()),
+                id: "x".into(),
+                ca_pin: "sha256:00".into(),
+                labels: vec![],
+                uses: 1,
+                expires_at: Timestamp(9),
+            }),
+            Response::Agent(agent_info()),
+            Response::Agents(vec![agent_info()]),
+            Response::Deployments(vec![DeploymentInfo {
+                id: "d".into(),
+                agent: "a".into(),
+                agent_name: "web-1".into(),
+                target: "nginx".into(),
+                lineage: "c".into(),
+                desired: "c".into(),
+                installed: None,
+                status: DeploymentStatus::Pending,
+                last_error: None,
+                served_fingerprint: None,
+                updated_at: Timestamp(1),
+            }]),
         ]
     }
 
@@ -523,6 +781,7 @@ mod tests {
             controller: "x".into(),
         });
         round_trip(&HelloReply::Refused { reason: "r".into() });
+        round_trip(&Poke::DesiredStateChanged);
         for r in all_requests() {
             round_trip(&r);
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{
-    ApplicationState, InstanceSpec, IssuerKind, KeyType, Request, Response, RevocationReason,
+    ApplicationState, DeploymentStatus, InstanceSpec, IssuerKind, KeyType, Request, Response, RevocationReason,
     ValidationType,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -81,6 +81,76 @@ pub enum Command {
     /// Who did what, when.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Enrolled agents and join tokens.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Install a certificate on agents' targets (follows its renewals).
+    Deploy(DeployArgs),
+    /// Where certificates are deployed and how the installs went.
+    #[command(subcommand)]
+    Deployment(DeploymentCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Join tokens for `certfleet-agent enroll`.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// List enrolled agents.
+    List,
+    /// Show one agent.
+    Show { id: String },
+    /// Remove an agent: its identity is refused at once, even on a live
+    /// connection, and its deployments are dropped.
+    Remove { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a join token. Prints the token and the identity CA pin that
+    /// `certfleet-agent enroll --token T --ca-pin P` needs.
+    Create {
+        /// Labels given to every agent enrolled with this token (k=v,k2=v2).
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// How long the token stays valid (e.g. 15m, 1h, 7d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Certificate id.
+    pub certificate: String,
+    /// Which agents: labels (role=web,env=prod) or agent=ID.
+    #[arg(long = "to")]
+    pub selector: String,
+    /// Target name, as declared in the agents' configs.
+    #[arg(long)]
+    pub target: String,
+    /// Wait until every deployment is installed, rolled back or failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCmd {
+    /// List deployments: desired vs installed certificate, status, last error.
+    List {
+        /// Only deployments of this certificate (or its lineage).
+        #[arg(long)]
+        cert: Option<String>,
+        /// Only deployments on this agent.
+        #[arg(long)]
+        agent: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -490,6 +560,98 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
         Command::Audit(AuditCmd::List { limit }) => {
             let r = client.call(&Request::AuditList { limit }).await?;
             out.audit(&expect_response!(r, Audit))
+        }
+        Command::Agent(AgentCmd::Token(TokenCmd::Create { labels, ttl, uses })) => {
+            let labels = crate::fleet::parse_labels(&labels).map_err(|e| anyhow!("--labels: {e}"))?;
+            let r = client
+                .call(&Request::TokenCreate {
+                    labels,
+                    ttl_secs: ttl.as_secs(),
+                    uses,
+                })
+                .await?;
+            out.token(&expect_response!(r, Token))
+        }
+        Command::Agent(AgentCmd::List) => {
+            let r = client.call(&Request::AgentList).await?;
+            out.agents(&expect_response!(r, Agents))
+        }
+        Command::Agent(AgentCmd::Show { id }) => {
+            let r = client.call(&Request::AgentShow { id }).await?;
+            out.agent(&expect_response!(r, Agent))
+        }
+        Command::Agent(AgentCmd::Remove { id }) => {
+            let r = client.call(&Request::AgentRemove { id }).await?;
+            out.agent(&expect_response!(r, Agent))
+        }
+        Command::Deploy(args) => {
+            let r = client
+                .call(&Request::Deploy {
+                    certificate: args.certificate.clone(),
+                    selector: args.selector,
+                    target: args.target.clone(),
+                })
+                .await?;
+            let mut deployments = expect_response!(r, Deployments);
+            if args.wait {
+                let ids: Vec<String> = deployments.iter().map(|d| d.id.clone()).collect();
+                let deadline = tokio::time::Instant::now() + args.timeout;
+                loop {
+                    let done = deployments.iter().all(|d| {
+                        d.status != DeploymentStatus::Pending
+                    });
+                    if done {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        out.deployments(&deployments)?;
+                        bail!(
+                            "deployments still pending after {}; follow them with \
+                             `certfleet deployment list --cert {}`",
+                            humantime::format_duration(args.timeout),
+                            args.certificate
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let r = client
+                        .call(&Request::DeploymentList {
+                            certificate: Some(args.certificate.clone()),
+                            agent: None,
+                        })
+                        .await?;
+                    deployments = expect_response!(r, Deployments)
+                        .into_iter()
+                        .filter(|d| ids.contains(&d.id))
+                        .collect();
+                }
+            }
+            out.deployments(&deployments)?;
+            let failed: Vec<_> = deployments
+                .iter()
+                .filter(|d| matches!(d.status, DeploymentStatus::RolledBack | DeploymentStatus::Failed))
+                .collect();
+            if !failed.is_empty() {
+                bail!(
+                    "{} of {} deployments did not install: {}",
+                    failed.len(),
+                    deployments.len(),
+                    failed
+                        .iter()
+                        .map(|d| format!("{} on {}: {}", d.status, d.agent_name, d.last_error.as_deref().unwrap_or("-")))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+            Ok(())
+        }
+        Command::Deployment(DeploymentCmd::List { cert, agent }) => {
+            let r = client
+                .call(&Request::DeploymentList {
+                    certificate: cert,
+                    agent,
+                })
+                .await?;
+            out.deployments(&expect_response!(r, Deployments))
         }
     }
 }

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use certfleet_protocol::message::{
-    ApplicationInfo, AuditEntry, CertInfo, InstanceInfo, IssuerInfo,
+    AgentInfo, ApplicationInfo, AuditEntry, CertInfo, DeploymentInfo, InstanceInfo, IssuerInfo,
+    JoinToken,
 };
 use serde::Serialize;
 
@@ -49,6 +50,13 @@ fn fields(pairs: &[(&str, String)]) -> String {
         .iter()
         .map(|(k, v)| format!("{:<w$} {v}\n", format!("{k}:")))
         .collect()
+}
+
+fn labels(l: &[(String, String)]) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 fn opt(v: &Option<String>) -> String {
@@ -231,6 +239,114 @@ impl Output {
                             a.target.clone(),
                             a.outcome.clone(),
                             a.detail.clone(),
+                        ]
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    pub(super) fn token(&self, t: &JoinToken) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            token: &'a str,
+            id: &'a str,
+            ca_pin: &'a str,
+            labels: &'a [(String, String)],
+            uses: u32,
+            expires_at: certfleet_protocol::message::Timestamp,
+        }
+        let token = t.token.expose_str().unwrap_or_default();
+        let shown = Shown {
+            token,
+            id: &t.id,
+            ca_pin: &t.ca_pin,
+            labels: &t.labels,
+            uses: t.uses,
+            expires_at: t.expires_at,
+        };
+        self.emit(&shown, || {
+            format!(
+                "{}\n\nEnroll an agent with it (valid until {}, {} use(s)):\n\n    \
+                 certfleet-agent enroll --controller <controller address> --token {token} \\\n        \
+                 --ca-pin {} --config /etc/certfleet/agent.toml\n",
+                fields(&[
+                    ("token", token.to_string()),
+                    ("ca pin", t.ca_pin.clone()),
+                    ("labels", labels(&t.labels)),
+                ])
+                .trim_end(),
+                t.expires_at,
+                t.uses,
+                t.ca_pin
+            )
+        })
+    }
+
+    pub(super) fn agent(&self, a: &AgentInfo) -> anyhow::Result<()> {
+        self.emit(a, || {
+            fields(&[
+                ("id", a.id.clone()),
+                ("name", a.name.clone()),
+                ("connected", a.connected.to_string()),
+                ("labels", labels(&a.labels)),
+                (
+                    "targets",
+                    a.targets
+                        .iter()
+                        .map(|t| format!("{} ({})", t.name, t.kind))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                ("version", opt(&a.version)),
+                ("last seen", a.last_seen.map(|t| t.to_string()).unwrap_or("-".into())),
+                ("enrolled", a.enrolled_at.to_string()),
+                (
+                    "identity expires",
+                    a.identity_expires.map(|t| t.to_string()).unwrap_or("-".into()),
+                ),
+            ])
+        })
+    }
+
+    pub(super) fn agents(&self, list: &[AgentInfo]) -> anyhow::Result<()> {
+        self.emit(list, || {
+            table(
+                &["ID", "NAME", "CONNECTED", "LABELS", "TARGETS", "LAST SEEN"],
+                list.iter()
+                    .map(|a| {
+                        vec![
+                            a.id.clone(),
+                            a.name.clone(),
+                            if a.connected { "yes" } else { "no" }.into(),
+                            labels(&a.labels),
+                            a.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","),
+                            a.last_seen.map(|t| t.to_string()).unwrap_or("-".into()),
+                        ]
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    pub(super) fn deployments(&self, list: &[DeploymentInfo]) -> anyhow::Result<()> {
+        self.emit(list, || {
+            table(
+                &["ID", "AGENT", "TARGET", "DESIRED", "INSTALLED", "STATUS", "UPDATED", "LAST ERROR"],
+                list.iter()
+                    .map(|d| {
+                        vec![
+                            d.id.clone(),
+                            d.agent_name.clone(),
+                            d.target.clone(),
+                            d.desired.clone(),
+                            opt(&d.installed),
+                            d.status.to_string(),
+                            d.updated_at.to_string(),
+                            d.last_error
+                                .as_deref()
+                                .map(|e| e.lines().next().unwrap_or("").to_string())
+                                .unwrap_or("-".into()),
                         ]
                     })
                     .collect(),

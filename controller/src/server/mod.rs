@@ -253,6 +253,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         state.store.clone(),
         state.master.clone(),
         clock.clone(),
+        state.identity.clone(),
         crl_url_base.clone(),
     );
     let (shutdown, shutdown_rx) = watch::channel(false);

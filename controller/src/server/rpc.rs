@@ -9,13 +9,14 @@
 
 use std::sync::Arc;
 
-use certfleet_protocol::message::{ErrorKind, Hello, HelloReply, Request, Response, RpcError};
+use certfleet_protocol::message::{ErrorKind, Hello, HelloReply, Poke, Request, Response, RpcError};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::fleet::SessionEvent;
 use crate::identity::{peer_identity, IdentityCa, PeerIdentity, Role};
 use crate::service::{Service, ServiceError};
 use crate::store::{self, Store};
@@ -28,7 +29,6 @@ pub(super) const CLOSE_VERSION: u32 = 3;
 pub(super) struct Ctx {
     pub(super) service: Arc<Service>,
     pub(super) store: Store,
-    #[allow(dead_code)] // used by enrollment and credential creation
     pub(super) identity: Arc<IdentityCa>,
 }
 
@@ -57,14 +57,18 @@ pub(super) async fn accept_loop(
     }
 }
 
-async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<PeerIdentity, String> {
-    let certs = conn
+/// Who the peer is: `None` for a connection without a client certificate
+/// (enrollment only), or an identity that is still valid in the store.
+async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<PeerIdentity>, String> {
+    let Some(certs) = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| "no client certificate".to_string())?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| "no client certificate".to_string())?;
+    else {
+        return Ok(None);
+    };
+    let Some(leaf) = certs.first() else {
+        return Ok(None);
+    };
     let peer = peer_identity(leaf).map_err(|e| e.to_string())?;
     let serial = peer.serial.clone();
     let row = ctx
@@ -73,10 +77,26 @@ async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<PeerIdentit
         .await
         .map_err(|e| format!("store: {e}"))?;
     match row {
-        Some(r) if r.revoked_at.is_none() && r.role == peer.role.as_str() => Ok(peer),
-        Some(r) if r.revoked_at.is_some() => Err("credential has been revoked".into()),
-        _ => Err("credential is not known to this controller".into()),
+        Some(r) if r.revoked_at.is_some() => {
+            return Err(if peer.role == Role::Agent {
+                "agent has been removed".into()
+            } else {
+                "credential has been revoked".into()
+            })
+        }
+        Some(r) if r.role == peer.role.as_str() && r.subject == peer.subject => {}
+        _ => return Err("credential is not known to this controller".into()),
     }
+    if peer.role == Role::Agent
+        && !ctx
+            .service
+            .agent_active(peer.subject.clone())
+            .await
+            .map_err(|e| e.to_rpc().message)?
+    {
+        return Err("agent has been removed".into());
+    }
+    Ok(Some(peer))
 }
 
 async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
@@ -88,7 +108,11 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
             return;
         }
     };
-    let span = tracing::info_span!("peer", actor = %peer.actor());
+    let actor = peer
+        .as_ref()
+        .map(PeerIdentity::actor)
+        .unwrap_or_else(|| "enrolling".into());
+    let span = tracing::info_span!("peer", %actor);
     async move {
         // The first stream carries the version exchange.
         let (mut send, mut recv) = match conn.accept_bi().await {
@@ -133,13 +157,21 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
             return;
         }
         debug!(software = %hello.software, "peer connected");
+        let session = match &peer {
+            Some(p) if p.role == Role::Agent => {
+                let (id, events) = ctx.service.sessions.register(&p.subject);
+                tokio::spawn(session_events(conn.clone(), events).in_current_span());
+                Some((p.subject.clone(), id))
+            }
+            _ => None,
+        };
         let peer = Arc::new(peer);
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
                 Err(e) => {
                     debug!(reason = %e, "connection ended");
-                    return;
+                    break;
                 }
             };
             let ctx = ctx.clone();
@@ -149,9 +181,42 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
                 async move { serve_stream(conn, send, recv, ctx, peer).await }.in_current_span(),
             );
         }
+        if let Some((agent, id)) = session {
+            ctx.service.sessions.unregister(&agent, id);
+            info!("agent disconnected");
+        }
     }
     .instrument(span)
     .await
+}
+
+/// Deliver session events to a connected agent: pokes on a stream of their
+/// own, and removal as a closed connection.
+async fn session_events(
+    conn: quinn::Connection,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<SessionEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        match event {
+            SessionEvent::Poke => {
+                let sent = async {
+                    let mut send = conn.open_uni().await.ok()?;
+                    frame::write(&mut send, &Poke::DesiredStateChanged, DEFAULT_MAX_FRAME)
+                        .await
+                        .ok()?;
+                    send.finish().ok()
+                };
+                if sent.await.is_none() {
+                    debug!("could not poke agent; it will catch up on reconnect");
+                }
+            }
+            SessionEvent::Kick => {
+                info!("closing session of removed or replaced agent");
+                conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), b"agent removed or replaced");
+                return;
+            }
+        }
+    }
 }
 
 async fn serve_stream(
@@ -159,7 +224,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     ctx: Arc<Ctx>,
-    peer: Arc<PeerIdentity>,
+    peer: Arc<Option<PeerIdentity>>,
 ) {
     let request: Request = match frame::read(&mut recv, DEFAULT_MAX_FRAME).await {
         Ok(r) => r,
@@ -169,12 +234,10 @@ async fn serve_stream(
             return;
         }
     };
-    let response = match peer.role {
-        Role::Admin => admin_request(&ctx, &peer, request).await,
-        Role::Agent => Response::Error(RpcError {
-            kind: ErrorKind::PermissionDenied,
-            message: "agents may not make admin requests".into(),
-        }),
+    let response = match peer.as_ref() {
+        Some(p) if p.role == Role::Admin => admin_request(&ctx, p, request).await,
+        Some(p) => agent_request(&ctx, p, request).await,
+        None => enroll_request(&ctx, request).await,
     };
     match frame::write(&mut send, &response, DEFAULT_MAX_FRAME).await {
         Ok(()) => {
@@ -192,6 +255,9 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
         Request::CertApply { instance, .. } => ("cert.apply", instance.clone()),
         Request::CertDownload { id } => ("key.release", id.clone()),
         Request::CertRevoke { id, .. } => ("cert.revoke", id.clone()),
+        Request::TokenCreate { .. } => ("agent.token.create", String::new()),
+        Request::AgentRemove { id } => ("agent.remove", id.clone()),
+        Request::Deploy { certificate, .. } => ("deploy", certificate.clone()),
         _ => return None,
     })
 }
@@ -236,6 +302,39 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             .map(Response::Certificate),
         Request::CaCrl { issuer } => svc.crl(issuer).await.map(Response::Crl),
         Request::AuditList { limit } => svc.audit_list(limit).await.map(Response::Audit),
+        Request::TokenCreate {
+            labels,
+            ttl_secs,
+            uses,
+        } => svc
+            .token_create(actor.clone(), labels, ttl_secs, uses)
+            .await
+            .map(Response::Token),
+        Request::AgentList => svc.agent_list().await.map(Response::Agents),
+        Request::AgentShow { id } => svc.agent_show(id).await.map(Response::Agent),
+        Request::AgentRemove { id } => svc
+            .agent_remove(actor.clone(), id)
+            .await
+            .map(Response::Agent),
+        Request::Deploy {
+            certificate,
+            selector,
+            target,
+        } => svc
+            .deploy(actor.clone(), certificate, selector, target)
+            .await
+            .map(Response::Deployments),
+        Request::DeploymentList { certificate, agent } => svc
+            .deployment_list(certificate, agent)
+            .await
+            .map(Response::Deployments),
+        Request::Enroll { .. }
+        | Request::AgentHello(_)
+        | Request::DesiredState
+        | Request::Report(_)
+        | Request::RenewIdentity { .. } => Err(ServiceError::Invalid(
+            "this request is for agents; an admin credential cannot make it".into(),
+        )),
     };
     match result {
         Ok(r) => r,
@@ -245,5 +344,49 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             }
             Response::Error(e.to_rpc())
         }
+    }
+}
+
+fn denied(message: &str) -> Response {
+    Response::Error(RpcError {
+        kind: ErrorKind::PermissionDenied,
+        message: message.into(),
+    })
+}
+
+async fn agent_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Response {
+    let svc = &ctx.service;
+    let agent = peer.subject.clone();
+    let result = match request {
+        Request::AgentHello(hello) => svc.agent_hello(agent, hello).await.map(|()| Response::Ack),
+        Request::DesiredState => svc.desired_state(agent).await.map(Response::Desired),
+        Request::Report(report) => svc.report(agent, report).await.map(|()| Response::Ack),
+        Request::RenewIdentity { csr_pem } => svc
+            .renew_identity(agent, csr_pem)
+            .await
+            .map(|cert_pem| Response::Identity { cert_pem }),
+        _ => return denied("agents may only make agent requests"),
+    };
+    result.unwrap_or_else(|e| Response::Error(e.to_rpc()))
+}
+
+async fn enroll_request(ctx: &Ctx, request: Request) -> Response {
+    match request {
+        Request::Enroll {
+            token,
+            csr_pem,
+            hostname,
+        } => match ctx.service.enroll(token, csr_pem, hostname).await {
+            Ok((agent, cert_pem)) => Response::Enrolled {
+                agent,
+                cert_pem,
+                ca_pem: ctx.identity.cert_pem().to_string(),
+            },
+            Err(e) => Response::Error(e.to_rpc()),
+        },
+        _ => denied(
+            "this connection presented no client certificate; only enrollment is possible \
+             (pass --credential)",
+        ),
     }
 }

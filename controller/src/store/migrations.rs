@@ -125,4 +125,25 @@ CREATE TABLE audit (
     detail  TEXT NOT NULL
 ) STRICT;
 "#,
+    // 2: deployments of certificate lineages onto agents' targets, and the
+    // agent's reported clock skew.
+    r#"
+ALTER TABLE agents ADD COLUMN skew_secs INTEGER;
+
+CREATE TABLE deployments (
+    id                 TEXT PRIMARY KEY,
+    agent              TEXT NOT NULL REFERENCES agents(id),
+    target             TEXT NOT NULL,
+    lineage            TEXT NOT NULL REFERENCES certificates(id),
+    desired_cert       TEXT NOT NULL REFERENCES certificates(id),
+    installed_cert     TEXT REFERENCES certificates(id),
+    status             TEXT NOT NULL,
+    last_error         TEXT,
+    served_fingerprint TEXT,
+    updated_at         INTEGER NOT NULL,
+    UNIQUE (agent, target)
+) STRICT;
+
+CREATE INDEX deployments_lineage ON deployments(lineage);
+"#,
 ];

@@ -591,6 +591,262 @@ pub fn expire_certificates(conn: &Connection, now: i64) -> Result<usize, StoreEr
     )?)
 }
 
+// ---------------------------------------------------------------- agents
+
+fn labels_from_json(s: String) -> Result<Vec<(String, String)>, rusqlite::Error> {
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+pub fn labels_to_json(labels: &[(String, String)]) -> String {
+    // Serializing string pairs cannot fail.
+    serde_json::to_string(labels).expect("label pairs serialize")
+}
+
+/// An enrolled agent as stored.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub id: String,
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub targets: Vec<certfleet_protocol::message::TargetInfo>,
+    pub version: Option<String>,
+    pub enrolled_at: i64,
+    pub last_seen: Option<i64>,
+    pub removed_at: Option<i64>,
+    pub skew_secs: Option<i64>,
+    /// Expiry of the agent's newest unrevoked identity certificate.
+    pub identity_expires: Option<i64>,
+}
+
+const AGENT_COLS: &str = "a.id, a.name, a.labels, a.targets, a.version, a.enrolled_at, \
+    a.last_seen, a.removed_at, a.skew_secs, \
+    (SELECT max(not_after) FROM credentials c WHERE c.role = 'agent' AND c.subject = a.id \
+     AND c.revoked_at IS NULL)";
+
+fn agent_from_row(r: &Row<'_>) -> Result<AgentRow, rusqlite::Error> {
+    let targets: String = r.get(3)?;
+    Ok(AgentRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        labels: labels_from_json(r.get(2)?)?,
+        targets: serde_json::from_str(&targets).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+        })?,
+        version: r.get(4)?,
+        enrolled_at: r.get(5)?,
+        last_seen: r.get(6)?,
+        removed_at: r.get(7)?,
+        skew_secs: r.get(8)?,
+        identity_expires: r.get(9)?,
+    })
+}
+
+pub fn agent_insert(conn: &Connection, a: &AgentRow) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO agents (id, name, labels, enrolled_at, targets) VALUES (?1, ?2, ?3, ?4, '[]')",
+        params![a.id, a.name, labels_to_json(&a.labels), a.enrolled_at],
+    )?;
+    Ok(())
+}
+
+pub fn agent_get(conn: &Connection, id: &str) -> Result<Option<AgentRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {AGENT_COLS} FROM agents a WHERE a.id = ?1"),
+            [id],
+            agent_from_row,
+        )
+        .optional()?)
+}
+
+/// Agents that have not been removed, by name.
+pub fn agent_list(conn: &Connection) -> Result<Vec<AgentRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {AGENT_COLS} FROM agents a WHERE a.removed_at IS NULL ORDER BY a.name, a.id"
+    ))?;
+    let rows = stmt.query_map([], agent_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn agent_seen(
+    conn: &Connection,
+    id: &str,
+    hello: &certfleet_protocol::message::AgentHello,
+    labels: &[(String, String)],
+    now: i64,
+) -> Result<(), StoreError> {
+    let targets = serde_json::to_string(&hello.targets)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.execute(
+        "UPDATE agents SET last_seen = ?2, version = ?3, targets = ?4, labels = ?5,
+         skew_secs = ?6 WHERE id = ?1",
+        params![
+            id,
+            now,
+            hello.version,
+            targets,
+            labels_to_json(labels),
+            hello.now.0 - now
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn agent_remove(conn: &Connection, id: &str, now: i64) -> Result<(), StoreError> {
+    conn.execute("UPDATE agents SET removed_at = ?2 WHERE id = ?1", params![id, now])?;
+    conn.execute(
+        "UPDATE credentials SET revoked_at = ?2
+         WHERE role = 'agent' AND subject = ?1 AND revoked_at IS NULL",
+        params![id, now],
+    )?;
+    conn.execute("DELETE FROM deployments WHERE agent = ?1", [id])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- join tokens
+
+pub struct TokenRow {
+    pub id: String,
+    pub secret_hash: Vec<u8>,
+    pub labels: Vec<(String, String)>,
+    pub uses_left: i64,
+    pub expires_at: i64,
+}
+
+pub fn token_insert(conn: &Connection, t: &TokenRow, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO join_tokens (id, secret_hash, labels, uses_left, expires_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![t.id, t.secret_hash, labels_to_json(&t.labels), t.uses_left, t.expires_at, now],
+    )?;
+    Ok(())
+}
+
+pub fn token_get(conn: &Connection, id: &str) -> Result<Option<TokenRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, secret_hash, labels, uses_left, expires_at FROM join_tokens WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(TokenRow {
+                    id: r.get(0)?,
+                    secret_hash: r.get(1)?,
+                    labels: labels_from_json(r.get(2)?)?,
+                    uses_left: r.get(3)?,
+                    expires_at: r.get(4)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Take one use of a token; false when none is left.
+pub fn token_consume(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0",
+        [id],
+    )? == 1)
+}
+
+// ---------------------------------------------------------------- deployments
+
+const DEPLOYMENT_COLS: &str = "d.id, d.agent, a.name, d.target, d.lineage, d.desired_cert, \
+    d.installed_cert, d.status, d.last_error, d.served_fingerprint, d.updated_at";
+
+fn deployment_from_row(
+    r: &Row<'_>,
+) -> Result<certfleet_protocol::message::DeploymentInfo, rusqlite::Error> {
+    Ok(certfleet_protocol::message::DeploymentInfo {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        agent_name: r.get(2)?,
+        target: r.get(3)?,
+        lineage: r.get(4)?,
+        desired: r.get(5)?,
+        installed: r.get(6)?,
+        status: parse(r.get(7)?)?,
+        last_error: r.get(8)?,
+        served_fingerprint: r.get(9)?,
+        updated_at: Timestamp(r.get(10)?),
+    })
+}
+
+/// Point (agent, target) at `desired`; keeps `installed` so the controller
+/// knows what the server has until the agent reports.
+pub fn deployment_upsert(
+    conn: &Connection,
+    agent: &str,
+    target: &str,
+    lineage: &str,
+    desired: &str,
+    now: i64,
+) -> Result<String, StoreError> {
+    conn.execute(
+        "INSERT INTO deployments (id, agent, target, lineage, desired_cert, status, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)
+         ON CONFLICT (agent, target) DO UPDATE SET
+           lineage = excluded.lineage,
+           desired_cert = excluded.desired_cert,
+           status = CASE WHEN deployments.installed_cert = excluded.desired_cert
+                         AND deployments.status = 'installed' THEN 'installed' ELSE 'pending' END,
+           last_error = NULL,
+           updated_at = excluded.updated_at",
+        params![new_id("dep"), agent, target, lineage, desired, now],
+    )?;
+    Ok(conn.query_row(
+        "SELECT id FROM deployments WHERE agent = ?1 AND target = ?2",
+        params![agent, target],
+        |r| r.get(0),
+    )?)
+}
+
+pub fn deployment_list(
+    conn: &Connection,
+    certificate: Option<&str>,
+    agent: Option<&str>,
+) -> Result<Vec<certfleet_protocol::message::DeploymentInfo>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {DEPLOYMENT_COLS} FROM deployments d JOIN agents a ON a.id = d.agent
+         WHERE (?1 IS NULL OR d.desired_cert = ?1 OR d.installed_cert = ?1 OR d.lineage = ?1)
+           AND (?2 IS NULL OR d.agent = ?2)
+         ORDER BY a.name, d.target"
+    ))?;
+    let rows = stmt.query_map(params![certificate, agent], deployment_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn deployment_report(
+    conn: &Connection,
+    agent: &str,
+    report: &certfleet_protocol::message::InstallReport,
+    now: i64,
+) -> Result<bool, StoreError> {
+    use certfleet_protocol::message::DeploymentStatus;
+    let installed = report.status == DeploymentStatus::Installed;
+    let changed = conn.execute(
+        "UPDATE deployments SET
+           status = ?3,
+           installed_cert = CASE WHEN ?4 THEN ?5 ELSE installed_cert END,
+           last_error = ?6,
+           served_fingerprint = COALESCE(?7, served_fingerprint),
+           updated_at = ?8
+         WHERE id = ?1 AND agent = ?2 AND desired_cert = ?5",
+        params![
+            report.deployment,
+            agent,
+            report.status.as_str(),
+            installed,
+            report.certificate,
+            report.error,
+            report.served_fingerprint,
+            now
+        ],
+    )?;
+    Ok(changed == 1)
+}
+
 // ---------------------------------------------------------------- audit
 
 /// An audit record about to be written.

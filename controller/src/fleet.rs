@@ -1,0 +1,789 @@
+//! The fleet: join tokens, enrollment, agent sessions, deployments and what
+//! agents report.
+//!
+//! Join tokens are `cfjt1.<id>.<secret>`; only a SHA-256 of the secret is
+//! stored, compared in constant time, and a use is taken in the same
+//! transaction that creates the agent, so a replayed or concurrent second use
+//! fails. A deployment binds a certificate lineage to one (agent, target);
+//! the agent fetches its full desired state on every connect and poke, so a
+//! lost poke costs nothing but latency.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use aws_lc_rs::digest;
+use base64::Engine;
+use certfleet_protocol::message::{
+    AgentHello, AgentInfo, CertState, DeploymentInfo, DesiredInstall, InstallReport, JoinToken,
+    Timestamp,
+};
+use certfleet_protocol::Secret;
+use time::Duration;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::identity::Role;
+use crate::service::{internal, key_aad, Result, Service, ServiceError};
+use crate::store::{self, AgentRow, AuditRecord, TokenRow};
+
+/// Lifetime of an agent identity certificate; agents renew at two thirds.
+pub const AGENT_IDENTITY_DAYS: i64 = 30;
+/// Longest join-token lifetime.
+pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
+const TOKEN_PREFIX: &str = "cfjt1";
+
+/// What the controller asks of a live agent session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Desired state changed: fetch it.
+    Poke,
+    /// The agent was removed: close the connection.
+    Kick,
+}
+
+/// Live agent sessions by agent id.
+#[derive(Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<SessionEvent>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Sessions {
+    /// Register a session; a previous session of the same agent is kicked.
+    pub fn register(&self, agent: &str) -> (u64, mpsc::UnboundedReceiver<SessionEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let old = self
+            .lock()
+            .insert(agent.to_string(), (id, tx));
+        if let Some((_, old)) = old {
+            let _ = old.send(SessionEvent::Kick);
+        }
+        (id, rx)
+    }
+
+    pub fn unregister(&self, agent: &str, session: u64) {
+        let mut map = self.lock();
+        if map.get(agent).is_some_and(|(id, _)| *id == session) {
+            map.remove(agent);
+        }
+    }
+
+    pub fn send(&self, agent: &str, event: SessionEvent) -> bool {
+        self.lock()
+            .get(agent)
+            .is_some_and(|(_, tx)| tx.send(event).is_ok())
+    }
+
+    pub fn is_connected(&self, agent: &str) -> bool {
+        self.lock().contains_key(agent)
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, mpsc::UnboundedSender<SessionEvent>)>> {
+        // A panic while holding this lock leaves a valid map behind.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn token_hash(secret: &str) -> Vec<u8> {
+    digest::digest(&digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// Parse `k=v,k2=v2` labels; keys and values are restricted to a safe set.
+pub fn parse_labels(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("label {part:?} is not key=value"))?;
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !ok(k) || !ok(v) {
+            return Err(format!(
+                "label {part:?}: keys and values are 1-63 characters of letters, digits, '-', '_', '.'"
+            ));
+        }
+        if out.iter().any(|(ek, _)| ek == k) {
+            return Err(format!("label key {k:?} given twice"));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Which agents a deploy selector picks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Agent(String),
+    Labels(Vec<(String, String)>),
+}
+
+impl Selector {
+    pub fn parse(text: &str) -> std::result::Result<Selector, String> {
+        if let Some(id) = text.trim().strip_prefix("agent=") {
+            if id.is_empty() || id.contains(',') {
+                return Err("agent=ID selects exactly one agent".into());
+            }
+            return Ok(Selector::Agent(id.to_string()));
+        }
+        let labels = parse_labels(text)?;
+        if labels.is_empty() {
+            return Err("empty selector: give labels like role=web,env=prod or agent=ID".into());
+        }
+        Ok(Selector::Labels(labels))
+    }
+
+    pub fn matches(&self, agent: &AgentRow) -> bool {
+        match self {
+            Selector::Agent(id) => &agent.id == id,
+            Selector::Labels(want) => want
+                .iter()
+                .all(|(k, v)| agent.labels.iter().any(|(ak, av)| ak == k && av == v)),
+        }
+    }
+}
+
+/// Merge labels: `base` wins over `extra` on a shared key.
+fn merge_labels(base: &[(String, String)], extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = base.to_vec();
+    for (k, v) in extra {
+        if !out.iter().any(|(bk, _)| bk == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out
+}
+
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl Service {
+    fn agent_info(&self, a: &AgentRow) -> AgentInfo {
+        AgentInfo {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            labels: a.labels.clone(),
+            targets: a.targets.clone(),
+            version: a.version.clone(),
+            enrolled_at: Timestamp(a.enrolled_at),
+            last_seen: a.last_seen.map(Timestamp),
+            connected: self.sessions.is_connected(&a.id),
+            identity_expires: a.identity_expires.map(Timestamp),
+        }
+    }
+
+    pub async fn token_create(
+        &self,
+        actor: String,
+        labels: Vec<(String, String)>,
+        ttl_secs: u64,
+        uses: u32,
+    ) -> Result<JoinToken> {
+        if uses == 0 || uses > 10_000 {
+            return Err(ServiceError::Invalid(format!(
+                "--uses must be between 1 and 10000, not {uses}"
+            )));
+        }
+        if ttl_secs == 0 || ttl_secs > MAX_TOKEN_TTL_SECS {
+            return Err(ServiceError::Invalid(
+                "--ttl must be between 1s and 30d".to_string(),
+            ));
+        }
+        for (k, v) in &labels {
+            parse_labels(&format!("{k}={v}")).map_err(ServiceError::Invalid)?;
+        }
+        let id = store::new_id("t")[2..].to_string();
+        let mut secret_bytes = zeroize::Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(secret_bytes.as_mut()).map_err(internal)?;
+        let secret = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes.as_ref()),
+        );
+        let now = self.now().unix_timestamp();
+        let expires_at = now + ttl_secs as i64;
+        let row = TokenRow {
+            id: id.clone(),
+            secret_hash: token_hash(&secret),
+            labels: labels.clone(),
+            uses_left: i64::from(uses),
+            expires_at,
+        };
+        self.store
+            .call(move |c| -> Result<()> {
+                let tx = c.transaction()?;
+                store::token_insert(&tx, &row, now)?;
+                store::audit_insert(
+                    &tx,
+                    now,
+                    &AuditRecord {
+                        actor: &actor,
+                        action: "agent.token.create",
+                        target: &row.id,
+                        outcome: "ok",
+                        detail: &format!("uses={} expires_at={expires_at}", row.uses_left),
+                    },
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(JoinToken {
+            token: Secret::from(format!("{TOKEN_PREFIX}.{id}.{}", secret.as_str())),
+            id,
+            ca_pin: self.identity.pin(),
+            labels,
+            uses,
+            expires_at: Timestamp(expires_at),
+        })
+    }
+
+    /// Enroll an agent: check and consume the token, issue the identity.
+    pub async fn enroll(&self, token: Secret, csr_pem: String, hostname: String) -> Result<(String, String)> {
+        let refused = || ServiceError::Invalid("join token is invalid, expired or used up".into());
+        let text = token.expose_str().ok_or_else(refused)?.to_string();
+        let mut parts = text.splitn(3, '.');
+        let (Some(TOKEN_PREFIX), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ServiceError::Invalid(
+                "join token is malformed: expected cfjt1.<id>.<secret>".into(),
+            ));
+        };
+        if !valid_hostname(&hostname) {
+            return Err(ServiceError::Invalid(format!(
+                "agent hostname {hostname:?} is not a valid host name"
+            )));
+        }
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem)
+            .map_err(|e| ServiceError::Invalid(format!("certificate signing request is invalid: {e}")))?;
+        let presented = token_hash(secret);
+        let now = self.now();
+        let ts = now.unix_timestamp();
+        let agent_id = store::new_id("agent");
+        let issued = self
+            .identity
+            .issue_client(
+                Role::Agent,
+                &agent_id,
+                &csr.public_key,
+                now,
+                Duration::days(AGENT_IDENTITY_DAYS),
+            )
+            .map_err(internal)?;
+        let id = id.to_string();
+        let cert_pem = issued.cert_pem.clone();
+        let agent = agent_id.clone();
+        self.store
+            .call(move |c| -> Result<()> {
+                let tx = c.transaction()?;
+                let audit_refusal = |tx: &rusqlite::Connection, why: &str| {
+                    store::audit_insert(
+                        tx,
+                        ts,
+                        &AuditRecord {
+                            actor: &format!("enroll:{hostname}"),
+                            action: "agent.enroll",
+                            target: &id,
+                            outcome: &format!("refused: {why}"),
+                            detail: "",
+                        },
+                    )
+                };
+                let Some(row) = store::token_get(&tx, &id)? else {
+                    audit_refusal(&tx, "unknown token")?;
+                    tx.commit()?;
+                    return Err(refused());
+                };
+                let same = aws_lc_rs::constant_time::verify_slices_are_equal(
+                    &row.secret_hash,
+                    &presented,
+                )
+                .is_ok();
+                let why = if !same {
+                    Some("wrong secret")
+                } else if row.expires_at <= ts {
+                    Some("expired")
+                } else if !store::token_consume(&tx, &id)? {
+                    Some("no uses left")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    audit_refusal(&tx, why)?;
+                    tx.commit()?;
+                    return Err(refused());
+                }
+                store::agent_insert(
+                    &tx,
+                    &AgentRow {
+                        id: agent.clone(),
+                        name: hostname.clone(),
+                        labels: row.labels.clone(),
+                        targets: vec![],
+                        version: None,
+                        enrolled_at: ts,
+                        last_seen: None,
+                        removed_at: None,
+                        skew_secs: None,
+                        identity_expires: None,
+                    },
+                )?;
+                store::credential_insert(
+                    &tx,
+                    &store::CredentialRow {
+                        serial: issued.serial.clone(),
+                        role: Role::Agent.as_str().into(),
+                        subject: agent.clone(),
+                        not_after: issued.not_after,
+                        revoked_at: None,
+                    },
+                    ts,
+                )?;
+                store::audit_insert(
+                    &tx,
+                    ts,
+                    &AuditRecord {
+                        actor: &format!("enroll:{hostname}"),
+                        action: "agent.enroll",
+                        target: &agent,
+                        outcome: "ok",
+                        detail: &format!("token={id} serial={}", issued.serial),
+                    },
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        info!(agent = %agent_id, "agent enrolled");
+        Ok((agent_id, cert_pem))
+    }
+
+    /// Issue a fresh identity certificate to a connected agent.
+    pub async fn renew_identity(&self, agent: String, csr_pem: String) -> Result<String> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem)
+            .map_err(|e| ServiceError::Invalid(format!("certificate signing request is invalid: {e}")))?;
+        let now = self.now();
+        let issued = self
+            .identity
+            .issue_client(Role::Agent, &agent, &csr.public_key, now, Duration::days(AGENT_IDENTITY_DAYS))
+            .map_err(internal)?;
+        let ts = now.unix_timestamp();
+        let cert_pem = issued.cert_pem.clone();
+        self.store
+            .call(move |c| -> Result<()> {
+                let tx = c.transaction()?;
+                store::credential_insert(
+                    &tx,
+                    &store::CredentialRow {
+                        serial: issued.serial.clone(),
+                        role: Role::Agent.as_str().into(),
+                        subject: agent.clone(),
+                        not_after: issued.not_after,
+                        revoked_at: None,
+                    },
+                    ts,
+                )?;
+                store::audit_insert(
+                    &tx,
+                    ts,
+                    &AuditRecord {
+                        actor: &format!("agent:{agent}"),
+                        action: "agent.identity.renew",
+                        target: &agent,
+                        outcome: "ok",
+                        detail: &format!("serial={}", issued.serial),
+                    },
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(cert_pem)
+    }
+
+    /// Whether an agent exists and has not been removed.
+    pub async fn agent_active(&self, agent: String) -> Result<bool> {
+        Ok(self
+            .store
+            .call(move |c| store::agent_get(c, &agent))
+            .await?
+            .is_some_and(|a| a.removed_at.is_none()))
+    }
+
+    pub async fn agent_hello(&self, agent: String, hello: AgentHello) -> Result<()> {
+        let now = self.now().unix_timestamp();
+        self.store
+            .call(move |c| -> Result<()> {
+                let tx = c.transaction()?;
+                let row = store::agent_get(&tx, &agent)?.ok_or_else(|| ServiceError::NotFound {
+                    what: "agent",
+                    id: agent.clone(),
+                })?;
+                let labels = merge_labels(&row.labels, &hello.labels);
+                store::agent_seen(&tx, &agent, &hello, &labels, now)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub async fn agent_list(&self) -> Result<Vec<AgentInfo>> {
+        let rows = self.store.call(|c| store::agent_list(c)).await?;
+        Ok(rows.iter().map(|a| self.agent_info(a)).collect())
+    }
+
+    pub async fn agent_show(&self, id: String) -> Result<AgentInfo> {
+        let row = self
+            .store
+            .call(move |c| -> Result<AgentRow> {
+                store::agent_get(c, &id)?
+                    .filter(|a| a.removed_at.is_none())
+                    .ok_or(ServiceError::NotFound { what: "agent", id })
+            })
+            .await?;
+        Ok(self.agent_info(&row))
+    }
+
+    /// Remove an agent: its credentials are revoked, its deployments
+    /// dropped, and a live connection is closed at once.
+    pub async fn agent_remove(&self, actor: String, id: String) -> Result<AgentInfo> {
+        let now = self.now().unix_timestamp();
+        let agent = id.clone();
+        let row = self
+            .store
+            .call(move |c| -> Result<AgentRow> {
+                let tx = c.transaction()?;
+                let row = store::agent_get(&tx, &agent)?
+                    .filter(|a| a.removed_at.is_none())
+                    .ok_or_else(|| ServiceError::NotFound {
+                        what: "agent",
+                        id: agent.clone(),
+                    })?;
+                store::agent_remove(&tx, &agent, now)?;
+                store::audit_insert(
+                    &tx,
+                    now,
+                    &AuditRecord {
+                        actor: &actor,
+                        action: "agent.remove",
+                        target: &agent,
+                        outcome: "ok",
+                        detail: &format!("name={}", row.name),
+                    },
+                )?;
+                tx.commit()?;
+                Ok(row)
+            })
+            .await?;
+        self.sessions.send(&id, SessionEvent::Kick);
+        let mut info = self.agent_info(&row);
+        info.connected = false;
+        Ok(info)
+    }
+
+    /// Bind a certificate's lineage to `target` on every agent the selector
+    /// picks, and poke those agents.
+    pub async fn deploy(
+        &self,
+        actor: String,
+        certificate: String,
+        selector: String,
+        target: String,
+    ) -> Result<Vec<DeploymentInfo>> {
+        let sel = Selector::parse(&selector).map_err(ServiceError::Invalid)?;
+        let now = self.now().unix_timestamp();
+        let (deployments, agents) = self
+            .store
+            .call(move |c| -> Result<(Vec<DeploymentInfo>, Vec<String>)> {
+                let tx = c.transaction()?;
+                let cert = store::cert_get(&tx, &certificate)?.ok_or_else(|| {
+                    ServiceError::NotFound {
+                        what: "certificate",
+                        id: certificate.clone(),
+                    }
+                })?;
+                if cert.info.state != CertState::Active {
+                    return Err(ServiceError::Conflict(format!(
+                        "certificate {certificate} is {}; only active certificates can be deployed",
+                        cert.info.state
+                    )));
+                }
+                let candidates: Vec<AgentRow> = store::agent_list(&tx)?
+                    .into_iter()
+                    .filter(|a| sel.matches(a))
+                    .collect();
+                if candidates.is_empty() {
+                    return Err(ServiceError::Invalid(format!(
+                        "no agent matches {selector:?}; see `certfleet agent list`"
+                    )));
+                }
+                let with_target: Vec<&AgentRow> = candidates
+                    .iter()
+                    .filter(|a| a.targets.iter().any(|t| t.name == target))
+                    .collect();
+                if with_target.is_empty() {
+                    return Err(ServiceError::Invalid(format!(
+                        "{} agent(s) match {selector:?} but none has declared a target named \
+                         {target:?} (agents declare targets in their config and report them \
+                         when they connect)",
+                        candidates.len()
+                    )));
+                }
+                let cert_names: Vec<certfleet_protocol::name::SubjectName> = cert
+                    .info
+                    .domains
+                    .iter()
+                    .filter_map(|d| certfleet_protocol::name::parse(d).ok())
+                    .collect();
+                for a in &with_target {
+                    let t = a.targets.iter().find(|t| t.name == target).expect("filtered above");
+                    for d in &t.domains {
+                        let Ok(want) = certfleet_protocol::name::parse(d) else {
+                            continue;
+                        };
+                        if !cert_names.iter().any(|have| covers(have, &want)) {
+                            return Err(ServiceError::Invalid(format!(
+                                "certificate {certificate} does not cover {d}, which target \
+                                 {target:?} on agent {} ({}) serves",
+                                a.name, a.id
+                            )));
+                        }
+                    }
+                }
+                let lineage = lineage_root(&tx, &cert.info.id)?;
+                let mut ids = Vec::new();
+                for a in &with_target {
+                    store::deployment_upsert(&tx, &a.id, &target, &lineage, &cert.info.id, now)?;
+                    ids.push(a.id.clone());
+                }
+                store::audit_insert(
+                    &tx,
+                    now,
+                    &AuditRecord {
+                        actor: &actor,
+                        action: "deploy",
+                        target: &cert.info.id,
+                        outcome: "ok",
+                        detail: &format!("selector={selector} target={target} agents={}", ids.join(",")),
+                    },
+                )?;
+                tx.commit()?;
+                let all = store::deployment_list(c, Some(&cert.info.id), None)?;
+                let deployments = all
+                    .into_iter()
+                    .filter(|d| ids.contains(&d.agent) && d.target == target)
+                    .collect();
+                Ok((deployments, ids))
+            })
+            .await?;
+        for a in &agents {
+            self.sessions.send(a, SessionEvent::Poke);
+        }
+        Ok(deployments)
+    }
+
+    pub async fn deployment_list(
+        &self,
+        certificate: Option<String>,
+        agent: Option<String>,
+    ) -> Result<Vec<DeploymentInfo>> {
+        Ok(self
+            .store
+            .call(move |c| store::deployment_list(c, certificate.as_deref(), agent.as_deref()))
+            .await?)
+    }
+
+    /// Everything an agent should have installed, with keys. Each key
+    /// release is audited before it is returned.
+    pub async fn desired_state(&self, agent: String) -> Result<Vec<DesiredInstall>> {
+        let now = self.now().unix_timestamp();
+        let rows = self
+            .store
+            .call(move |c| -> Result<Vec<(DeploymentInfo, store::CertRow, String)>> {
+                let tx = c.transaction()?;
+                let mut out = Vec::new();
+                for d in store::deployment_list(&tx, None, Some(&agent))? {
+                    let cert = store::cert_get(&tx, &d.desired)?
+                        .ok_or_else(|| internal(format!("certificate {} vanished", d.desired)))?;
+                    let root = store::issuer_get(&tx, &cert.info.issuer)?
+                        .ok_or_else(|| internal("issuer vanished"))?
+                        .root_pem;
+                    store::audit_insert(
+                        &tx,
+                        now,
+                        &AuditRecord {
+                            actor: &format!("agent:{agent}"),
+                            action: "key.release",
+                            target: &cert.info.id,
+                            outcome: "ok",
+                            detail: &format!("deployment={} target={}", d.id, d.target),
+                        },
+                    )?;
+                    out.push((d, cert, root));
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await?;
+        let mut desired = Vec::new();
+        for (d, cert, root_pem) in rows {
+            let key = self
+                .master
+                .open(&key_aad(&cert.info.id), &cert.key_sealed)
+                .map_err(internal)?;
+            desired.push(DesiredInstall {
+                deployment: d.id,
+                target: d.target,
+                certificate: cert.info.id.clone(),
+                fingerprint: cert.info.fingerprint.clone(),
+                bundle: certfleet_protocol::message::CertBundle {
+                    id: cert.info.id,
+                    leaf_pem: cert.info.leaf_pem,
+                    chain_pem: cert.info.chain_pem,
+                    root_pem,
+                    key: Secret::new(key.to_vec()),
+                },
+            });
+        }
+        Ok(desired)
+    }
+
+    pub async fn report(&self, agent: String, report: InstallReport) -> Result<()> {
+        let now = self.now().unix_timestamp();
+        let applied = self
+            .store
+            .call(move |c| -> Result<bool> {
+                let tx = c.transaction()?;
+                let applied = store::deployment_report(&tx, &agent, &report, now)?;
+                store::audit_insert(
+                    &tx,
+                    now,
+                    &AuditRecord {
+                        actor: &format!("agent:{agent}"),
+                        action: "deployment.report",
+                        target: &report.deployment,
+                        outcome: report.status.as_str(),
+                        detail: &format!(
+                            "certificate={} served={} error={}",
+                            report.certificate,
+                            report.served_fingerprint.as_deref().unwrap_or("-"),
+                            report.error.as_deref().unwrap_or("-")
+                        ),
+                    },
+                )?;
+                tx.commit()?;
+                Ok(applied)
+            })
+            .await?;
+        if !applied {
+            warn!("report for a deployment that has since changed; ignored");
+        }
+        Ok(())
+    }
+}
+
+/// The first certificate of the lineage `cert` belongs to.
+fn lineage_root(conn: &rusqlite::Connection, cert: &str) -> Result<String> {
+    let mut current = cert.to_string();
+    for _ in 0..10_000 {
+        match store::cert_get(conn, &current)?.and_then(|c| c.info.renews) {
+            Some(prev) => current = prev,
+            None => return Ok(current),
+        }
+    }
+    Err(internal("certificate lineage loops"))
+}
+
+/// Whether certificate name `have` covers server name `want` (RFC 6125
+/// wildcard matching: `*.example.com` covers exactly one more label).
+pub fn covers(
+    have: &certfleet_protocol::name::SubjectName,
+    want: &certfleet_protocol::name::SubjectName,
+) -> bool {
+    use certfleet_protocol::name::SubjectName::{Dns, Ip};
+    match (have, want) {
+        (Ip(a), Ip(b)) => a == b,
+        (Dns(h), Dns(w)) => {
+            if h == w {
+                return true;
+            }
+            match h.strip_prefix("*.") {
+                Some(suffix) => w
+                    .split_once('.')
+                    .is_some_and(|(first, rest)| first != "*" && rest == suffix),
+                None => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certfleet_protocol::name::parse;
+
+    #[test]
+    fn labels_and_selectors() {
+        assert_eq!(
+            parse_labels("role=web, env=prod").unwrap(),
+            vec![("role".into(), "web".into()), ("env".into(), "prod".into())]
+        );
+        assert!(parse_labels("role").is_err());
+        assert!(parse_labels("role=we b").is_err());
+        assert!(parse_labels("a=1,a=2").is_err());
+        assert_eq!(Selector::parse("agent=agent-1").unwrap(), Selector::Agent("agent-1".into()));
+        assert!(Selector::parse("").is_err());
+        let agent = AgentRow {
+            id: "agent-1".into(),
+            name: "web-1".into(),
+            labels: vec![("role".into(), "web".into()), ("env".into(), "prod".into())],
+            targets: vec![],
+            version: None,
+            enrolled_at: 0,
+            last_seen: None,
+            removed_at: None,
+            skew_secs: None,
+            identity_expires: None,
+        };
+        assert!(Selector::parse("role=web").unwrap().matches(&agent));
+        assert!(Selector::parse("role=web,env=prod").unwrap().matches(&agent));
+        assert!(!Selector::parse("role=web,env=dev").unwrap().matches(&agent));
+        assert!(Selector::parse("agent=agent-1").unwrap().matches(&agent));
+    }
+
+    #[test]
+    fn wildcard_coverage() {
+        let w = parse("*.example.com").unwrap();
+        assert!(covers(&w, &parse("www.example.com").unwrap()));
+        assert!(!covers(&w, &parse("example.com").unwrap()));
+        assert!(!covers(&w, &parse("a.b.example.com").unwrap()));
+        assert!(covers(&parse("127.0.0.1").unwrap(), &parse("127.0.0.1").unwrap()));
+        assert!(!covers(&parse("a.test").unwrap(), &parse("b.test").unwrap()));
+    }
+
+    #[test]
+    fn merge_keeps_token_labels() {
+        let merged = merge_labels(
+            &[("role".into(), "web".into())],
+            &[("role".into(), "db".into()), ("zone".into(), "a".into())],
+        );
+        assert_eq!(
+            merged,
+            vec![("role".into(), "web".into()), ("zone".into(), "a".into())]
+        );
+    }
+}

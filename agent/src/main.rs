@@ -1,1 +1,168 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use certfleet_agent::config::Config;
+use certfleet_agent::state::AgentState;
+use certfleet_agent::{identity::Identity, session};
+use clap::{Parser, Subcommand};
+
+/// certfleet-agent: installs the certificates the controller deploys to this
+/// host, proves they are served, and rolls back when they are not.
+#[derive(Debug, Parser)]
+#[command(name = "certfleet-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll this host with a join token from `certfleet agent token create`.
+    Enroll {
+        /// Controller address, host:port [default: `controller` in the config].
+        #[arg(long)]
+        controller: Option<String>,
+        /// Join token (cfjt1.…).
+        #[arg(long, env = "CERTFLEET_JOIN_TOKEN")]
+        token: String,
+        /// The identity CA pin printed with the token (sha256:…); enrollment
+        /// aborts before sending the token if the controller does not match.
+        #[arg(long)]
+        ca_pin: String,
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+    },
+    /// Run the agent.
+    Run {
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+    },
+    /// Show each target's installed certificate and last result.
+    Status {
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a config file and exit.
+    CheckConfig {
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn main_async(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Enroll {
+            controller,
+            token,
+            ca_pin,
+            config,
+        } => {
+            let config = Config::load(&config)?;
+            let controller = controller.unwrap_or_else(|| config.controller.clone());
+            let agent = session::enroll(&config, &controller, token.into(), &ca_pin).await?;
+            println!(
+                "enrolled as {agent}; identity stored in {}.\nStart the agent: systemctl start certfleet-agent \
+                 (or certfleet-agent run --config {})",
+                config.state_dir.display(),
+                config.path.display()
+            );
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            session::run(config, shutdown_signal()).await
+        }
+        Command::Status { config, json } => {
+            let config = Config::load(&config)?;
+            let state = AgentState::load(&config.state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&state)?);
+                return Ok(());
+            }
+            match Identity::load(&config.state_dir) {
+                Ok(id) => println!(
+                    "agent {} (identity valid until {})",
+                    id.agent,
+                    certfleet_protocol::message::Timestamp(id.not_after)
+                ),
+                Err(_) => println!("not enrolled"),
+            }
+            for t in &config.targets {
+                match state.targets.get(&t.name) {
+                    Some(s) => println!(
+                        "{} ({}): {} expires {}; last result {} at {}{}",
+                        t.name,
+                        t.kind.as_str(),
+                        s.certificate.as_deref().unwrap_or("no certificate"),
+                        s.not_after.map(|x| x.to_string()).unwrap_or("-".into()),
+                        s.last_result,
+                        s.at,
+                        s.last_error
+                            .as_deref()
+                            .map(|e| format!("\n    {}", e.replace('\n', "\n    ")))
+                            .unwrap_or_default()
+                    ),
+                    None => println!("{} ({}): nothing installed yet", t.name, t.kind.as_str()),
+                }
+            }
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: ok ({} target(s): {})",
+                config.display(),
+                c.targets.len(),
+                c.targets
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CERTFLEET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -53,9 +53,7 @@ impl Sessions {
     pub fn register(&self, agent: &str) -> (u64, mpsc::UnboundedReceiver<SessionEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let old = self
-            .lock()
-            .insert(agent.to_string(), (id, tx));
+        let old = self.lock().insert(agent.to_string(), (id, tx));
         if let Some((_, old)) = old {
             let _ = old.send(SessionEvent::Kick);
         }
@@ -83,7 +81,10 @@ impl Sessions {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, mpsc::UnboundedSender<SessionEvent>)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, mpsc::UnboundedSender<SessionEvent>)>>
+    {
         // A panic while holding this lock leaves a valid map behind.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -252,11 +253,17 @@ impl Service {
     }
 
     /// Enroll an agent: check and consume the token, issue the identity.
-    pub async fn enroll(&self, token: Secret, csr_pem: String, hostname: String) -> Result<(String, String)> {
+    pub async fn enroll(
+        &self,
+        token: Secret,
+        csr_pem: String,
+        hostname: String,
+    ) -> Result<(String, String)> {
         let refused = || ServiceError::Invalid("join token is invalid, expired or used up".into());
         let text = token.expose_str().ok_or_else(refused)?.to_string();
         let mut parts = text.splitn(3, '.');
-        let (Some(TOKEN_PREFIX), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next())
+        let (Some(TOKEN_PREFIX), Some(id), Some(secret)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(ServiceError::Invalid(
                 "join token is malformed: expected cfjt1.<id>.<secret>".into(),
@@ -267,8 +274,9 @@ impl Service {
                 "agent hostname {hostname:?} is not a valid host name"
             )));
         }
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem)
-            .map_err(|e| ServiceError::Invalid(format!("certificate signing request is invalid: {e}")))?;
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).map_err(|e| {
+            ServiceError::Invalid(format!("certificate signing request is invalid: {e}"))
+        })?;
         let presented = token_hash(secret);
         let now = self.now();
         let ts = now.unix_timestamp();
@@ -307,11 +315,9 @@ impl Service {
                     tx.commit()?;
                     return Err(refused());
                 };
-                let same = aws_lc_rs::constant_time::verify_slices_are_equal(
-                    &row.secret_hash,
-                    &presented,
-                )
-                .is_ok();
+                let same =
+                    aws_lc_rs::constant_time::verify_slices_are_equal(&row.secret_hash, &presented)
+                        .is_ok();
                 let why = if !same {
                     Some("wrong secret")
                 } else if row.expires_at <= ts {
@@ -373,12 +379,19 @@ impl Service {
 
     /// Issue a fresh identity certificate to a connected agent.
     pub async fn renew_identity(&self, agent: String, csr_pem: String) -> Result<String> {
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem)
-            .map_err(|e| ServiceError::Invalid(format!("certificate signing request is invalid: {e}")))?;
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).map_err(|e| {
+            ServiceError::Invalid(format!("certificate signing request is invalid: {e}"))
+        })?;
         let now = self.now();
         let issued = self
             .identity
-            .issue_client(Role::Agent, &agent, &csr.public_key, now, Duration::days(AGENT_IDENTITY_DAYS))
+            .issue_client(
+                Role::Agent,
+                &agent,
+                &csr.public_key,
+                now,
+                Duration::days(AGENT_IDENTITY_DAYS),
+            )
             .map_err(internal)?;
         let ts = now.unix_timestamp();
         let cert_pem = issued.cert_pem.clone();
@@ -509,12 +522,11 @@ impl Service {
             .store
             .call(move |c| -> Result<(Vec<DeploymentInfo>, Vec<String>)> {
                 let tx = c.transaction()?;
-                let cert = store::cert_get(&tx, &certificate)?.ok_or_else(|| {
-                    ServiceError::NotFound {
+                let cert =
+                    store::cert_get(&tx, &certificate)?.ok_or_else(|| ServiceError::NotFound {
                         what: "certificate",
                         id: certificate.clone(),
-                    }
-                })?;
+                    })?;
                 if cert.info.state != CertState::Active {
                     return Err(ServiceError::Conflict(format!(
                         "certificate {certificate} is {}; only active certificates can be deployed",
@@ -549,7 +561,11 @@ impl Service {
                     .filter_map(|d| certfleet_protocol::name::parse(d).ok())
                     .collect();
                 for a in &with_target {
-                    let t = a.targets.iter().find(|t| t.name == target).expect("filtered above");
+                    let t = a
+                        .targets
+                        .iter()
+                        .find(|t| t.name == target)
+                        .expect("filtered above");
                     for d in &t.domains {
                         let Ok(want) = certfleet_protocol::name::parse(d) else {
                             continue;
@@ -577,7 +593,10 @@ impl Service {
                         action: "deploy",
                         target: &cert.info.id,
                         outcome: "ok",
-                        detail: &format!("selector={selector} target={target} agents={}", ids.join(",")),
+                        detail: &format!(
+                            "selector={selector} target={target} agents={}",
+                            ids.join(",")
+                        ),
                     },
                 )?;
                 tx.commit()?;
@@ -612,31 +631,34 @@ impl Service {
         let now = self.now().unix_timestamp();
         let rows = self
             .store
-            .call(move |c| -> Result<Vec<(DeploymentInfo, store::CertRow, String)>> {
-                let tx = c.transaction()?;
-                let mut out = Vec::new();
-                for d in store::deployment_list(&tx, None, Some(&agent))? {
-                    let cert = store::cert_get(&tx, &d.desired)?
-                        .ok_or_else(|| internal(format!("certificate {} vanished", d.desired)))?;
-                    let root = store::issuer_get(&tx, &cert.info.issuer)?
-                        .ok_or_else(|| internal("issuer vanished"))?
-                        .root_pem;
-                    store::audit_insert(
-                        &tx,
-                        now,
-                        &AuditRecord {
-                            actor: &format!("agent:{agent}"),
-                            action: "key.release",
-                            target: &cert.info.id,
-                            outcome: "ok",
-                            detail: &format!("deployment={} target={}", d.id, d.target),
-                        },
-                    )?;
-                    out.push((d, cert, root));
-                }
-                tx.commit()?;
-                Ok(out)
-            })
+            .call(
+                move |c| -> Result<Vec<(DeploymentInfo, store::CertRow, String)>> {
+                    let tx = c.transaction()?;
+                    let mut out = Vec::new();
+                    for d in store::deployment_list(&tx, None, Some(&agent))? {
+                        let cert = store::cert_get(&tx, &d.desired)?.ok_or_else(|| {
+                            internal(format!("certificate {} vanished", d.desired))
+                        })?;
+                        let root = store::issuer_get(&tx, &cert.info.issuer)?
+                            .ok_or_else(|| internal("issuer vanished"))?
+                            .root_pem;
+                        store::audit_insert(
+                            &tx,
+                            now,
+                            &AuditRecord {
+                                actor: &format!("agent:{agent}"),
+                                action: "key.release",
+                                target: &cert.info.id,
+                                outcome: "ok",
+                                detail: &format!("deployment={} target={}", d.id, d.target),
+                            },
+                        )?;
+                        out.push((d, cert, root));
+                    }
+                    tx.commit()?;
+                    Ok(out)
+                },
+            )
             .await?;
         let mut desired = Vec::new();
         for (d, cert, root_pem) in rows {
@@ -745,7 +767,10 @@ mod tests {
         assert!(parse_labels("role").is_err());
         assert!(parse_labels("role=we b").is_err());
         assert!(parse_labels("a=1,a=2").is_err());
-        assert_eq!(Selector::parse("agent=agent-1").unwrap(), Selector::Agent("agent-1".into()));
+        assert_eq!(
+            Selector::parse("agent=agent-1").unwrap(),
+            Selector::Agent("agent-1".into())
+        );
         assert!(Selector::parse("").is_err());
         let agent = AgentRow {
             id: "agent-1".into(),
@@ -760,7 +785,9 @@ mod tests {
             identity_expires: None,
         };
         assert!(Selector::parse("role=web").unwrap().matches(&agent));
-        assert!(Selector::parse("role=web,env=prod").unwrap().matches(&agent));
+        assert!(Selector::parse("role=web,env=prod")
+            .unwrap()
+            .matches(&agent));
         assert!(!Selector::parse("role=web,env=dev").unwrap().matches(&agent));
         assert!(Selector::parse("agent=agent-1").unwrap().matches(&agent));
     }
@@ -771,8 +798,14 @@ mod tests {
         assert!(covers(&w, &parse("www.example.com").unwrap()));
         assert!(!covers(&w, &parse("example.com").unwrap()));
         assert!(!covers(&w, &parse("a.b.example.com").unwrap()));
-        assert!(covers(&parse("127.0.0.1").unwrap(), &parse("127.0.0.1").unwrap()));
-        assert!(!covers(&parse("a.test").unwrap(), &parse("b.test").unwrap()));
+        assert!(covers(
+            &parse("127.0.0.1").unwrap(),
+            &parse("127.0.0.1").unwrap()
+        ));
+        assert!(!covers(
+            &parse("a.test").unwrap(),
+            &parse("b.test").unwrap()
+        ));
     }
 
     #[test]

@@ -236,6 +236,10 @@ impl IdentityCa {
         roots.add(self.cert_der.clone())?;
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                // Unauthenticated clients get through TLS only to enroll;
+                // every other request on such a connection is refused
+                // (server::rpc).
+                .allow_unauthenticated()
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
         let (chain, key) = self.server_cert(now)?;

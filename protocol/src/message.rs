@@ -515,7 +515,9 @@ pub enum Response {
     },
     Ack,
     Desired(Vec<DesiredInstall>),
-    Identity { cert_pem: String },
+    Identity {
+        cert_pem: String,
+    },
     Token(JoinToken),
     Agent(AgentInfo),
     Agents(Vec<AgentInfo>),

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{
-    ApplicationState, DeploymentStatus, InstanceSpec, IssuerKind, KeyType, Request, Response, RevocationReason,
-    ValidationType,
+    ApplicationState, DeploymentStatus, InstanceSpec, IssuerKind, KeyType, Request, Response,
+    RevocationReason, ValidationType,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -391,26 +391,81 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("cannot create the dev issuer: {}", e.to_rpc().message))?;
     let credential = dir.path().join(server::ADMIN_CREDENTIAL_FILE);
+    let files_dir = dir.path().join("files");
+    let agent = dev_agent(&running, dir.path()).await?;
     println!(
         "certfleet dev controller listening on {listen} (QUIC), CRLs on {crl}.\n\
          State lives in {state} and is deleted when this process exits.\n\
-         A built-in issuer named \"dev\" is ready.\n\n\
+         A built-in issuer named \"dev\" is ready, and an in-process agent ({agent}, labels\n\
+         role=dev) with a `files` target that writes into {files}.\n\n\
          Point the CLI at it (in another shell):\n\n    \
          export CERTFLEET_CONTROLLER={listen}\n    \
          export CERTFLEET_CREDENTIAL={cred}\n\n\
-         Then, for example:\n\n    \
+         Then walk the lifecycle:\n\n    \
          certfleet instance create --issuer dev --domains 2\n    \
-         certfleet cert apply --instance <instance id> --domain www.example.test --domain 127.0.0.1 --wait\n\n\
+         certfleet cert apply --instance <instance id> --domain www.example.test --domain 127.0.0.1 --wait\n    \
+         certfleet deploy <certificate id> --to role=dev --target files --wait\n    \
+         certfleet deployment list\n\n\
          Press Ctrl-C to stop.",
         listen = running.runtime.listen,
         crl = running.runtime.crl_listen,
         state = dir.path().display(),
         cred = credential.display(),
+        files = files_dir.display(),
     );
     shutdown_signal().await;
     running.stop().await;
     drop(dir);
     Ok(())
+}
+
+/// Enroll and start the dev controller's in-process agent, with one
+/// `files` target under `<dev dir>/files`.
+async fn dev_agent(running: &server::Running, dir: &std::path::Path) -> anyhow::Result<String> {
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files)?;
+    let toml = format!(
+        "controller = \"{listen}\"\nstate_dir = \"{state}\"\nname = \"dev-agent\"\n\
+         allowed_dirs = [\"{files}\"]\n[labels]\nrole = \"dev\"\n\
+         [[target]]\nname = \"files\"\nkind = \"files\"\n\
+         fullchain = \"{files}/fullchain.pem\"\ncert = \"{files}/cert.pem\"\n\
+         chain = \"{files}/chain.pem\"\nkey = \"{files}/privkey.pem\"\n",
+        listen = running.runtime.listen,
+        state = dir.join("agent").display(),
+        files = files.display(),
+    );
+    let config_path = dir.join("agent.toml");
+    std::fs::write(&config_path, &toml)?;
+    let config = certfleet_agent::config::Config::parse(&config_path, &toml)?;
+    let token = running
+        .service
+        .token_create(
+            "controller".into(),
+            vec![("role".into(), "dev".into())],
+            600,
+            1,
+        )
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot create the dev agent's token: {}",
+                e.to_rpc().message
+            )
+        })?;
+    let agent = certfleet_agent::session::enroll(
+        &config,
+        &running.runtime.listen.to_string(),
+        token.token,
+        &token.ca_pin,
+    )
+    .await
+    .context("cannot enroll the dev agent")?;
+    tokio::spawn(async move {
+        if let Err(e) = certfleet_agent::session::run(config, std::future::pending()).await {
+            tracing::warn!(error = %format!("{e:#}"), "dev agent stopped");
+        }
+    });
+    Ok(agent)
 }
 
 macro_rules! expect_response {
@@ -562,7 +617,8 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             out.audit(&expect_response!(r, Audit))
         }
         Command::Agent(AgentCmd::Token(TokenCmd::Create { labels, ttl, uses })) => {
-            let labels = crate::fleet::parse_labels(&labels).map_err(|e| anyhow!("--labels: {e}"))?;
+            let labels =
+                crate::fleet::parse_labels(&labels).map_err(|e| anyhow!("--labels: {e}"))?;
             let r = client
                 .call(&Request::TokenCreate {
                     labels,
@@ -597,9 +653,9 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
                 let ids: Vec<String> = deployments.iter().map(|d| d.id.clone()).collect();
                 let deadline = tokio::time::Instant::now() + args.timeout;
                 loop {
-                    let done = deployments.iter().all(|d| {
-                        d.status != DeploymentStatus::Pending
-                    });
+                    let done = deployments
+                        .iter()
+                        .all(|d| d.status != DeploymentStatus::Pending);
                     if done {
                         break;
                     }
@@ -628,7 +684,12 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             out.deployments(&deployments)?;
             let failed: Vec<_> = deployments
                 .iter()
-                .filter(|d| matches!(d.status, DeploymentStatus::RolledBack | DeploymentStatus::Failed))
+                .filter(|d| {
+                    matches!(
+                        d.status,
+                        DeploymentStatus::RolledBack | DeploymentStatus::Failed
+                    )
+                })
                 .collect();
             if !failed.is_empty() {
                 bail!(
@@ -637,7 +698,12 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
                     deployments.len(),
                     failed
                         .iter()
-                        .map(|d| format!("{} on {}: {}", d.status, d.agent_name, d.last_error.as_deref().unwrap_or("-")))
+                        .map(|d| format!(
+                            "{} on {}: {}",
+                            d.status,
+                            d.agent_name,
+                            d.last_error.as_deref().unwrap_or("-")
+                        ))
                         .collect::<Vec<_>>()
                         .join("; ")
                 );

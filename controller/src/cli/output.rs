@@ -56,7 +56,10 @@ fn labels(l: &[(String, String)]) -> String {
     if l.is_empty() {
         return "-".into();
     }
-    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn opt(v: &Option<String>) -> String {
@@ -299,11 +302,16 @@ impl Output {
                         .join(", "),
                 ),
                 ("version", opt(&a.version)),
-                ("last seen", a.last_seen.map(|t| t.to_string()).unwrap_or("-".into())),
+                (
+                    "last seen",
+                    a.last_seen.map(|t| t.to_string()).unwrap_or("-".into()),
+                ),
                 ("enrolled", a.enrolled_at.to_string()),
                 (
                     "identity expires",
-                    a.identity_expires.map(|t| t.to_string()).unwrap_or("-".into()),
+                    a.identity_expires
+                        .map(|t| t.to_string())
+                        .unwrap_or("-".into()),
                 ),
             ])
         })
@@ -320,7 +328,11 @@ impl Output {
                             a.name.clone(),
                             if a.connected { "yes" } else { "no" }.into(),
                             labels(&a.labels),
-                            a.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","),
+                            a.targets
+                                .iter()
+                                .map(|t| t.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(","),
                             a.last_seen.map(|t| t.to_string()).unwrap_or("-".into()),
                         ]
                     })
@@ -332,7 +344,16 @@ impl Output {
     pub(super) fn deployments(&self, list: &[DeploymentInfo]) -> anyhow::Result<()> {
         self.emit(list, || {
             table(
-                &["ID", "AGENT", "TARGET", "DESIRED", "INSTALLED", "STATUS", "UPDATED", "LAST ERROR"],
+                &[
+                    "ID",
+                    "AGENT",
+                    "TARGET",
+                    "DESIRED",
+                    "INSTALLED",
+                    "STATUS",
+                    "UPDATED",
+                    "LAST ERROR",
+                ],
                 list.iter()
                     .map(|d| {
                         vec![

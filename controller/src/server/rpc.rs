@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 
-use certfleet_protocol::message::{ErrorKind, Hello, HelloReply, Poke, Request, Response, RpcError};
+use certfleet_protocol::message::{
+    ErrorKind, Hello, HelloReply, Poke, Request, Response, RpcError,
+};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
@@ -212,7 +214,10 @@ async fn session_events(
             }
             SessionEvent::Kick => {
                 info!("closing session of removed or replaced agent");
-                conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), b"agent removed or replaced");
+                conn.close(
+                    VarInt::from_u32(CLOSE_UNAUTHORIZED),
+                    b"agent removed or replaced",
+                );
                 return;
             }
         }

@@ -677,8 +677,8 @@ pub fn agent_seen(
     labels: &[(String, String)],
     now: i64,
 ) -> Result<(), StoreError> {
-    let targets = serde_json::to_string(&hello.targets)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let targets =
+        serde_json::to_string(&hello.targets).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.execute(
         "UPDATE agents SET last_seen = ?2, version = ?3, targets = ?4, labels = ?5,
          skew_secs = ?6 WHERE id = ?1",
@@ -695,7 +695,10 @@ pub fn agent_seen(
 }
 
 pub fn agent_remove(conn: &Connection, id: &str, now: i64) -> Result<(), StoreError> {
-    conn.execute("UPDATE agents SET removed_at = ?2 WHERE id = ?1", params![id, now])?;
+    conn.execute(
+        "UPDATE agents SET removed_at = ?2 WHERE id = ?1",
+        params![id, now],
+    )?;
     conn.execute(
         "UPDATE credentials SET revoked_at = ?2
          WHERE role = 'agent' AND subject = ?1 AND revoked_at IS NULL",
@@ -719,7 +722,14 @@ pub fn token_insert(conn: &Connection, t: &TokenRow, now: i64) -> Result<(), Sto
     conn.execute(
         "INSERT INTO join_tokens (id, secret_hash, labels, uses_left, expires_at, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![t.id, t.secret_hash, labels_to_json(&t.labels), t.uses_left, t.expires_at, now],
+        params![
+            t.id,
+            t.secret_hash,
+            labels_to_json(&t.labels),
+            t.uses_left,
+            t.expires_at,
+            now
+        ],
     )?;
     Ok(())
 }

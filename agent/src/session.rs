@@ -1,0 +1,330 @@
+//! The agent's life: enrollment once, then one long-lived mTLS connection
+//! to the controller, reconnecting with exponential backoff and jitter.
+//!
+//! On every (re)connect and every poke the agent fetches its full desired
+//! state and reconciles each target — so anything lost in transit is
+//! recovered by the next fetch, and a repeat of what is already installed
+//! is only re-reported, never re-installed.
+
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use certfleet_protocol::message::{
+    AgentHello, DeploymentStatus, DesiredInstall, InstallReport, Poke, Request, Response,
+    TargetInfo, Timestamp,
+};
+use certfleet_protocol::{frame, Secret, DEFAULT_MAX_FRAME};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::identity::{self, Identity};
+use crate::install;
+use crate::state::{AgentState, TargetState};
+use crate::transport::{self, Conn};
+
+/// Longest wait between reconnection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Full reconcile even without a poke, as a safety net.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Create the state directory (0700) and its journal directory.
+pub fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
+    for d in [dir.to_path_buf(), dir.join("journal")] {
+        if !d.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .with_context(|| format!("cannot create {}", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Enroll with a join token; stores the identity in the state directory.
+pub async fn enroll(
+    config: &Config,
+    controller: &str,
+    token: Secret,
+    pin: &str,
+) -> anyhow::Result<String> {
+    if !pin.starts_with("sha256:") || pin.len() != 7 + 64 {
+        bail!("--ca-pin must look like sha256:<64 hex digits>, as printed by `certfleet agent token create`");
+    }
+    if Identity::exists(&config.state_dir) {
+        bail!(
+            "this agent is already enrolled (identity in {}); remove that directory's identity \
+             files to enroll again",
+            config.state_dir.display()
+        );
+    }
+    prepare_state_dir(&config.state_dir)?;
+    let addr = transport::resolve(controller).await?;
+    // The pin is checked during the TLS handshake, before the token is sent.
+    let conn = Conn::enroll(addr, pin).await?;
+    let (key_pem, csr_pem) = identity::new_key_and_csr(&config.name)?;
+    let response = conn
+        .call(&Request::Enroll {
+            token,
+            csr_pem,
+            hostname: config.name.clone(),
+        })
+        .await
+        .context("enrollment refused")?;
+    let Response::Enrolled {
+        agent,
+        cert_pem,
+        ca_pem,
+    } = response
+    else {
+        bail!("unexpected answer to enrollment: {response:?}");
+    };
+    Identity::store(
+        &config.state_dir,
+        &agent,
+        &key_pem,
+        &cert_pem,
+        Some(&ca_pem),
+    )?;
+    conn.conn.close(0u32.into(), b"enrolled");
+    Ok(agent)
+}
+
+fn hello(config: &Config) -> AgentHello {
+    AgentHello {
+        hostname: config.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        labels: config.labels.clone(),
+        targets: config
+            .targets
+            .iter()
+            .map(|t| TargetInfo {
+                name: t.name.clone(),
+                kind: t.kind.as_str().to_string(),
+                domains: t.domains.clone(),
+            })
+            .collect(),
+        now: Timestamp(now()),
+    }
+}
+
+/// Recover interrupted installs (whole old file sets back), reloading
+/// servers that had already been reloaded with the new files.
+pub async fn recover(config: &Config) -> anyhow::Result<()> {
+    let journal = config.state_dir.join("journal");
+    let recovered =
+        tokio::task::spawn_blocking(move || install::files::recover(&journal)).await??;
+    for r in recovered {
+        warn!(target = %r.target, "recovered an interrupted install; previous files restored");
+        if r.needs_reload {
+            if let Some(t) = config.target(&r.target) {
+                if let Err(e) = install::reload(t).await {
+                    warn!(target = %r.target, error = %e, "reload after recovery failed");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Install what the controller wants; returns the reports to send.
+pub async fn reconcile(
+    config: &Config,
+    desired: Vec<DesiredInstall>,
+) -> anyhow::Result<Vec<InstallReport>> {
+    let mut state = AgentState::load(&config.state_dir)?;
+    let mut reports = Vec::new();
+    for d in desired {
+        let Some(target) = config.target(&d.target) else {
+            reports.push(InstallReport {
+                deployment: d.deployment.clone(),
+                certificate: d.certificate.clone(),
+                status: DeploymentStatus::Failed,
+                served_fingerprint: None,
+                error: Some(format!(
+                    "this agent's config ({}) has no target named {:?}",
+                    config.path.display(),
+                    d.target
+                )),
+                duration_ms: 0,
+            });
+            continue;
+        };
+        let recorded = state.targets.get(&target.name);
+        let done = recorded.is_some_and(|s| {
+            s.fingerprint.as_deref() == Some(d.fingerprint.as_str())
+                && s.last_result == DeploymentStatus::Installed
+        }) && install::already_installed(target, &d.fingerprint);
+        let report = if done {
+            InstallReport {
+                deployment: d.deployment.clone(),
+                certificate: d.certificate.clone(),
+                status: DeploymentStatus::Installed,
+                served_fingerprint: recorded.and_then(|s| s.fingerprint.clone()),
+                error: None,
+                duration_ms: 0,
+            }
+        } else {
+            info!(target = %target.name, certificate = %d.certificate, "installing");
+            let r = install::install(config, target, &d, now()).await;
+            let previous = state.targets.get(&target.name).cloned();
+            let installed = r.status == DeploymentStatus::Installed;
+            state.targets.insert(
+                target.name.clone(),
+                TargetState {
+                    certificate: if installed {
+                        Some(d.certificate.clone())
+                    } else {
+                        previous.as_ref().and_then(|p| p.certificate.clone())
+                    },
+                    fingerprint: if installed {
+                        Some(d.fingerprint.clone())
+                    } else {
+                        previous.as_ref().and_then(|p| p.fingerprint.clone())
+                    },
+                    not_after: if installed {
+                        install::validate(&d.bundle, target, now())
+                            .ok()
+                            .map(|v| Timestamp(v.not_after))
+                    } else {
+                        previous.as_ref().and_then(|p| p.not_after)
+                    },
+                    deployment: Some(d.deployment.clone()),
+                    last_result: r.status,
+                    last_error: r.error.clone(),
+                    at: Timestamp(now()),
+                },
+            );
+            state.save(&config.state_dir)?;
+            r
+        };
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+async fn sync(config: &Config, conn: &Conn) -> anyhow::Result<()> {
+    let desired = match conn.call(&Request::DesiredState).await? {
+        Response::Desired(d) => d,
+        other => bail!("unexpected answer to DesiredState: {other:?}"),
+    };
+    for report in reconcile(config, desired).await? {
+        conn.call(&Request::Report(report)).await?;
+    }
+    Ok(())
+}
+
+async fn renew_identity(config: &Config, conn: &Conn, id: &Identity) -> anyhow::Result<()> {
+    let (key_pem, csr_pem) = identity::new_key_and_csr(&config.name)?;
+    let cert_pem = match conn.call(&Request::RenewIdentity { csr_pem }).await? {
+        Response::Identity { cert_pem } => cert_pem,
+        other => bail!("unexpected answer to RenewIdentity: {other:?}"),
+    };
+    Identity::store(&config.state_dir, &id.agent, &key_pem, &cert_pem, None)?;
+    info!("identity certificate renewed");
+    Ok(())
+}
+
+/// One connection's life. Returns when the connection ends.
+async fn session(config: &Config) -> anyhow::Result<()> {
+    let id = Identity::load(&config.state_dir)?;
+    let addr = transport::resolve(&config.controller).await?;
+    let conn = Conn::mtls(addr, &id).await?;
+    info!(controller = %addr, agent = %id.agent, "connected");
+    conn.call(&Request::AgentHello(hello(config))).await?;
+    if now() >= id.renew_at() {
+        renew_identity(config, &conn, &id).await?;
+    }
+    sync(config, &conn).await?;
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    resync.tick().await;
+    loop {
+        tokio::select! {
+            uni = conn.conn.accept_uni() => {
+                let mut recv = uni.map_err(|e| anyhow!("connection lost: {e}"))?;
+                match frame::read::<Poke, _>(&mut recv, DEFAULT_MAX_FRAME).await {
+                    Ok(Poke::DesiredStateChanged) => sync(config, &conn).await?,
+                    Err(e) => warn!(error = %e, "malformed poke ignored"),
+                }
+            }
+            _ = resync.tick() => {
+                let id = Identity::load(&config.state_dir)?;
+                if now() >= id.renew_at() {
+                    renew_identity(config, &conn, &id).await?;
+                }
+                sync(config, &conn).await?;
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: `base * 2^attempt`, capped, ±50%.
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1u32 << attempt.min(10));
+    let capped = base.min(MAX_BACKOFF);
+    capped.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+}
+
+/// Run the agent until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    prepare_state_dir(&config.state_dir)?;
+    if !Identity::exists(&config.state_dir) {
+        bail!(
+            "this agent is not enrolled yet: run `certfleet-agent enroll --controller HOST:PORT \
+             --token T --ca-pin P --config {}`",
+            config.path.display()
+        );
+    }
+    recover(&config).await?;
+    let work = async {
+        let mut attempt = 0u32;
+        loop {
+            let started = std::time::Instant::now();
+            match session(&config).await {
+                Ok(()) => {}
+                Err(e) => warn!(error = %format!("{e:#}"), "session ended"),
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                attempt = 0;
+            }
+            let wait = backoff(attempt, jitter());
+            attempt = attempt.saturating_add(1);
+            info!(retry_in = ?wait, "reconnecting");
+            tokio::time::sleep(wait).await;
+        }
+    };
+    tokio::select! {
+        _ = work => Ok(()),
+        _ = shutdown => {
+            info!("agent stopping");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0, 0.5), Duration::from_millis(500));
+        assert_eq!(backoff(1, 0.5), Duration::from_secs(1));
+        assert_eq!(backoff(20, 0.5), MAX_BACKOFF);
+        assert!(backoff(3, 0.0) < backoff(3, 1.0));
+        assert!(backoff(30, 1.0) <= MAX_BACKOFF.mul_f64(1.5));
+    }
+}

@@ -232,11 +232,14 @@ async fn renew_identity(config: &Config, conn: &Conn, id: &Identity) -> anyhow::
     Ok(())
 }
 
-/// One connection's life. Returns when the connection ends.
-async fn session(config: &Config) -> anyhow::Result<()> {
+/// One connection's life. Returns when the connection ends; `connected`
+/// tells the caller whether the controller was reached at all.
+async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     let id = Identity::load(&config.state_dir)?;
     let addr = transport::resolve(&config.controller).await?;
+    info!(controller = %addr, "connecting");
     let conn = Conn::mtls(addr, &id).await?;
+    *connected = true;
     info!(controller = %addr, agent = %id.agent, "connected");
     conn.call(&Request::AgentHello(hello(config))).await?;
     if now() >= id.renew_at() {
@@ -292,12 +295,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let work = async {
         let mut attempt = 0u32;
         loop {
-            let started = std::time::Instant::now();
-            match session(&config).await {
+            let mut connected = false;
+            match session(&config, &mut connected).await {
                 Ok(()) => {}
                 Err(e) => warn!(error = %format!("{e:#}"), "session ended"),
             }
-            if started.elapsed() > Duration::from_secs(30) {
+            if connected {
+                // The controller was reachable: come back quickly.
                 attempt = 0;
             }
             let wait = backoff(attempt, jitter());

@@ -17,7 +17,7 @@ use crate::identity::Identity;
 
 /// The name in the controller's server certificate.
 pub const SERVER_NAME: &str = "certfleet-controller";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())

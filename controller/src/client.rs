@@ -134,7 +134,7 @@ fn explain(addr: SocketAddr, e: quinn::ConnectionError) -> anyhow::Error {
             )
         }
         E::ConnectionClosed(c)
-            if c.error_code.to_string().contains("crypto") || c.reason.len() > 0 =>
+            if c.error_code.to_string().contains("crypto") || !c.reason.is_empty() =>
         {
             anyhow!(
                 "the controller at {addr} refused this credential ({}): it belongs to another \

@@ -32,7 +32,13 @@ Quick start:
 
 /// certfleet: TLS certificates from purchase to revocation, across a fleet.
 #[derive(Debug, Parser)]
-#[command(name = "certfleet", version, after_help = AFTER_HELP, propagate_version = true)]
+#[command(
+    name = "certfleet",
+    version,
+    after_help = AFTER_HELP,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// Controller address (host:port of `certfleet serve`).
     #[arg(
@@ -609,7 +615,7 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             download::write_crl(&crl.der, &path, format)?;
             out.files(
                 path.parent().unwrap_or(std::path::Path::new(".")),
-                &[path.clone()],
+                std::slice::from_ref(&path),
             )
         }
         Command::Audit(AuditCmd::List { limit }) => {

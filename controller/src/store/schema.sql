@@ -7,7 +7,7 @@ CREATE TABLE agents (
     version     TEXT,
     targets     TEXT NOT NULL DEFAULT '[]',
     removed_at  INTEGER
-) STRICT;
+, skew_secs INTEGER) STRICT;
 
 CREATE TABLE applications (
     id          TEXT PRIMARY KEY,
@@ -62,6 +62,20 @@ CREATE TABLE credentials (
     revoked_at INTEGER
 ) STRICT;
 
+CREATE TABLE deployments (
+    id                 TEXT PRIMARY KEY,
+    agent              TEXT NOT NULL REFERENCES agents(id),
+    target             TEXT NOT NULL,
+    lineage            TEXT NOT NULL REFERENCES certificates(id),
+    desired_cert       TEXT NOT NULL REFERENCES certificates(id),
+    installed_cert     TEXT REFERENCES certificates(id),
+    status             TEXT NOT NULL,
+    last_error         TEXT,
+    served_fingerprint TEXT,
+    updated_at         INTEGER NOT NULL,
+    UNIQUE (agent, target)
+) STRICT;
+
 CREATE TABLE identity_ca (
     id         INTEGER PRIMARY KEY CHECK (id = 1),
     cert_pem   TEXT NOT NULL,
@@ -114,3 +128,5 @@ CREATE UNIQUE INDEX applications_one_in_flight
     ON applications(instance) WHERE state IN ('pending', 'validating');
 
 CREATE INDEX certificates_not_after ON certificates(not_after);
+
+CREATE INDEX deployments_lineage ON deployments(lineage);

@@ -116,12 +116,21 @@ fn hello(config: &Config) -> AgentHello {
 }
 
 /// Recover interrupted installs (whole old file sets back), reloading
-/// servers that had already been reloaded with the new files.
+/// servers that had already been reloaded with the new files. A journal
+/// that cannot be recovered is logged and left in place for the operator;
+/// the other targets carry on.
 pub async fn recover(config: &Config) -> anyhow::Result<()> {
     let journal = config.state_dir.join("journal");
-    let recovered =
-        tokio::task::spawn_blocking(move || install::files::recover(&journal)).await??;
-    for r in recovered {
+    let results =
+        tokio::task::spawn_blocking(move || install::files::recover_each(&journal)).await??;
+    for result in results {
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "could not recover an interrupted install; fix it by hand");
+                continue;
+            }
+        };
         warn!(target = %r.target, "recovered an interrupted install; previous files restored");
         if r.needs_reload {
             if let Some(t) = config.target(&r.target) {

@@ -103,8 +103,11 @@ fn quic_config(tls: rustls::ClientConfig) -> anyhow::Result<quinn::ClientConfig>
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
-    transport.keep_alive_interval(Some(Duration::from_secs(15)));
+    // A controller that vanishes without closing (crash, SIGKILL, network
+    // loss) is noticed within the idle timeout; keep-alives hold a healthy
+    // but quiet session open.
+    transport.max_idle_timeout(Some(Duration::from_secs(15).try_into()?));
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

@@ -570,7 +570,7 @@ impl Service {
                         let Ok(want) = certfleet_protocol::name::parse(d) else {
                             continue;
                         };
-                        if !cert_names.iter().any(|have| covers(have, &want)) {
+                        if !cert_names.iter().any(|have| have.covers(&want)) {
                             return Err(ServiceError::Invalid(format!(
                                 "certificate {certificate} does not cover {d}, which target \
                                  {target:?} on agent {} ({}) serves",
@@ -729,30 +729,6 @@ fn lineage_root(conn: &rusqlite::Connection, cert: &str) -> Result<String> {
     Err(internal("certificate lineage loops"))
 }
 
-/// Whether certificate name `have` covers server name `want` (RFC 6125
-/// wildcard matching: `*.example.com` covers exactly one more label).
-pub fn covers(
-    have: &certfleet_protocol::name::SubjectName,
-    want: &certfleet_protocol::name::SubjectName,
-) -> bool {
-    use certfleet_protocol::name::SubjectName::{Dns, Ip};
-    match (have, want) {
-        (Ip(a), Ip(b)) => a == b,
-        (Dns(h), Dns(w)) => {
-            if h == w {
-                return true;
-            }
-            match h.strip_prefix("*.") {
-                Some(suffix) => w
-                    .split_once('.')
-                    .is_some_and(|(first, rest)| first != "*" && rest == suffix),
-                None => false,
-            }
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,22 +766,6 @@ mod tests {
             .matches(&agent));
         assert!(!Selector::parse("role=web,env=dev").unwrap().matches(&agent));
         assert!(Selector::parse("agent=agent-1").unwrap().matches(&agent));
-    }
-
-    #[test]
-    fn wildcard_coverage() {
-        let w = parse("*.example.com").unwrap();
-        assert!(covers(&w, &parse("www.example.com").unwrap()));
-        assert!(!covers(&w, &parse("example.com").unwrap()));
-        assert!(!covers(&w, &parse("a.b.example.com").unwrap()));
-        assert!(covers(
-            &parse("127.0.0.1").unwrap(),
-            &parse("127.0.0.1").unwrap()
-        ));
-        assert!(!covers(
-            &parse("a.test").unwrap(),
-            &parse("b.test").unwrap()
-        ));
     }
 
     #[test]

@@ -16,6 +16,22 @@ impl SubjectName {
     pub fn is_wildcard(&self) -> bool {
         matches!(self, SubjectName::Dns(d) if d.starts_with("*."))
     }
+
+    /// Whether this certificate name covers server name `want` (RFC 6125:
+    /// `*.example.com` covers exactly one more label, never the bare name).
+    pub fn covers(&self, want: &SubjectName) -> bool {
+        match (self, want) {
+            (SubjectName::Ip(a), SubjectName::Ip(b)) => a == b,
+            (SubjectName::Dns(have), SubjectName::Dns(want)) => {
+                have == want
+                    || have.strip_prefix("*.").is_some_and(|suffix| {
+                        want.split_once('.')
+                            .is_some_and(|(first, rest)| first != "*" && rest == suffix)
+                    })
+            }
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Display for SubjectName {
@@ -148,6 +164,21 @@ mod tests {
             parse("f*.example.com"),
             Err(NameError::BadWildcard { .. })
         ));
+    }
+
+    #[test]
+    fn wildcard_coverage() {
+        let w = parse("*.example.com").unwrap();
+        assert!(w.covers(&parse("www.example.com").unwrap()));
+        assert!(!w.covers(&parse("example.com").unwrap()));
+        assert!(!w.covers(&parse("a.b.example.com").unwrap()));
+        assert!(parse("10.0.0.1")
+            .unwrap()
+            .covers(&parse("10.0.0.1").unwrap()));
+        assert!(!parse("a.test").unwrap().covers(&parse("b.test").unwrap()));
+        assert!(!parse("a.test")
+            .unwrap()
+            .covers(&parse("127.0.0.1").unwrap()));
     }
 
     #[test]

@@ -36,21 +36,6 @@ pub struct Validated {
     pub not_after: i64,
 }
 
-/// Whether certificate name `have` covers server name `want`.
-pub fn covers(have: &SubjectName, want: &SubjectName) -> bool {
-    match (have, want) {
-        (SubjectName::Ip(a), SubjectName::Ip(b)) => a == b,
-        (SubjectName::Dns(h), SubjectName::Dns(w)) => {
-            h == w
-                || h.strip_prefix("*.").is_some_and(|suffix| {
-                    w.split_once('.')
-                        .is_some_and(|(first, rest)| first != "*" && rest == suffix)
-                })
-        }
-        _ => false,
-    }
-}
-
 fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -102,7 +87,7 @@ pub fn validate(bundle: &CertBundle, target: &Target, now: i64) -> Result<Valida
     }
     for d in &target.domains {
         let want = name::parse(d).map_err(|e| e.to_string())?;
-        if !have.iter().any(|h| covers(h, &want)) {
+        if !have.iter().any(|h| h.covers(&want)) {
             return Err(format!(
                 "certificate does not cover {d}, which target {} serves (it covers {})",
                 target.name,
@@ -417,4 +402,148 @@ pub async fn install(
 /// Whether a target's live files already hold `fingerprint`.
 pub fn already_installed(target: &Target, fingerprint: &str) -> bool {
     live_fingerprint(target).as_deref() == Some(fingerprint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certfleet_protocol::Secret;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    use time::{Duration as TimeDuration, OffsetDateTime};
+
+    struct Ca {
+        root_pem: String,
+        params: CertificateParams,
+        key: KeyPair,
+    }
+
+    fn ca() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "test root");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let root = params.self_signed(&key).unwrap();
+        Ca {
+            root_pem: root.pem(),
+            params,
+            key,
+        }
+    }
+
+    fn bundle(ca: &Ca, names: &[&str], days: (i64, i64), key: &KeyPair) -> CertBundle {
+        let now = OffsetDateTime::now_utc();
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = now + TimeDuration::days(days.0);
+        params.not_after = now + TimeDuration::days(days.1);
+        let issuer = Issuer::from_params(&ca.params, &ca.key);
+        let leaf = params.signed_by(key, &issuer).unwrap();
+        CertBundle {
+            id: "cert-1".into(),
+            leaf_pem: leaf.pem(),
+            chain_pem: String::new(),
+            root_pem: ca.root_pem.clone(),
+            key: Secret::from(key.serialize_pem()),
+        }
+    }
+
+    fn target(domains: &[&str]) -> Target {
+        let toml = format!(
+            "allowed_dirs = [\"/etc/tls\"]\n[[target]]\nname = \"t\"\nkind = \"files\"\n\
+             domains = [{}]\nfullchain = \"/etc/tls/f.pem\"\nkey = \"/etc/tls/k.pem\"\n",
+            domains
+                .iter()
+                .map(|d| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Config::parse(std::path::Path::new("t.toml"), &toml)
+            .unwrap()
+            .targets
+            .remove(0)
+    }
+
+    fn now() -> i64 {
+        OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    #[test]
+    fn good_bundle_passes() {
+        let ca = ca();
+        let key = KeyPair::generate().unwrap();
+        let b = bundle(&ca, &["*.example.test", "example.test"], (-1, 30), &key);
+        let v = validate(&b, &target(&["www.example.test", "example.test"]), now()).unwrap();
+        assert_eq!(v.fingerprint.len(), 64);
+    }
+
+    #[test]
+    fn key_that_does_not_match_is_refused() {
+        let ca = ca();
+        let key = KeyPair::generate().unwrap();
+        let mut b = bundle(&ca, &["a.test"], (-1, 30), &key);
+        b.key = Secret::from(KeyPair::generate().unwrap().serialize_pem());
+        let e = validate(&b, &target(&["a.test"]), now()).unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn names_that_do_not_cover_the_target_are_refused() {
+        let ca = ca();
+        let key = KeyPair::generate().unwrap();
+        let b = bundle(&ca, &["*.example.test"], (-1, 30), &key);
+        let e = validate(&b, &target(&["a.b.example.test"]), now()).unwrap_err();
+        assert!(e.contains("does not cover a.b.example.test"), "{e}");
+    }
+
+    #[test]
+    fn expired_and_future_certificates_are_refused() {
+        let ca = ca();
+        let key = KeyPair::generate().unwrap();
+        let expired = bundle(&ca, &["a.test"], (-30, -1), &key);
+        assert!(validate(&expired, &target(&["a.test"]), now())
+            .unwrap_err()
+            .contains("expired"));
+        let future = bundle(&ca, &["a.test"], (2, 30), &key);
+        assert!(validate(&future, &target(&["a.test"]), now())
+            .unwrap_err()
+            .contains("not valid until"));
+    }
+
+    #[test]
+    fn chain_to_another_root_is_refused() {
+        let ca1 = ca();
+        let ca2 = ca();
+        let key = KeyPair::generate().unwrap();
+        let mut b = bundle(&ca1, &["a.test"], (-1, 30), &key);
+        b.root_pem = ca2.root_pem.clone();
+        assert!(validate(&b, &target(&["a.test"]), now())
+            .unwrap_err()
+            .contains("chain"));
+    }
+
+    #[test]
+    fn garbage_is_refused_without_panic() {
+        let ca = ca();
+        let key = KeyPair::generate().unwrap();
+        let mut b = bundle(&ca, &["a.test"], (-1, 30), &key);
+        b.leaf_pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into();
+        assert!(validate(&b, &target(&[]), now()).is_err());
+        b.leaf_pem = String::new();
+        assert!(validate(&b, &target(&[]), now()).is_err());
+        let mut b = bundle(&ca, &["a.test"], (-1, 30), &key);
+        b.key = Secret::new(vec![0xff, 0xfe]);
+        assert!(validate(&b, &target(&[]), now()).is_err());
+    }
 }

@@ -732,7 +732,6 @@ fn lineage_root(conn: &rusqlite::Connection, cert: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use certfleet_protocol::name::parse;
 
     #[test]
     fn labels_and_selectors() {

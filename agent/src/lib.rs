@@ -3,6 +3,8 @@
 //! the server software its config declares — proving each is served, and
 //! rolling back when it is not.
 
+pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod identity;
 pub mod install;

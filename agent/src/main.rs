@@ -1,56 +1,10 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+use certfleet_agent::cli::{Cli, Command};
 use certfleet_agent::config::Config;
 use certfleet_agent::state::AgentState;
 use certfleet_agent::{identity::Identity, session};
-use clap::{Parser, Subcommand};
-
-/// certfleet-agent: installs the certificates the controller deploys to this
-/// host, proves they are served, and rolls back when they are not.
-#[derive(Debug, Parser)]
-#[command(name = "certfleet-agent", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Enroll this host with a join token from `certfleet agent token create`.
-    Enroll {
-        /// Controller address, host:port [default: `controller` in the config].
-        #[arg(long)]
-        controller: Option<String>,
-        /// Join token (cfjt1.…).
-        #[arg(long, env = "CERTFLEET_JOIN_TOKEN")]
-        token: String,
-        /// The identity CA pin printed with the token (sha256:…); enrollment
-        /// aborts before sending the token if the controller does not match.
-        #[arg(long)]
-        ca_pin: String,
-        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
-        config: PathBuf,
-    },
-    /// Run the agent.
-    Run {
-        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
-        config: PathBuf,
-    },
-    /// Show each target's installed certificate and last result.
-    Status {
-        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
-        config: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check a config file and exit.
-    CheckConfig {
-        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
-        config: PathBuf,
-    },
-}
+use clap::Parser;
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

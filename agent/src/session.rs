@@ -30,9 +30,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Full reconcile even without a poke, as a safety net.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
+use crate::clock::now;
 
 /// Create the state directory (0700) and its journal directory.
 pub fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {

@@ -185,6 +185,7 @@ impl Service {
             last_seen: a.last_seen.map(Timestamp),
             connected: self.sessions.is_connected(&a.id),
             identity_expires: a.identity_expires.map(Timestamp),
+            clock_skew_secs: a.skew_secs,
         }
     }
 
@@ -502,116 +503,124 @@ impl Service {
             })
             .await?;
         self.sessions.send(&id, SessionEvent::Kick);
+        self.rollout_wake.notify_one();
         let mut info = self.agent_info(&row);
         info.connected = false;
         Ok(info)
     }
 
-    /// Bind a certificate's lineage to `target` on every agent the selector
-    /// picks, and poke those agents.
+    /// Roll a certificate out to `target` on every agent the selector picks.
+    /// Deployments follow the certificate's lineage, so its renewals go
+    /// where it went.
     pub async fn deploy(
         &self,
         actor: String,
         certificate: String,
         selector: String,
         target: String,
-    ) -> Result<Vec<DeploymentInfo>> {
+        strategy: crate::rollout::policy::Strategy,
+    ) -> Result<certfleet_protocol::message::RolloutInfo> {
         let sel = Selector::parse(&selector).map_err(ServiceError::Invalid)?;
         let now = self.now().unix_timestamp();
-        let (deployments, agents) = self
+        let info = self
             .store
-            .call(move |c| -> Result<(Vec<DeploymentInfo>, Vec<String>)> {
-                let tx = c.transaction()?;
-                let cert =
-                    store::cert_get(&tx, &certificate)?.ok_or_else(|| ServiceError::NotFound {
-                        what: "certificate",
-                        id: certificate.clone(),
+            .call(
+                move |c| -> Result<certfleet_protocol::message::RolloutInfo> {
+                    let tx = c.transaction()?;
+                    let cert = store::cert_get(&tx, &certificate)?.ok_or_else(|| {
+                        ServiceError::NotFound {
+                            what: "certificate",
+                            id: certificate.clone(),
+                        }
                     })?;
-                if cert.info.state != CertState::Active {
-                    return Err(ServiceError::Conflict(format!(
+                    if cert.info.state != CertState::Active {
+                        return Err(ServiceError::Conflict(format!(
                         "certificate {certificate} is {}; only active certificates can be deployed",
                         cert.info.state
                     )));
-                }
-                let candidates: Vec<AgentRow> = store::agent_list(&tx)?
-                    .into_iter()
-                    .filter(|a| sel.matches(a))
-                    .collect();
-                if candidates.is_empty() {
-                    return Err(ServiceError::Invalid(format!(
-                        "no agent matches {selector:?}; see `certfleet agent list`"
-                    )));
-                }
-                let with_target: Vec<&AgentRow> = candidates
-                    .iter()
-                    .filter(|a| a.targets.iter().any(|t| t.name == target))
-                    .collect();
-                if with_target.is_empty() {
-                    return Err(ServiceError::Invalid(format!(
-                        "{} agent(s) match {selector:?} but none has declared a target named \
+                    }
+                    let candidates: Vec<AgentRow> = store::agent_list(&tx)?
+                        .into_iter()
+                        .filter(|a| sel.matches(a))
+                        .collect();
+                    if candidates.is_empty() {
+                        return Err(ServiceError::Invalid(format!(
+                            "no agent matches {selector:?}; see `certfleet agent list`"
+                        )));
+                    }
+                    let with_target: Vec<&AgentRow> = candidates
+                        .iter()
+                        .filter(|a| a.targets.iter().any(|t| t.name == target))
+                        .collect();
+                    if with_target.is_empty() {
+                        return Err(ServiceError::Invalid(format!(
+                            "{} agent(s) match {selector:?} but none has declared a target named \
                          {target:?} (agents declare targets in their config and report them \
                          when they connect)",
-                        candidates.len()
-                    )));
-                }
-                let cert_names: Vec<certfleet_protocol::name::SubjectName> = cert
-                    .info
-                    .domains
-                    .iter()
-                    .filter_map(|d| certfleet_protocol::name::parse(d).ok())
-                    .collect();
-                for a in &with_target {
-                    let t = a
-                        .targets
+                            candidates.len()
+                        )));
+                    }
+                    let cert_names: Vec<certfleet_protocol::name::SubjectName> = cert
+                        .info
+                        .domains
                         .iter()
-                        .find(|t| t.name == target)
-                        .expect("filtered above");
-                    for d in &t.domains {
-                        let Ok(want) = certfleet_protocol::name::parse(d) else {
+                        .filter_map(|d| certfleet_protocol::name::parse(d).ok())
+                        .collect();
+                    for a in &with_target {
+                        let Some(t) = a.targets.iter().find(|t| t.name == target) else {
                             continue;
                         };
-                        if !cert_names.iter().any(|have| have.covers(&want)) {
-                            return Err(ServiceError::Invalid(format!(
-                                "certificate {certificate} does not cover {d}, which target \
+                        for d in &t.domains {
+                            let Ok(want) = certfleet_protocol::name::parse(d) else {
+                                continue;
+                            };
+                            if !cert_names.iter().any(|have| have.covers(&want)) {
+                                return Err(ServiceError::Invalid(format!(
+                                    "certificate {certificate} does not cover {d}, which target \
                                  {target:?} on agent {} ({}) serves",
-                                a.name, a.id
-                            )));
+                                    a.name, a.id
+                                )));
+                            }
                         }
                     }
-                }
-                let lineage = lineage_root(&tx, &cert.info.id)?;
-                let mut ids = Vec::new();
-                for a in &with_target {
-                    store::deployment_upsert(&tx, &a.id, &target, &lineage, &cert.info.id, now)?;
-                    ids.push(a.id.clone());
-                }
-                store::audit_insert(
-                    &tx,
-                    now,
-                    &AuditRecord {
-                        actor: &actor,
-                        action: "deploy",
-                        target: &cert.info.id,
-                        outcome: "ok",
-                        detail: &format!(
-                            "selector={selector} target={target} agents={}",
-                            ids.join(",")
-                        ),
-                    },
-                )?;
-                tx.commit()?;
-                let all = store::deployment_list(c, Some(&cert.info.id), None)?;
-                let deployments = all
-                    .into_iter()
-                    .filter(|d| ids.contains(&d.agent) && d.target == target)
-                    .collect();
-                Ok((deployments, ids))
-            })
+                    let targets = with_target
+                        .iter()
+                        .map(|a| (a.id.clone(), a.name.clone(), target.clone()))
+                        .collect();
+                    let row = crate::rollout::create(
+                        &tx,
+                        "deploy",
+                        &cert.lineage,
+                        &cert.info.id,
+                        cert.info.renews.as_deref(),
+                        targets,
+                        &strategy,
+                        false,
+                        &actor,
+                        now,
+                    )?;
+                    store::audit_insert(
+                        &tx,
+                        now,
+                        &AuditRecord {
+                            actor: &actor,
+                            action: "deploy",
+                            target: &cert.info.id,
+                            outcome: "ok",
+                            detail: &format!(
+                                "selector={selector} target={target} rollout={}",
+                                row.id
+                            ),
+                        },
+                    )?;
+                    let info = crate::rollout::info(&tx, &row)?;
+                    tx.commit()?;
+                    Ok(info)
+                },
+            )
             .await?;
-        for a in &agents {
-            self.sessions.send(a, SessionEvent::Poke);
-        }
-        Ok(deployments)
+        self.rollout_wake.notify_one();
+        Ok(info)
     }
 
     pub async fn deployment_list(
@@ -713,20 +722,9 @@ impl Service {
         if !applied {
             warn!("report for a deployment that has since changed; ignored");
         }
+        self.rollout_wake.notify_one();
         Ok(())
     }
-}
-
-/// The first certificate of the lineage `cert` belongs to.
-fn lineage_root(conn: &rusqlite::Connection, cert: &str) -> Result<String> {
-    let mut current = cert.to_string();
-    for _ in 0..10_000 {
-        match store::cert_get(conn, &current)?.and_then(|c| c.info.renews) {
-            Some(prev) => current = prev,
-            None => return Ok(current),
-        }
-    }
-    Err(internal("certificate lineage loops"))
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ pub mod clock;
 pub mod fleet;
 pub mod identity;
 pub mod issuer;
+pub mod renewal;
+pub mod rollout;
 pub mod seal;
 pub mod server;
 pub mod service;

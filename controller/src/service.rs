@@ -34,6 +34,8 @@ use crate::store::{self, AuditRecord, CertRow, IssuerRow, Store, StoreError};
 pub const MAX_VALIDITY_DAYS: u32 = 3650;
 /// Most names one instance may cover.
 pub const MAX_DOMAINS: u32 = 100;
+/// Agent clock skew beyond this is flagged.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
 /// A CRL older than this is re-signed before it is served.
 const CRL_REFRESH: Duration = Duration::hours(24);
 
@@ -97,6 +99,10 @@ pub struct Service {
     applications: mpsc::UnboundedSender<String>,
     /// Live agent sessions, for pokes and removal.
     pub(crate) sessions: crate::fleet::Sessions,
+    /// Wakes the rollout reconciler.
+    pub(crate) rollout_wake: tokio::sync::Notify,
+    /// Wakes the renewal reconciler.
+    pub(crate) renewal_wake: tokio::sync::Notify,
 }
 
 pub(crate) fn key_aad(cert_id: &str) -> String {
@@ -144,6 +150,8 @@ impl Service {
                 crl_url_base: crl_url_base.trim_end_matches('/').to_string(),
                 applications: tx,
                 sessions: Default::default(),
+                rollout_wake: tokio::sync::Notify::new(),
+                renewal_wake: tokio::sync::Notify::new(),
             }),
             rx,
         )
@@ -374,7 +382,7 @@ impl Service {
 
     /// Check requested names against an instance's quota; returns them
     /// normalized and de-duplicated, in the order given.
-    fn check_names(
+    pub(crate) fn check_names(
         spec: &InstanceSpec,
         instance: &str,
         domains: &[String],
@@ -414,79 +422,23 @@ impl Service {
         domains: Vec<String>,
     ) -> Result<ApplicationInfo> {
         let now = self.now().unix_timestamp();
-        let app_id = store::new_id("app");
         let app = self
             .store
             .call(move |c| -> Result<ApplicationInfo> {
                 let tx = c.transaction()?;
-                let instance = store::instance_get(&tx, &instance_id)?.ok_or_else(|| {
-                    ServiceError::NotFound {
-                        what: "instance",
-                        id: instance_id.clone(),
-                    }
-                })?;
-                let names = Self::check_names(&instance.spec, &instance.id, &domains)?;
-                match instance.state {
-                    InstanceState::Unused => {}
-                    InstanceState::Applying => {
-                        return Err(ServiceError::Conflict(format!(
-                            "instance {} already has application {} in flight; wait for it \
-                             (certfleet application show {0}) before applying again",
-                            instance.id,
-                            instance.application.as_deref().unwrap_or("?")
-                        )))
-                    }
-                    other => {
-                        return Err(ServiceError::Conflict(format!(
-                            "instance {} is {other} (certificate {}); an instance holds one \
-                             certificate — create a new instance to apply again",
-                            instance.id,
-                            instance.certificate.as_deref().unwrap_or("-")
-                        )))
-                    }
-                }
-                let app = ApplicationInfo {
-                    id: app_id,
-                    instance: instance.id.clone(),
-                    domains: names.iter().map(ToString::to_string).collect(),
-                    state: ApplicationState::Pending,
-                    attempts: 0,
-                    last_error: None,
-                    certificate: None,
-                    created_at: Timestamp(now),
-                    updated_at: Timestamp(now),
-                };
-                store::application_insert(&tx, &app)?;
-                store::instance_update(
-                    &tx,
-                    &instance.id,
-                    InstanceState::Applying,
-                    Some(&app.id),
-                    None,
-                )?;
-                store::audit_insert(
-                    &tx,
-                    now,
-                    &AuditRecord {
-                        actor: &actor,
-                        action: "cert.apply",
-                        target: &instance.id,
-                        outcome: "ok",
-                        detail: &format!(
-                            "application={} domains={}",
-                            app.id,
-                            app.domains.join(",")
-                        ),
-                    },
-                )?;
+                let app = apply_in_tx(&tx, &actor, &instance_id, &domains, None, now)?;
                 tx.commit()?;
                 Ok(app)
             })
             .await?;
-        // The worker may have stopped only during shutdown; the application
-        // is stored and resumes at the next start.
-        let _ = self.applications.send(app.id.clone());
+        self.start_application(&app.id);
         Ok(app)
+    }
+
+    /// Hand a stored application to the worker. If the worker has stopped
+    /// (shutdown), the application is stored and resumes at the next start.
+    pub(crate) fn start_application(&self, id: &str) {
+        let _ = self.applications.send(id.to_string());
     }
 
     pub async fn application_show(&self, id: String) -> Result<ApplicationInfo> {
@@ -555,6 +507,24 @@ impl Service {
                             detail: &format!("application={} error={message}", app.id),
                         },
                     )?;
+                    if let Some(old_id) = store::application_renews(&tx, &app.id)? {
+                        if let Some(old) = store::cert_get(&tx, &old_id)? {
+                            let attempts = old.renewal_attempts + 1;
+                            let delay = crate::renewal::policy::retry_delay(
+                                attempts,
+                                now,
+                                old.info.not_after.0,
+                            );
+                            store::cert_set_renewal(
+                                &tx,
+                                &old_id,
+                                Some(&message),
+                                attempts,
+                                Some(now + delay),
+                                None,
+                            )?;
+                        }
+                    }
                     tx.commit()?;
                     Ok(())
                 })
@@ -669,22 +639,63 @@ impl Service {
                 revocation_reason: None,
                 leaf_pem: leaf.pem,
                 chain_pem: issuer.ca_pem.clone(),
+                renewal: None,
             },
             application: app.id.clone(),
             key_sealed,
+            lineage: String::new(),
+            renewal_error: None,
+            renewal_attempts: 0,
+            renewal_next_at: None,
+            renewal_blocked: None,
         };
         let at = now.unix_timestamp();
-        self.store
-            .call(move |c| -> Result<()> {
+        let mut row = row;
+        let started = self
+            .store
+            .call(move |c| -> Result<bool> {
                 let tx = c.transaction()?;
                 let Some(mut app) = store::application_get(&tx, &row.application)? else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 if !app.state.in_flight() {
                     // Cancelled meanwhile: discard the certificate.
-                    return Ok(());
+                    return Ok(false);
                 }
+                let renews = store::application_renews(&tx, &app.id)?;
+                let old = match &renews {
+                    Some(old_id) => store::cert_get(&tx, old_id)?,
+                    None => None,
+                };
+                row.lineage = old
+                    .as_ref()
+                    .map(|o| o.lineage.clone())
+                    .unwrap_or_else(|| row.info.id.clone());
+                row.info.renews = old.as_ref().map(|o| o.info.id.clone());
                 store::cert_insert(&tx, &row, at)?;
+                let mut started = false;
+                if let Some(old) = &old {
+                    if old.info.state == CertState::Active {
+                        store::cert_set_state(&tx, &old.info.id, CertState::Superseded)?;
+                    }
+                    store::cert_set_renewal(&tx, &old.info.id, None, 0, None, None)?;
+                    let targets = store::lineage_deployments(&tx, &row.lineage)?;
+                    if !targets.is_empty() {
+                        crate::rollout::create(
+                            &tx,
+                            "renewal",
+                            &row.lineage,
+                            &row.info.id,
+                            Some(&old.info.id),
+                            targets,
+                            &crate::rollout::policy::Strategy::default(),
+                            true,
+                            "controller",
+                            at,
+                        )?;
+                        started = true;
+                    }
+                }
                 app.state = ApplicationState::Issued;
                 app.certificate = Some(row.info.id.clone());
                 app.last_error = None;
@@ -712,21 +723,28 @@ impl Service {
                     },
                 )?;
                 tx.commit()?;
-                info!(certificate = %row.info.id, serial = %row.info.serial, "certificate issued");
-                Ok(())
+                info!(certificate = %row.info.id, serial = %row.info.serial, renews = ?row.info.renews, "certificate issued");
+                Ok(started)
             })
-            .await
+            .await?;
+        if started {
+            self.rollout_wake.notify_one();
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------ certificates
 
     pub async fn cert_list(&self, expiring_within: Option<i64>) -> Result<Vec<CertInfo>> {
         let before = expiring_within.map(|s| self.now().unix_timestamp().saturating_add(s));
-        let rows = self
-            .store
-            .call(move |c| store::cert_list(c, before))
-            .await?;
-        Ok(rows.into_iter().map(|r| r.info).collect())
+        self.store
+            .call(move |c| -> Result<Vec<CertInfo>> {
+                store::cert_list(c, before)?
+                    .into_iter()
+                    .map(|r| with_renewal(c, r))
+                    .collect()
+            })
+            .await
     }
 
     async fn cert_row(&self, id: String) -> Result<CertRow> {
@@ -741,7 +759,15 @@ impl Service {
     }
 
     pub async fn cert_show(&self, id: String) -> Result<CertInfo> {
-        Ok(self.cert_row(id).await?.info)
+        self.store
+            .call(move |c| -> Result<CertInfo> {
+                let row = store::cert_get(c, &id)?.ok_or(ServiceError::NotFound {
+                    what: "certificate",
+                    id,
+                })?;
+                with_renewal(c, row)
+            })
+            .await
     }
 
     /// Release a certificate's private key. The release is audited before
@@ -789,6 +815,7 @@ impl Service {
         actor: String,
         id: String,
         reason: RevocationReason,
+        force: bool,
     ) -> Result<CertInfo> {
         let now = self.now();
         let master = self.master.clone();
@@ -812,6 +839,24 @@ impl Service {
                             .unwrap_or("unspecified")
                     )));
                 }
+                let in_service = store::deployments_using(&tx, &id)?;
+                if !in_service.is_empty() && !force {
+                    return Err(ServiceError::Conflict(format!(
+                        "certificate {id} is still in service on {}: {}. Renew it \
+                         (certfleet cert renew {id}) or roll out a replacement first, or \
+                         revoke anyway with --force",
+                        if in_service.len() == 1 {
+                            "1 deployment".to_string()
+                        } else {
+                            format!("{} deployments", in_service.len())
+                        },
+                        in_service
+                            .iter()
+                            .map(|(agent, target)| format!("{agent}/{target}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
                 let at = now.unix_timestamp();
                 store::cert_revoke(&tx, &id, at, reason)?;
                 store::instance_update(
@@ -829,7 +874,15 @@ impl Service {
                         action: "cert.revoke",
                         target: &id,
                         outcome: "ok",
-                        detail: &format!("serial={} reason={reason}", row.info.serial),
+                        detail: &format!(
+                            "serial={} reason={reason}{}",
+                            row.info.serial,
+                            if in_service.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" forced; in service on {} deployment(s)", in_service.len())
+                            }
+                        ),
                     },
                 )?;
                 regenerate_crl(&tx, &master, &row.info.issuer, now)?;
@@ -897,6 +950,63 @@ impl Service {
             .await
     }
 
+    /// The fleet on one screen.
+    pub async fn status(&self) -> Result<certfleet_protocol::message::FleetStatus> {
+        use certfleet_protocol::message::FleetStatus;
+        let now = self.now().unix_timestamp();
+        let mut status = self
+            .store
+            .call(move |c| -> Result<FleetStatus> {
+                let mut s = FleetStatus::default();
+                for row in store::cert_list(c, None)? {
+                    let i = &row.info;
+                    match i.state {
+                        CertState::Active => {
+                            s.certificates.active += 1;
+                            if i.not_after.0 <= now + 30 * 86_400 {
+                                s.expiring.within_30d += 1;
+                            }
+                            if i.not_after.0 <= now + 7 * 86_400 {
+                                s.expiring.within_7d += 1;
+                            }
+                            if row.renewal_blocked.is_some() {
+                                s.renewals.blocked += 1;
+                            }
+                            if row.renewal_error.is_some() {
+                                s.renewals.failing += 1;
+                            }
+                        }
+                        CertState::Superseded => s.certificates.superseded += 1,
+                        CertState::Revoked => s.certificates.revoked += 1,
+                        CertState::Expired => s.certificates.expired += 1,
+                    }
+                }
+                for r in store::rollout_list(c, None)? {
+                    match r.state.as_str() {
+                        "running" => s.rollouts.running += 1,
+                        "paused" => s.rollouts.paused += 1,
+                        "halted" => s.rollouts.halted += 1,
+                        _ => {}
+                    }
+                }
+                Ok(s)
+            })
+            .await?;
+        for a in self.agent_list().await? {
+            if a.connected {
+                status.agents.online += 1;
+            } else {
+                status.agents.offline += 1;
+            }
+            if a.clock_skew_secs
+                .is_some_and(|s| s.abs() > MAX_CLOCK_SKEW_SECS)
+            {
+                status.agents.clock_skewed += 1;
+            }
+        }
+        Ok(status)
+    }
+
     pub async fn audit_list(&self, limit: u32) -> Result<Vec<AuditEntry>> {
         Ok(self
             .store
@@ -912,6 +1022,94 @@ impl Service {
             .call(move |c| store::expire_certificates(c, now))
             .await?)
     }
+}
+
+/// Store a new application on an instance, inside the caller's
+/// transaction: validates names against the instance's quota, enforces one
+/// application in flight, moves the instance to `applying`, audits.
+pub(crate) fn apply_in_tx(
+    tx: &Connection,
+    actor: &str,
+    instance_id: &str,
+    domains: &[String],
+    renews: Option<&str>,
+    now: i64,
+) -> Result<ApplicationInfo> {
+    let instance = store::instance_get(tx, instance_id)?.ok_or_else(|| ServiceError::NotFound {
+        what: "instance",
+        id: instance_id.to_string(),
+    })?;
+    let names = Service::check_names(&instance.spec, &instance.id, domains)?;
+    match instance.state {
+        InstanceState::Unused => {}
+        InstanceState::Applying => {
+            return Err(ServiceError::Conflict(format!(
+                "instance {} already has application {} in flight; wait for it \
+                 (certfleet application show {1}) before applying again",
+                instance.id,
+                instance.application.as_deref().unwrap_or("?")
+            )))
+        }
+        other => {
+            return Err(ServiceError::Conflict(format!(
+                "instance {} is {other} (certificate {}); an instance holds one \
+                 certificate — create a new instance to apply again",
+                instance.id,
+                instance.certificate.as_deref().unwrap_or("-")
+            )))
+        }
+    }
+    let app = ApplicationInfo {
+        id: store::new_id("app"),
+        instance: instance.id.clone(),
+        domains: names.iter().map(ToString::to_string).collect(),
+        state: ApplicationState::Pending,
+        attempts: 0,
+        last_error: None,
+        certificate: None,
+        created_at: Timestamp(now),
+        updated_at: Timestamp(now),
+    };
+    store::application_insert(tx, &app)?;
+    if let Some(old) = renews {
+        store::application_set_renews(tx, &app.id, old)?;
+    }
+    store::instance_update(
+        tx,
+        &instance.id,
+        InstanceState::Applying,
+        Some(&app.id),
+        None,
+    )?;
+    store::audit_insert(
+        tx,
+        now,
+        &AuditRecord {
+            actor,
+            action: if renews.is_some() {
+                "cert.renew"
+            } else {
+                "cert.apply"
+            },
+            target: &instance.id,
+            outcome: "ok",
+            detail: &format!(
+                "application={} domains={}{}",
+                app.id,
+                app.domains.join(","),
+                renews.map(|r| format!(" renews={r}")).unwrap_or_default()
+            ),
+        },
+    )?;
+    Ok(app)
+}
+
+/// A certificate's public description with its renewal state filled in.
+fn with_renewal(conn: &Connection, row: CertRow) -> Result<CertInfo> {
+    let renewal = crate::renewal::info(conn, &row)?;
+    let mut info = row.info;
+    info.renewal = renewal;
+    Ok(info)
 }
 
 /// Sign and store a new CRL for `issuer` inside the caller's transaction.

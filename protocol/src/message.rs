@@ -217,6 +217,9 @@ pub struct InstanceSpec {
     pub wildcard: bool,
     pub validity_days: u32,
     pub key: KeyType,
+    /// Renew this long before expiry (default 30 days, at most a third of
+    /// the lifetime).
+    pub renew_before_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +267,8 @@ pub struct CertInfo {
     pub revocation_reason: Option<RevocationReason>,
     pub leaf_pem: String,
     pub chain_pem: String,
+    /// Present for certificates still in service.
+    pub renewal: Option<RenewalInfo>,
 }
 
 /// A certificate with its private key, for download or installation.
@@ -352,6 +357,8 @@ pub struct AgentInfo {
     pub last_seen: Option<Timestamp>,
     pub connected: bool,
     pub identity_expires: Option<Timestamp>,
+    /// Agent clock minus controller clock at the agent's last connect.
+    pub clock_skew_secs: Option<i64>,
 }
 
 /// One certificate an agent should have installed on one of its targets.
@@ -397,6 +404,102 @@ pub struct DeploymentInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Poke {
     DesiredStateChanged,
+}
+
+/// Renewal state of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalInfo {
+    pub due_at: Timestamp,
+    /// Why renewal cannot proceed (for example no instance left in the pool).
+    pub blocked: Option<String>,
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Timestamp>,
+}
+
+/// How a rollout proceeds, as the operator gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrategySpec {
+    pub canary: u32,
+    /// `N` targets or `P%` of all targets per wave after the canary.
+    pub wave: String,
+    pub pause_secs: u64,
+    pub max_failures: u32,
+    pub offline_deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutTargetInfo {
+    pub agent: String,
+    pub agent_name: String,
+    pub target: String,
+    pub wave: u32,
+    /// `waiting`, `in_progress`, `installed`, `failed` or `skipped`.
+    pub state: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutInfo {
+    pub id: String,
+    /// `deploy`, `renewal` or `rollback`.
+    pub kind: String,
+    pub lineage: String,
+    pub certificate: String,
+    pub previous: Option<String>,
+    /// `running`, `paused`, `halted`, `completed` or `aborted`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub strategy: StrategySpec,
+    pub current_wave: i64,
+    pub waves: u32,
+    pub targets: Vec<RolloutTargetInfo>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// `certfleet status`: the fleet on one screen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub agents: AgentCounts,
+    pub certificates: CertCounts,
+    pub expiring: ExpiringCounts,
+    pub renewals: RenewalCounts,
+    pub rollouts: RolloutCounts,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCounts {
+    pub online: u32,
+    pub offline: u32,
+    pub clock_skewed: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertCounts {
+    pub active: u32,
+    pub superseded: u32,
+    pub revoked: u32,
+    pub expired: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiringCounts {
+    pub within_30d: u32,
+    pub within_7d: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalCounts {
+    pub blocked: u32,
+    pub failing: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutCounts {
+    pub running: u32,
+    pub paused: u32,
+    pub halted: u32,
 }
 
 /// A request on an admin connection.
@@ -475,6 +578,38 @@ pub enum Request {
         certificate: Option<String>,
         agent: Option<String>,
     },
+    // Renewal and rollouts.
+    CertRenew {
+        id: String,
+    },
+    CertRevokeForced {
+        id: String,
+        reason: RevocationReason,
+    },
+    DeployRollout {
+        certificate: String,
+        selector: String,
+        target: String,
+        strategy: StrategySpec,
+    },
+    RolloutList,
+    RolloutShow {
+        id: String,
+    },
+    RolloutPause {
+        id: String,
+    },
+    RolloutResume {
+        id: String,
+    },
+    RolloutAbort {
+        id: String,
+    },
+    RolloutRollback {
+        id: String,
+        strategy: StrategySpec,
+    },
+    Status,
 }
 
 /// Broad class of a failed request, so clients can choose exit codes.
@@ -522,6 +657,9 @@ pub enum Response {
     Agent(AgentInfo),
     Agents(Vec<AgentInfo>),
     Deployments(Vec<DeploymentInfo>),
+    Rollout(RolloutInfo),
+    Rollouts(Vec<RolloutInfo>),
+    Status(FleetStatus),
 }
 
 #[cfg(test)]
@@ -546,6 +684,7 @@ mod tests {
             wildcard: true,
             validity_days: 90,
             key: KeyType::EcdsaP384,
+            renew_before_days: Some(10),
         }
     }
 
@@ -566,6 +705,13 @@ mod tests {
             revocation_reason: Some(RevocationReason::KeyCompromise),
             leaf_pem: "leaf".into(),
             chain_pem: "chain".into(),
+            renewal: Some(RenewalInfo {
+                due_at: Timestamp(1_790_000_000),
+                blocked: None,
+                last_error: Some("CA down".into()),
+                attempts: 2,
+                next_attempt_at: Some(Timestamp(1_790_000_600)),
+            }),
         }
     }
 
@@ -594,6 +740,42 @@ mod tests {
             last_seen: None,
             connected: false,
             identity_expires: Some(Timestamp(2)),
+            clock_skew_secs: Some(-3),
+        }
+    }
+
+    fn strategy() -> StrategySpec {
+        StrategySpec {
+            canary: 1,
+            wave: "25%".into(),
+            pause_secs: 0,
+            max_failures: 0,
+            offline_deadline_secs: 600,
+        }
+    }
+
+    fn rollout() -> RolloutInfo {
+        RolloutInfo {
+            id: "r".into(),
+            kind: "renewal".into(),
+            lineage: "c0".into(),
+            certificate: "c1".into(),
+            previous: Some("c0".into()),
+            state: "halted".into(),
+            reason: Some("budget".into()),
+            strategy: strategy(),
+            current_wave: 1,
+            waves: 3,
+            targets: vec![RolloutTargetInfo {
+                agent: "a".into(),
+                agent_name: "web-1".into(),
+                target: "nginx".into(),
+                wave: 0,
+                state: "failed".into(),
+                error: Some("nginx -t".into()),
+            }],
+            created_at: Timestamp(1),
+            updated_at: Timestamp(2),
         }
     }
 
@@ -660,6 +842,27 @@ mod tests {
                 certificate: None,
                 agent: Some("a".into()),
             },
+            Request::CertRenew { id: "c".into() },
+            Request::CertRevokeForced {
+                id: "c".into(),
+                reason: RevocationReason::Superseded,
+            },
+            Request::DeployRollout {
+                certificate: "c".into(),
+                selector: "role=web".into(),
+                target: "nginx".into(),
+                strategy: strategy(),
+            },
+            Request::RolloutList,
+            Request::RolloutShow { id: "r".into() },
+            Request::RolloutPause { id: "r".into() },
+            Request::RolloutResume { id: "r".into() },
+            Request::RolloutAbort { id: "r".into() },
+            Request::RolloutRollback {
+                id: "r".into(),
+                strategy: strategy(),
+            },
+            Request::Status,
         ]
     }
 
@@ -769,6 +972,9 @@ mod tests {
                 served_fingerprint: None,
                 updated_at: Timestamp(1),
             }]),
+            Response::Rollout(rollout()),
+            Response::Rollouts(vec![rollout()]),
+            Response::Status(FleetStatus::default()),
         ]
     }
 

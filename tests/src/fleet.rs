@@ -493,3 +493,222 @@ pub fn wait_connected(
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Environment variable naming the clock-offset file of `certfleet serve`
+/// and `certfleet-agent run`: an integer number of seconds added to the wall
+/// clock (a missing file means 0).
+pub const CLOCK_OFFSET_ENV: &str = "CERTFLEET_CLOCK_OFFSET_FILE";
+
+/// Writes `secs` into the clock-offset file at `path`, atomically (a reader
+/// never sees a half-written number).
+pub fn write_clock_offset(path: &Path, secs: i64) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{secs}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
+    Ok(())
+}
+
+/// Seconds since the Unix epoch by the host's wall clock.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch of an RFC 3339 timestamp
+/// (`2026-01-02T03:04:05Z`, `…05.123456Z`, `…05+01:00`), as the controller
+/// prints timestamps and the agent's log lines start.
+pub fn parse_rfc3339_micros(text: &str) -> Result<i64> {
+    let bad = || anyhow!("not an RFC 3339 timestamp: {text:?}");
+    let num = |s: &str| -> Result<i64> {
+        ensure!(
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+            "not an RFC 3339 timestamp: {text:?}"
+        );
+        s.parse::<i64>().map_err(|_| bad())
+    };
+    let (date, rest) = text.split_once(['T', 't', ' ']).ok_or_else(bad)?;
+    let mut d = date.splitn(3, '-');
+    let (year, month, day) = (
+        num(d.next().ok_or_else(bad)?)?,
+        num(d.next().ok_or_else(bad)?)?,
+        num(d.next().ok_or_else(bad)?)?,
+    );
+    let (clock, zone_secs) = if let Some(c) = rest.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else {
+        let at = rest.rfind(['+', '-']).ok_or_else(bad)?;
+        let (c, zone) = rest.split_at(at);
+        let sign = if zone.starts_with('-') { -1 } else { 1 };
+        let (h, m) = zone[1..].split_once(':').ok_or_else(bad)?;
+        (c, sign * (num(h)? * 3600 + num(m)? * 60))
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.splitn(3, ':');
+    let (hour, minute, second) = (
+        num(t.next().ok_or_else(bad)?)?,
+        num(t.next().ok_or_else(bad)?)?,
+        num(t.next().ok_or_else(bad)?)?,
+    );
+    let micros = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().chain("000000".chars()).take(6).collect();
+        num(&digits)?
+    };
+    ensure!(
+        (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24 && minute < 60,
+        "not an RFC 3339 timestamp: {text:?}"
+    );
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - zone_secs;
+    Ok(secs * 1_000_000 + micros)
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp.
+pub fn parse_rfc3339(text: &str) -> Result<i64> {
+    Ok(parse_rfc3339_micros(text)?.div_euclid(1_000_000))
+}
+
+/// The config body (everything but `controller` and `state_dir`) of an agent
+/// called `agent_name`, labelled `role=web`, with one nginx target called
+/// `target` for `nginx` serving `domain`.
+pub fn named_nginx_agent_config(
+    agent_name: &str,
+    target: &str,
+    nginx: &Nginx,
+    domain: &str,
+) -> Result<String> {
+    let test = nginx
+        .test_command()?
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(format!(
+        "name = \"{agent_name}\"\n\
+         allowed_dirs = [\"{tls}\"]\n\
+         [labels]\nrole = \"web\"\n\
+         [[target]]\nname = \"{target}\"\nkind = \"nginx\"\n\
+         domains = [\"{domain}\"]\n\
+         fullchain = \"{tls}/fullchain.pem\"\nkey = \"{tls}/privkey.pem\"\n\
+         verify = \"127.0.0.1:{port}\"\nverify_timeout = \"5s\"\n\
+         pid_file = \"{pid}\"\ntest_command = [{test}]\n",
+        tls = nginx.tls_dir.display(),
+        port = nginx.port,
+        pid = nginx.pid_file.display(),
+    ))
+}
+
+/// The config body of an agent called `agent_name`, labelled `role=web`,
+/// with one `files` target called `target` writing `fullchain.pem` and
+/// `privkey.pem` into `dir`.
+pub fn named_files_agent_config(
+    agent_name: &str,
+    target: &str,
+    dir: &Path,
+    domain: &str,
+) -> String {
+    format!(
+        "name = \"{agent_name}\"\n\
+         allowed_dirs = [\"{d}\"]\n\
+         [labels]\nrole = \"web\"\n\
+         [[target]]\nname = \"{target}\"\nkind = \"files\"\n\
+         domains = [\"{domain}\"]\n\
+         fullchain = \"{d}/fullchain.pem\"\nkey = \"{d}/privkey.pem\"\n",
+        d = dir.display()
+    )
+}
+
+/// Timestamps (microseconds since the epoch) of the agent log lines whose
+/// message is `message` (e.g. `installing`, `installed`) for `certificate`,
+/// in log order. The agent logs `<RFC 3339 time> INFO …: <message>
+/// target=… certificate=…`.
+pub fn agent_log_events(log: &str, message: &str, certificate: &str) -> Result<Vec<i64>> {
+    let field = format!("certificate={certificate}");
+    log.lines()
+        .filter(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words.contains(&message) && words.contains(&field.as_str())
+        })
+        .map(|line| {
+            let stamp = line.split_whitespace().next().unwrap_or_default();
+            parse_rfc3339_micros(stamp)
+                .with_context(|| format!("agent log line without a timestamp: {line:?}"))
+        })
+        .collect()
+}
+
+/// `rollout show ID` as JSON.
+pub fn rollout_show(controller: &Controller, id: &str) -> Result<serde_json::Value> {
+    controller.cli_json(&["rollout", "show", id])
+}
+
+/// Polls `rollout show ID` until its state is one of `states`; every
+/// snapshot seen on the way is passed to `observe` (e.g. to check wave
+/// invariants). Returns the last snapshot.
+pub fn wait_rollout_state(
+    controller: &Controller,
+    id: &str,
+    states: &[&str],
+    timeout: Duration,
+    mut observe: impl FnMut(&serde_json::Value) -> Result<()>,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rollout = rollout_show(controller, id)?;
+        observe(&rollout)?;
+        let state = rollout["state"].as_str().unwrap_or_default();
+        if states.contains(&state) {
+            return Ok(rollout);
+        }
+        if Instant::now() >= deadline {
+            bail!("rollout {id} is not {states:?} after {timeout:?}: {rollout:#}");
+        }
+        thread::sleep(Duration::from_millis(150));
+    }
+}
+
+/// Checks the wave invariants of one RolloutInfo snapshot: every target of a
+/// wave after `current_wave` is still `waiting`, and a target has left
+/// `waiting` only when every target of every earlier wave is `installed` or
+/// `failed` (a wave starts only after the previous one finished).
+pub fn check_wave_invariants(rollout: &serde_json::Value) -> Result<()> {
+    let targets = rollout["targets"]
+        .as_array()
+        .ok_or_else(|| anyhow!("rollout without a targets array: {rollout}"))?;
+    let current = rollout["current_wave"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("rollout without current_wave: {rollout}"))?;
+    for t in targets {
+        let wave = t["wave"]
+            .as_i64()
+            .ok_or_else(|| anyhow!("target without a wave: {t}"))?;
+        let state = t["state"].as_str().unwrap_or_default();
+        if wave > current {
+            ensure!(
+                state == "waiting",
+                "a target of wave {wave} is {state} while the rollout is at wave {current}: {rollout:#}"
+            );
+        }
+        if state != "waiting" {
+            for earlier in targets.iter().filter(|e| e["wave"].as_i64() < Some(wave)) {
+                let s = earlier["state"].as_str().unwrap_or_default();
+                ensure!(
+                    s == "installed" || s == "failed",
+                    "a target of wave {wave} is {state} while one of wave {} is {s}: {rollout:#}",
+                    earlier["wave"]
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -40,6 +40,15 @@ fn nginx_agent(
     Ok(agent)
 }
 
+/// Deploy to every match at once and wait for the rollout to complete.
+fn deploy_all(ctl: &Controller, cert: &str, to: &str, target: &str) -> Result<serde_json::Value> {
+    let r = ctl.cli_json(&[
+        "deploy", cert, "--to", to, "--target", target, "--canary", "0", "--wave", "100%", "--wait",
+    ])?;
+    ensure!(r["state"] == "completed", "{r}");
+    Ok(r)
+}
+
 fn agent_id(agent: &Agent) -> &str {
     agent.id.as_deref().unwrap_or_default()
 }
@@ -60,17 +69,13 @@ fn two_agents_install_into_two_nginx_and_a_broken_one_rolls_back() -> Result<()>
     wait_connected(&ctl, agent_id(&a2), true, WAIT)?;
 
     let (cert1, fp1) = issue(&ctl)?;
-    let deployed = ctl.cli_json(&[
-        "deploy", &cert1, "--to", "role=web", "--target", "nginx", "--wait",
-    ])?;
-    let deployed = deployed.as_array().cloned().unwrap_or_default();
+    // Both at once: one wave, no canary (waves have tests of their own).
+    let rollout = deploy_all(&ctl, &cert1, "role=web", "nginx")?;
+    let targets = rollout["targets"].as_array().cloned().unwrap_or_default();
+    ensure!(targets.len() == 2, "expected two targets: {targets:?}");
     ensure!(
-        deployed.len() == 2,
-        "expected two deployments: {deployed:?}"
-    );
-    ensure!(
-        deployed.iter().all(|d| d["status"] == "installed"),
-        "{deployed:?}"
+        targets.iter().all(|t| t["state"] == "installed"),
+        "{targets:?}"
     );
     assert_eq!(served_fingerprint(n1.port, NAME)?, fp1);
     assert_eq!(served_fingerprint(n2.port, NAME)?, fp1);
@@ -101,7 +106,8 @@ fn two_agents_install_into_two_nginx_and_a_broken_one_rolls_back() -> Result<()>
     n2.break_config()?;
     let (cert2, fp2) = issue(&ctl)?;
     let out = ctl.cli(&[
-        "deploy", &cert2, "--to", "role=web", "--target", "nginx", "--wait",
+        "deploy", &cert2, "--to", "role=web", "--target", "nginx", "--canary", "0", "--wave",
+        "100%", "--wait",
     ])?;
     ensure!(
         !out.status.success(),
@@ -401,18 +407,13 @@ fn agents_wait_for_a_controller_that_is_down_and_converge_after_restarts() -> Re
     wait_connected(&ctl, agent_id(&web), true, Duration::from_secs(90))?;
     wait_connected(&ctl, agent_id(&other), true, Duration::from_secs(90))?;
     let (cert1, fp1) = issue(&ctl)?;
-    ctl.cli_json(&[
-        "deploy", &cert1, "--to", "role=web", "--target", "nginx", "--wait",
-    ])?;
-    ctl.cli_json(&[
-        "deploy",
+    deploy_all(&ctl, &cert1, "role=web", "nginx")?;
+    deploy_all(
+        &ctl,
         &cert1,
-        "--to",
         &format!("agent={}", agent_id(&other)),
-        "--target",
         "files",
-        "--wait",
-    ])?;
+    )?;
     assert_eq!(served_fingerprint(nginx.port, NAME)?, fp1);
 
     // Controller restarted while the agents are connected: both reconnect
@@ -421,18 +422,13 @@ fn agents_wait_for_a_controller_that_is_down_and_converge_after_restarts() -> Re
     wait_connected(&ctl, agent_id(&web), true, Duration::from_secs(90))?;
     wait_connected(&ctl, agent_id(&other), true, Duration::from_secs(90))?;
     let (cert2, fp2) = issue(&ctl)?;
-    ctl.cli_json(&[
-        "deploy", &cert2, "--to", "role=web", "--target", "nginx", "--wait",
-    ])?;
-    ctl.cli_json(&[
-        "deploy",
+    deploy_all(&ctl, &cert2, "role=web", "nginx")?;
+    deploy_all(
+        &ctl,
         &cert2,
-        "--to",
         &format!("agent={}", agent_id(&other)),
-        "--target",
         "files",
-        "--wait",
-    ])?;
+    )?;
     assert_eq!(served_fingerprint(nginx.port, NAME)?, fp2);
     let list = ctl.cli_json(&["deployment", "list"])?;
     ensure!(

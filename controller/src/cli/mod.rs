@@ -1,23 +1,33 @@
 //! The `certfleet` command line: `serve` runs the controller; every other
 //! subcommand is a client of a running controller.
 
+/// Take the expected variant out of a response, or fail with what came.
+macro_rules! expect_response {
+    ($resp:expr, $variant:ident) => {
+        match $resp {
+            Response::$variant(v) => v,
+            other => bail!("unexpected response from controller: {other:?}"),
+        }
+    };
+}
+
 mod download;
 mod output;
+mod rollout;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{
-    ApplicationState, DeploymentStatus, InstanceSpec, IssuerKind, KeyType, Request, Response,
-    RevocationReason, ValidationType,
+    ApplicationState, InstanceSpec, IssuerKind, KeyType, Request, Response, RevocationReason,
+    ValidationType,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::{Client, Credential};
-use crate::clock::SystemClock;
+
 use crate::server::{self, ServeOptions};
 use output::Output;
 
@@ -95,6 +105,12 @@ pub enum Command {
     /// Where certificates are deployed and how the installs went.
     #[command(subcommand)]
     Deployment(DeploymentCmd),
+    /// Rollouts of certificates across the fleet, in waves.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCmd),
+    /// The fleet on one screen: agents, certificates, expiries, renewals,
+    /// rollouts.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +154,9 @@ pub struct DeployArgs {
     /// Target name, as declared in the agents' configs.
     #[arg(long)]
     pub target: String,
-    /// Wait until every deployment is installed, rolled back or failed.
+    #[command(flatten)]
+    pub strategy: rollout::StrategyArgs,
+    /// Wait until the rollout completes, halts or is aborted.
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this long.
@@ -222,6 +240,10 @@ pub enum InstanceCmd {
         /// Key type of the certificate.
         #[arg(long, default_value = "ecdsa-p256", value_parser = parse_named::<KeyType>)]
         key: KeyType,
+        /// Renew this many days before expiry [default: 30, at most a third
+        /// of the lifetime].
+        #[arg(long)]
+        renew_before_days: Option<u32>,
     },
     /// List instances.
     List,
@@ -269,12 +291,19 @@ pub enum CertCmd {
         #[arg(long, required_if_eq("format", "pkcs12"))]
         password_file: Option<PathBuf>,
     },
-    /// Revoke a certificate at its CA.
+    /// Revoke a certificate at its CA. Refused while the certificate is
+    /// still installed or being rolled out anywhere, unless --force.
     Revoke {
         id: String,
         #[arg(long, value_parser = parse_named::<RevocationReason>)]
         reason: RevocationReason,
+        /// Revoke even though servers still use it.
+        #[arg(long)]
+        force: bool,
     },
+    /// Renew a certificate now (renewal is otherwise automatic) and roll
+    /// the new one out wherever the lineage is deployed.
+    Renew { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,7 +405,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crl_url_base: args.crl_url_base,
         master_key_file,
     };
-    let clock = Arc::new(SystemClock);
+    let clock = crate::clock::from_env();
     if !args.dev {
         return server::run(opts, clock, shutdown_signal()).await;
     }
@@ -474,15 +503,6 @@ async fn dev_agent(running: &server::Running, dir: &std::path::Path) -> anyhow::
     Ok(agent)
 }
 
-macro_rules! expect_response {
-    ($resp:expr, $variant:ident) => {
-        match $resp {
-            Response::$variant(v) => v,
-            other => bail!("unexpected response from controller: {other:?}"),
-        }
-    };
-}
-
 async fn client_command(client: &Client, command: Command, out: &Output) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) => unreachable!("serve is handled before connecting"),
@@ -501,6 +521,7 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             wildcard,
             validity_days,
             key,
+            renew_before_days,
         }) => {
             let r = client
                 .call(&Request::InstanceCreate(InstanceSpec {
@@ -510,6 +531,7 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
                     wildcard,
                     validity_days,
                     key,
+                    renew_before_days,
                 }))
                 .await?;
             out.instance(&expect_response!(r, Instance))
@@ -601,9 +623,23 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             )?;
             out.files(&dir, &files)
         }
-        Command::Cert(CertCmd::Revoke { id, reason }) => {
-            let r = client.call(&Request::CertRevoke { id, reason }).await?;
+        Command::Cert(CertCmd::Revoke { id, reason, force }) => {
+            let request = if force {
+                Request::CertRevokeForced { id, reason }
+            } else {
+                Request::CertRevoke { id, reason }
+            };
+            let r = client.call(&request).await?;
             out.cert(&expect_response!(r, Certificate))
+        }
+        Command::Cert(CertCmd::Renew { id }) => {
+            let r = client.call(&Request::CertRenew { id }).await?;
+            out.application(&expect_response!(r, Application))
+        }
+        Command::Rollout(cmd) => rollout::run(client, cmd, out).await,
+        Command::Status => {
+            let r = client.call(&Request::Status).await?;
+            out.status(&expect_response!(r, Status))
         }
         Command::Ca(CaCmd::Crl {
             out: path,
@@ -648,73 +684,19 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
         }
         Command::Deploy(args) => {
             let r = client
-                .call(&Request::Deploy {
+                .call(&Request::DeployRollout {
                     certificate: args.certificate.clone(),
                     selector: args.selector,
                     target: args.target.clone(),
+                    strategy: args.strategy.spec(),
                 })
                 .await?;
-            let mut deployments = expect_response!(r, Deployments);
+            let rollout = expect_response!(r, Rollout);
             if args.wait {
-                let ids: Vec<String> = deployments.iter().map(|d| d.id.clone()).collect();
-                let deadline = tokio::time::Instant::now() + args.timeout;
-                loop {
-                    let done = deployments
-                        .iter()
-                        .all(|d| d.status != DeploymentStatus::Pending);
-                    if done {
-                        break;
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        out.deployments(&deployments)?;
-                        bail!(
-                            "deployments still pending after {}; follow them with \
-                             `certfleet deployment list --cert {}`",
-                            humantime::format_duration(args.timeout),
-                            args.certificate
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let r = client
-                        .call(&Request::DeploymentList {
-                            certificate: Some(args.certificate.clone()),
-                            agent: None,
-                        })
-                        .await?;
-                    deployments = expect_response!(r, Deployments)
-                        .into_iter()
-                        .filter(|d| ids.contains(&d.id))
-                        .collect();
-                }
+                rollout::wait(client, &rollout.id, args.timeout, out).await
+            } else {
+                out.rollout(&rollout)
             }
-            out.deployments(&deployments)?;
-            let failed: Vec<_> = deployments
-                .iter()
-                .filter(|d| {
-                    matches!(
-                        d.status,
-                        DeploymentStatus::RolledBack | DeploymentStatus::Failed
-                    )
-                })
-                .collect();
-            if !failed.is_empty() {
-                bail!(
-                    "{} of {} deployments did not install: {}",
-                    failed.len(),
-                    deployments.len(),
-                    failed
-                        .iter()
-                        .map(|d| format!(
-                            "{} on {}: {}",
-                            d.status,
-                            d.agent_name,
-                            d.last_error.as_deref().unwrap_or("-")
-                        ))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-            }
-            Ok(())
         }
         Command::Deployment(DeploymentCmd::List { cert, agent }) => {
             let r = client

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use certfleet_protocol::message::{
-    AgentInfo, ApplicationInfo, AuditEntry, CertInfo, DeploymentInfo, InstanceInfo, IssuerInfo,
-    JoinToken,
+    AgentInfo, ApplicationInfo, AuditEntry, CertInfo, DeploymentInfo, FleetStatus, InstanceInfo,
+    IssuerInfo, JoinToken, RolloutInfo,
 };
 use serde::Serialize;
 
@@ -69,6 +69,10 @@ fn opt(v: &Option<String>) -> String {
 impl Output {
     pub(super) fn new(format: Format) -> Self {
         Output { format }
+    }
+
+    pub(super) fn is_table(&self) -> bool {
+        self.format == Format::Table
     }
 
     fn emit<T: Serialize + ?Sized>(
@@ -205,6 +209,24 @@ impl Output {
             if let Some(r) = c.revocation_reason {
                 f.push(("reason", r.to_string()));
             }
+            if let Some(r) = &c.renewal {
+                f.push(("renewal due", r.due_at.to_string()));
+                if let Some(b) = &r.blocked {
+                    f.push(("renewal blocked", b.clone()));
+                }
+                if let Some(e) = &r.last_error {
+                    f.push((
+                        "renewal error",
+                        format!(
+                            "{e} (attempt {}, next {})",
+                            r.attempts,
+                            r.next_attempt_at
+                                .map(|t| t.to_string())
+                                .unwrap_or("-".into())
+                        ),
+                    ));
+                }
+            }
             fields(&f)
         })
     }
@@ -212,13 +234,23 @@ impl Output {
     pub(super) fn certs(&self, list: &[CertInfo]) -> anyhow::Result<()> {
         self.emit(list, || {
             table(
-                &["ID", "STATE", "NOT AFTER", "ISSUER", "DOMAINS"],
+                &["ID", "STATE", "NOT AFTER", "RENEWAL", "ISSUER", "DOMAINS"],
                 list.iter()
                     .map(|c| {
                         vec![
                             c.id.clone(),
                             c.state.to_string(),
                             c.not_after.to_string(),
+                            match &c.renewal {
+                                Some(r) if r.blocked.is_some() => {
+                                    "renewal_blocked: no instance".into()
+                                }
+                                Some(r) if r.last_error.is_some() => {
+                                    format!("failing ({} attempts)", r.attempts)
+                                }
+                                Some(r) => format!("due {}", r.due_at),
+                                None => "-".into(),
+                            },
                             c.issuer.clone(),
                             c.domains.join(","),
                         ]
@@ -320,13 +352,28 @@ impl Output {
     pub(super) fn agents(&self, list: &[AgentInfo]) -> anyhow::Result<()> {
         self.emit(list, || {
             table(
-                &["ID", "NAME", "CONNECTED", "LABELS", "TARGETS", "LAST SEEN"],
+                &[
+                    "ID",
+                    "NAME",
+                    "CONNECTED",
+                    "CLOCK",
+                    "LABELS",
+                    "TARGETS",
+                    "LAST SEEN",
+                ],
                 list.iter()
                     .map(|a| {
                         vec![
                             a.id.clone(),
                             a.name.clone(),
                             if a.connected { "yes" } else { "no" }.into(),
+                            match a.clock_skew_secs {
+                                Some(s) if s.abs() > crate::service::MAX_CLOCK_SKEW_SECS => {
+                                    format!("SKEW {s:+}s")
+                                }
+                                Some(_) => "ok".into(),
+                                None => "-".into(),
+                            },
                             labels(&a.labels),
                             a.targets
                                 .iter()
@@ -372,6 +419,133 @@ impl Output {
                     })
                     .collect(),
             )
+        })
+    }
+
+    pub(super) fn rollout(&self, r: &RolloutInfo) -> anyhow::Result<()> {
+        self.emit(r, || {
+            let mut out = fields(&[
+                ("rollout", r.id.clone()),
+                ("kind", r.kind.clone()),
+                ("state", r.state.clone()),
+                ("reason", r.reason.clone().unwrap_or("-".into())),
+                ("certificate", r.certificate.clone()),
+                ("previous", opt(&r.previous)),
+                (
+                    "strategy",
+                    format!(
+                        "canary {}, waves of {}, pause {}s, max failures {}, offline deadline {}s",
+                        r.strategy.canary,
+                        r.strategy.wave,
+                        r.strategy.pause_secs,
+                        r.strategy.max_failures,
+                        r.strategy.offline_deadline_secs
+                    ),
+                ),
+                ("wave", format!("{} of {}", r.current_wave + 1, r.waves)),
+                ("updated", r.updated_at.to_string()),
+            ]);
+            out.push('\n');
+            out.push_str(&table(
+                &["WAVE", "AGENT", "TARGET", "STATE", "ERROR"],
+                r.targets
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.wave.to_string(),
+                            t.agent_name.clone(),
+                            t.target.clone(),
+                            t.state.clone(),
+                            t.error
+                                .as_deref()
+                                .map(|e| e.lines().next().unwrap_or("").to_string())
+                                .unwrap_or("-".into()),
+                        ]
+                    })
+                    .collect(),
+            ));
+            out
+        })
+    }
+
+    pub(super) fn rollouts(&self, list: &[RolloutInfo]) -> anyhow::Result<()> {
+        self.emit(list, || {
+            table(
+                &[
+                    "ID",
+                    "KIND",
+                    "STATE",
+                    "CERTIFICATE",
+                    "WAVE",
+                    "TARGETS",
+                    "UPDATED",
+                ],
+                list.iter()
+                    .map(|r| {
+                        let done = r.targets.iter().filter(|t| t.state == "installed").count();
+                        vec![
+                            r.id.clone(),
+                            r.kind.clone(),
+                            r.state.clone(),
+                            r.certificate.clone(),
+                            format!("{}/{}", r.current_wave + 1, r.waves),
+                            format!("{done}/{} installed", r.targets.len()),
+                            r.updated_at.to_string(),
+                        ]
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    pub(super) fn status(&self, s: &FleetStatus) -> anyhow::Result<()> {
+        self.emit(s, || {
+            fields(&[
+                (
+                    "agents",
+                    format!(
+                        "{} online, {} offline{}",
+                        s.agents.online,
+                        s.agents.offline,
+                        if s.agents.clock_skewed > 0 {
+                            format!(", {} with clock skew over 5 minutes", s.agents.clock_skewed)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ),
+                (
+                    "certificates",
+                    format!(
+                        "{} active, {} superseded, {} revoked, {} expired",
+                        s.certificates.active,
+                        s.certificates.superseded,
+                        s.certificates.revoked,
+                        s.certificates.expired
+                    ),
+                ),
+                (
+                    "expiring",
+                    format!(
+                        "{} within 30 days, {} within 7 days",
+                        s.expiring.within_30d, s.expiring.within_7d
+                    ),
+                ),
+                (
+                    "renewals",
+                    format!(
+                        "{} blocked, {} failing",
+                        s.renewals.blocked, s.renewals.failing
+                    ),
+                ),
+                (
+                    "rollouts",
+                    format!(
+                        "{} running, {} paused, {} halted",
+                        s.rollouts.running, s.rollouts.paused, s.rollouts.halted
+                    ),
+                ),
+            ])
         })
     }
 

@@ -265,6 +265,8 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         shutdown_rx.clone(),
     ));
     tasks.spawn(expiry_loop(service.clone(), shutdown_rx.clone()));
+    tasks.spawn(service.clone().run_rollouts(shutdown_rx.clone()));
+    tasks.spawn(service.clone().run_renewals(shutdown_rx.clone()));
     let ctx = Arc::new(rpc::Ctx {
         service: service.clone(),
         store: state.store.clone(),

@@ -262,7 +262,15 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
         Request::CertRevoke { id, .. } => ("cert.revoke", id.clone()),
         Request::TokenCreate { .. } => ("agent.token.create", String::new()),
         Request::AgentRemove { id } => ("agent.remove", id.clone()),
-        Request::Deploy { certificate, .. } => ("deploy", certificate.clone()),
+        Request::Deploy { certificate, .. } | Request::DeployRollout { certificate, .. } => {
+            ("deploy", certificate.clone())
+        }
+        Request::CertRevokeForced { id, .. } => ("cert.revoke", id.clone()),
+        Request::CertRenew { id } => ("cert.renew", id.clone()),
+        Request::RolloutPause { id } => ("rollout.pause", id.clone()),
+        Request::RolloutResume { id } => ("rollout.resume", id.clone()),
+        Request::RolloutAbort { id } => ("rollout.abort", id.clone()),
+        Request::RolloutRollback { id, .. } => ("rollout.rollback", id.clone()),
         _ => return None,
     })
 }
@@ -302,9 +310,53 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             .await
             .map(Response::Bundle),
         Request::CertRevoke { id, reason } => svc
-            .cert_revoke(actor.clone(), id, reason)
+            .cert_revoke(actor.clone(), id, reason, false)
             .await
             .map(Response::Certificate),
+        Request::CertRevokeForced { id, reason } => svc
+            .cert_revoke(actor.clone(), id, reason, true)
+            .await
+            .map(Response::Certificate),
+        Request::CertRenew { id } => svc
+            .cert_renew(actor.clone(), id)
+            .await
+            .map(Response::Application),
+        Request::DeployRollout {
+            certificate,
+            selector,
+            target,
+            strategy,
+        } => match crate::rollout::strategy_from_spec(&strategy) {
+            Ok(strategy) => svc
+                .deploy(actor.clone(), certificate, selector, target, strategy)
+                .await
+                .map(Response::Rollout),
+            Err(e) => Err(ServiceError::Invalid(e)),
+        },
+        Request::RolloutList => svc.rollout_list().await.map(Response::Rollouts),
+        Request::RolloutShow { id } => svc.rollout_show(id).await.map(Response::Rollout),
+        Request::RolloutPause { id } => svc
+            .rollout_control(actor.clone(), id, "pause")
+            .await
+            .map(Response::Rollout),
+        Request::RolloutResume { id } => svc
+            .rollout_control(actor.clone(), id, "resume")
+            .await
+            .map(Response::Rollout),
+        Request::RolloutAbort { id } => svc
+            .rollout_control(actor.clone(), id, "abort")
+            .await
+            .map(Response::Rollout),
+        Request::RolloutRollback { id, strategy } => {
+            match crate::rollout::strategy_from_spec(&strategy) {
+                Ok(strategy) => svc
+                    .rollout_rollback(actor.clone(), id, strategy)
+                    .await
+                    .map(Response::Rollout),
+                Err(e) => Err(ServiceError::Invalid(e)),
+            }
+        }
+        Request::Status => svc.status().await.map(Response::Status),
         Request::CaCrl { issuer } => svc.crl(issuer).await.map(Response::Crl),
         Request::AuditList { limit } => svc.audit_list(limit).await.map(Response::Audit),
         Request::TokenCreate {
@@ -326,9 +378,15 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             selector,
             target,
         } => svc
-            .deploy(actor.clone(), certificate, selector, target)
+            .deploy(
+                actor.clone(),
+                certificate,
+                selector,
+                target,
+                crate::rollout::policy::Strategy::default(),
+            )
             .await
-            .map(Response::Deployments),
+            .map(Response::Rollout),
         Request::DeploymentList { certificate, agent } => svc
             .deployment_list(certificate, agent)
             .await

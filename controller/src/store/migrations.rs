@@ -146,4 +146,48 @@ CREATE TABLE deployments (
 
 CREATE INDEX deployments_lineage ON deployments(lineage);
 "#,
+    // 3: renewal bookkeeping and rollouts.
+    r#"
+ALTER TABLE certificates ADD COLUMN lineage TEXT;
+ALTER TABLE certificates ADD COLUMN renewal_error TEXT;
+ALTER TABLE certificates ADD COLUMN renewal_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE certificates ADD COLUMN renewal_next_at INTEGER;
+ALTER TABLE certificates ADD COLUMN renewal_blocked TEXT;
+ALTER TABLE instances ADD COLUMN renew_before_secs INTEGER;
+ALTER TABLE applications ADD COLUMN renews TEXT REFERENCES certificates(id);
+
+UPDATE certificates SET lineage = id WHERE lineage IS NULL;
+
+CREATE TABLE rollouts (
+    id              TEXT PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    lineage         TEXT NOT NULL,
+    certificate     TEXT NOT NULL REFERENCES certificates(id),
+    previous        TEXT REFERENCES certificates(id),
+    strategy        TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    reason          TEXT,
+    current_wave    INTEGER NOT NULL DEFAULT -1,
+    wave_started_at INTEGER,
+    wave_done_at    INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+) STRICT;
+
+CREATE UNIQUE INDEX rollouts_one_active_per_lineage
+    ON rollouts(lineage) WHERE state IN ('running', 'paused');
+
+CREATE TABLE rollout_targets (
+    rollout  TEXT NOT NULL REFERENCES rollouts(id),
+    agent    TEXT NOT NULL REFERENCES agents(id),
+    target   TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    wave     INTEGER NOT NULL,
+    state    TEXT NOT NULL,
+    error    TEXT,
+    sent_at  INTEGER,
+    done_at  INTEGER,
+    PRIMARY KEY (rollout, agent, target)
+) STRICT;
+"#,
 ];

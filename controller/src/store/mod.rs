@@ -312,7 +312,7 @@ pub fn issuer_set_crl(
 // ---------------------------------------------------------------- instances
 
 const INSTANCE_COLS: &str = "id, issuer, validation, max_domains, wildcard, validity_days, \
-                             key_type, state, application, certificate, created_at";
+                             key_type, state, application, certificate, created_at, renew_before_secs";
 
 fn instance_from_row(r: &Row<'_>) -> Result<InstanceInfo, rusqlite::Error> {
     Ok(InstanceInfo {
@@ -324,6 +324,7 @@ fn instance_from_row(r: &Row<'_>) -> Result<InstanceInfo, rusqlite::Error> {
             wildcard: r.get(4)?,
             validity_days: r.get(5)?,
             key: parse(r.get(6)?)?,
+            renew_before_days: r.get::<_, Option<i64>>(11)?.map(|s| (s / 86_400) as u32),
         },
         state: parse(r.get(7)?)?,
         application: r.get(8)?,
@@ -334,7 +335,7 @@ fn instance_from_row(r: &Row<'_>) -> Result<InstanceInfo, rusqlite::Error> {
 
 pub fn instance_insert(conn: &Connection, i: &InstanceInfo) -> Result<(), StoreError> {
     conn.execute(
-        &format!("INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        &format!("INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
         params![
             i.id,
             i.spec.issuer,
@@ -346,7 +347,8 @@ pub fn instance_insert(conn: &Connection, i: &InstanceInfo) -> Result<(), StoreE
             i.state.as_str(),
             i.application,
             i.certificate,
-            i.created_at.0
+            i.created_at.0,
+            i.spec.renew_before_days.map(|d| i64::from(d) * 86_400)
         ],
     )?;
     Ok(())
@@ -458,17 +460,25 @@ pub fn applications_in_flight(conn: &Connection) -> Result<Vec<ApplicationInfo>,
 
 // ---------------------------------------------------------------- certificates
 
-/// A stored certificate: its public description plus the sealed key.
+/// A stored certificate: its public description plus the sealed key and
+/// renewal bookkeeping.
 #[derive(Debug, Clone)]
 pub struct CertRow {
     pub info: CertInfo,
     pub application: String,
     pub key_sealed: Vec<u8>,
+    /// First certificate of the renewal chain this one belongs to.
+    pub lineage: String,
+    pub renewal_error: Option<String>,
+    pub renewal_attempts: u32,
+    pub renewal_next_at: Option<i64>,
+    pub renewal_blocked: Option<String>,
 }
 
 const CERT_COLS: &str = "id, instance, issuer, domains, serial, fingerprint, key_type, \
      not_before, not_after, state, renews, revoked_at, revocation_reason, leaf_pem, chain_pem, \
-     application, key_sealed";
+     application, key_sealed, lineage, renewal_error, renewal_attempts, renewal_next_at, \
+     renewal_blocked";
 
 fn cert_from_row(r: &Row<'_>) -> Result<CertRow, rusqlite::Error> {
     let reason: Option<String> = r.get(12)?;
@@ -489,9 +499,18 @@ fn cert_from_row(r: &Row<'_>) -> Result<CertRow, rusqlite::Error> {
             revocation_reason: reason.map(parse::<RevocationReason>).transpose()?,
             leaf_pem: r.get(13)?,
             chain_pem: r.get(14)?,
+            renewal: None,
         },
         application: r.get(15)?,
         key_sealed: r.get(16)?,
+        lineage: match r.get::<_, Option<String>>(17)? {
+            Some(l) => l,
+            None => r.get(0)?,
+        },
+        renewal_error: r.get(18)?,
+        renewal_attempts: r.get(19)?,
+        renewal_next_at: r.get(20)?,
+        renewal_blocked: r.get(21)?,
     })
 }
 
@@ -500,7 +519,8 @@ pub fn cert_insert(conn: &Connection, c: &CertRow, now: i64) -> Result<(), Store
     conn.execute(
         &format!(
             "INSERT INTO certificates ({CERT_COLS}, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                     ?18, ?19, ?20, ?21, ?22, ?23)"
         ),
         params![
             i.id,
@@ -520,6 +540,11 @@ pub fn cert_insert(conn: &Connection, c: &CertRow, now: i64) -> Result<(), Store
             i.chain_pem,
             c.application,
             c.key_sealed,
+            c.lineage,
+            c.renewal_error,
+            c.renewal_attempts,
+            c.renewal_next_at,
+            c.renewal_blocked,
             now
         ],
     )?;
@@ -855,6 +880,359 @@ pub fn deployment_report(
         ],
     )?;
     Ok(changed == 1)
+}
+
+// ---------------------------------------------------------------- renewal
+
+pub fn cert_set_state(conn: &Connection, id: &str, state: CertState) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE certificates SET state = ?2 WHERE id = ?1",
+        params![id, state.as_str()],
+    )?;
+    Ok(())
+}
+
+/// Record the outcome of a renewal attempt on the certificate it renews.
+pub fn cert_set_renewal(
+    conn: &Connection,
+    id: &str,
+    error: Option<&str>,
+    attempts: u32,
+    next_at: Option<i64>,
+    blocked: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE certificates SET renewal_error = ?2, renewal_attempts = ?3, renewal_next_at = ?4,
+         renewal_blocked = ?5 WHERE id = ?1",
+        params![id, error, attempts, next_at, blocked],
+    )?;
+    Ok(())
+}
+
+/// Active certificates that no other certificate renews yet: the heads of
+/// their lineages, the ones renewal looks at.
+pub fn renewal_candidates(conn: &Connection) -> Result<Vec<CertRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {CERT_COLS} FROM certificates c
+         WHERE c.state = 'active'
+           AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.renews = c.id)
+         ORDER BY not_after, id"
+    ))?;
+    let rows = stmt.query_map([], cert_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The in-flight application renewing `cert`, if any.
+pub fn renewal_in_flight(conn: &Connection, cert: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM applications WHERE renews = ?1 AND state IN ('pending', 'validating')",
+            [cert],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+pub fn application_set_renews(
+    conn: &Connection,
+    app: &str,
+    renews: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE applications SET renews = ?2 WHERE id = ?1",
+        params![app, renews],
+    )?;
+    Ok(())
+}
+
+pub fn application_renews(conn: &Connection, app: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT renews FROM applications WHERE id = ?1",
+            [app],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// An unused instance with exactly this spec (the purchased pool).
+pub fn instance_from_pool(
+    conn: &Connection,
+    spec: &InstanceSpec,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM instances WHERE state = 'unused' AND issuer = ?1 AND validation = ?2
+             AND max_domains = ?3 AND wildcard = ?4 AND validity_days = ?5 AND key_type = ?6
+             ORDER BY created_at LIMIT 1",
+            params![
+                spec.issuer,
+                spec.validation.as_str(),
+                spec.max_domains,
+                spec.wildcard,
+                spec.validity_days,
+                spec.key.as_str()
+            ],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+// ---------------------------------------------------------------- rollouts
+
+/// A stored rollout.
+#[derive(Debug, Clone)]
+pub struct RolloutRow {
+    pub id: String,
+    pub kind: String,
+    pub lineage: String,
+    pub certificate: String,
+    pub previous: Option<String>,
+    pub strategy: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub current_wave: i64,
+    pub wave_started_at: Option<i64>,
+    pub wave_done_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One (agent, target) of a rollout.
+#[derive(Debug, Clone)]
+pub struct RolloutTargetRow {
+    pub agent: String,
+    pub agent_name: String,
+    pub target: String,
+    pub position: i64,
+    pub wave: u32,
+    pub state: String,
+    pub error: Option<String>,
+    pub sent_at: Option<i64>,
+}
+
+const ROLLOUT_COLS: &str = "id, kind, lineage, certificate, previous, strategy, state, reason, \
+    current_wave, wave_started_at, wave_done_at, created_at, updated_at";
+
+fn rollout_from_row(r: &Row<'_>) -> Result<RolloutRow, rusqlite::Error> {
+    Ok(RolloutRow {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        lineage: r.get(2)?,
+        certificate: r.get(3)?,
+        previous: r.get(4)?,
+        strategy: r.get(5)?,
+        state: r.get(6)?,
+        reason: r.get(7)?,
+        current_wave: r.get(8)?,
+        wave_started_at: r.get(9)?,
+        wave_done_at: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+    })
+}
+
+pub fn rollout_insert(conn: &Connection, r: &RolloutRow) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO rollouts ({ROLLOUT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        params![
+            r.id,
+            r.kind,
+            r.lineage,
+            r.certificate,
+            r.previous,
+            r.strategy,
+            r.state,
+            r.reason,
+            r.current_wave,
+            r.wave_started_at,
+            r.wave_done_at,
+            r.created_at,
+            r.updated_at
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn rollout_update(conn: &Connection, r: &RolloutRow) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE rollouts SET state = ?2, reason = ?3, current_wave = ?4, wave_started_at = ?5,
+         wave_done_at = ?6, updated_at = ?7 WHERE id = ?1",
+        params![
+            r.id,
+            r.state,
+            r.reason,
+            r.current_wave,
+            r.wave_started_at,
+            r.wave_done_at,
+            r.updated_at
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn rollout_get(conn: &Connection, id: &str) -> Result<Option<RolloutRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = ?1"),
+            [id],
+            rollout_from_row,
+        )
+        .optional()?)
+}
+
+/// Rollouts, newest first; with `states`, only those in one of them.
+pub fn rollout_list(
+    conn: &Connection,
+    states: Option<&[&str]>,
+) -> Result<Vec<RolloutRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ROLLOUT_COLS} FROM rollouts ORDER BY created_at DESC, id"
+    ))?;
+    let rows = stmt.query_map([], rollout_from_row)?;
+    let all: Vec<RolloutRow> = rows.collect::<Result<_, _>>()?;
+    Ok(match states {
+        Some(states) => all
+            .into_iter()
+            .filter(|r| states.contains(&r.state.as_str()))
+            .collect(),
+        None => all,
+    })
+}
+
+/// The running or paused rollout of a lineage.
+pub fn rollout_active_for(
+    conn: &Connection,
+    lineage: &str,
+) -> Result<Option<RolloutRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {ROLLOUT_COLS} FROM rollouts
+                 WHERE lineage = ?1 AND state IN ('running', 'paused')"
+            ),
+            [lineage],
+            rollout_from_row,
+        )
+        .optional()?)
+}
+
+pub fn rollout_target_insert(
+    conn: &Connection,
+    rollout: &str,
+    t: &RolloutTargetRow,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO rollout_targets (rollout, agent, target, position, wave, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![rollout, t.agent, t.target, t.position, t.wave, t.state],
+    )?;
+    Ok(())
+}
+
+pub fn rollout_targets(
+    conn: &Connection,
+    rollout: &str,
+) -> Result<Vec<RolloutTargetRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT t.agent, COALESCE(a.name, t.agent), t.target, t.position, t.wave, t.state, t.error,
+                t.sent_at
+         FROM rollout_targets t LEFT JOIN agents a ON a.id = t.agent
+         WHERE t.rollout = ?1 ORDER BY t.position",
+    )?;
+    let rows = stmt.query_map([rollout], |r| {
+        Ok(RolloutTargetRow {
+            agent: r.get(0)?,
+            agent_name: r.get(1)?,
+            target: r.get(2)?,
+            position: r.get(3)?,
+            wave: r.get(4)?,
+            state: r.get(5)?,
+            error: r.get(6)?,
+            sent_at: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn rollout_target_set(
+    conn: &Connection,
+    rollout: &str,
+    agent: &str,
+    target: &str,
+    state: &str,
+    error: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE rollout_targets SET state = ?4, error = ?5,
+           sent_at = CASE WHEN ?4 = 'in_progress' THEN ?6 ELSE sent_at END,
+           done_at = CASE WHEN ?4 IN ('installed', 'failed', 'skipped') THEN ?6 ELSE done_at END
+         WHERE rollout = ?1 AND agent = ?2 AND target = ?3",
+        params![rollout, agent, target, state, error, now],
+    )?;
+    Ok(())
+}
+
+/// (agent, agent name, target) of every deployment of a lineage, on agents
+/// that have not been removed.
+pub fn lineage_deployments(
+    conn: &Connection,
+    lineage: &str,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT d.agent, a.name, d.target FROM deployments d JOIN agents a ON a.id = d.agent
+         WHERE d.lineage = ?1 AND a.removed_at IS NULL ORDER BY a.name, d.target",
+    )?;
+    let rows = stmt.query_map([lineage], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Where one deployment stands.
+#[derive(Debug, Clone)]
+pub struct DeploymentState {
+    pub desired: String,
+    pub installed: Option<String>,
+    pub status: String,
+    pub last_error: Option<String>,
+}
+
+/// The deployment of (agent, target), if any.
+pub fn deployment_of(
+    conn: &Connection,
+    agent: &str,
+    target: &str,
+) -> Result<Option<DeploymentState>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT desired_cert, installed_cert, status, last_error FROM deployments
+             WHERE agent = ?1 AND target = ?2",
+            params![agent, target],
+            |r| {
+                Ok(DeploymentState {
+                    desired: r.get(0)?,
+                    installed: r.get(1)?,
+                    status: r.get(2)?,
+                    last_error: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Deployments that hold or want a certificate: (agent name, target).
+pub fn deployments_using(
+    conn: &Connection,
+    cert: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT a.name, d.target FROM deployments d JOIN agents a ON a.id = d.agent
+         WHERE (d.installed_cert = ?1 OR d.desired_cert = ?1) AND a.removed_at IS NULL
+         ORDER BY a.name, d.target",
+    )?;
+    let rows = stmt.query_map([cert], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 // ---------------------------------------------------------------- audit

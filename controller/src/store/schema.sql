@@ -19,7 +19,7 @@ CREATE TABLE applications (
     certificate TEXT,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
-) STRICT;
+, renews TEXT REFERENCES certificates(id)) STRICT;
 
 CREATE TABLE audit (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,7 +49,7 @@ CREATE TABLE certificates (
     key_sealed        BLOB NOT NULL,
     revoked_at        INTEGER,
     revocation_reason TEXT,
-    created_at        INTEGER NOT NULL,
+    created_at        INTEGER NOT NULL, lineage TEXT, renewal_error TEXT, renewal_attempts INTEGER NOT NULL DEFAULT 0, renewal_next_at INTEGER, renewal_blocked TEXT,
     UNIQUE (issuer, serial)
 ) STRICT;
 
@@ -95,7 +95,7 @@ CREATE TABLE instances (
     application   TEXT,
     certificate   TEXT,
     created_at    INTEGER NOT NULL
-) STRICT;
+, renew_before_secs INTEGER) STRICT;
 
 CREATE TABLE issuers (
     name          TEXT PRIMARY KEY,
@@ -124,9 +124,41 @@ CREATE TABLE meta (
     value BLOB NOT NULL
 ) STRICT;
 
+CREATE TABLE rollout_targets (
+    rollout  TEXT NOT NULL REFERENCES rollouts(id),
+    agent    TEXT NOT NULL REFERENCES agents(id),
+    target   TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    wave     INTEGER NOT NULL,
+    state    TEXT NOT NULL,
+    error    TEXT,
+    sent_at  INTEGER,
+    done_at  INTEGER,
+    PRIMARY KEY (rollout, agent, target)
+) STRICT;
+
+CREATE TABLE rollouts (
+    id              TEXT PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    lineage         TEXT NOT NULL,
+    certificate     TEXT NOT NULL REFERENCES certificates(id),
+    previous        TEXT REFERENCES certificates(id),
+    strategy        TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    reason          TEXT,
+    current_wave    INTEGER NOT NULL DEFAULT -1,
+    wave_started_at INTEGER,
+    wave_done_at    INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+) STRICT;
+
 CREATE UNIQUE INDEX applications_one_in_flight
     ON applications(instance) WHERE state IN ('pending', 'validating');
 
 CREATE INDEX certificates_not_after ON certificates(not_after);
 
 CREATE INDEX deployments_lineage ON deployments(lineage);
+
+CREATE UNIQUE INDEX rollouts_one_active_per_lineage
+    ON rollouts(lineage) WHERE state IN ('running', 'paused');

@@ -1,0 +1,585 @@
+//! Rollouts: putting one certificate onto a set of (agent, target) pairs in
+//! waves, persisted per target so a restarted controller continues exactly
+//! where it was.
+//!
+//! The reconciler is level-triggered: every pass reloads each running
+//! rollout, folds what agents reported into its targets, asks
+//! [`policy::next_step`] what to do and commits the result before poking any
+//! agent. A target's deployment is pointed at the new certificate only when
+//! its wave starts, so a halted rollout has touched no agent of a later wave.
+
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use certfleet_protocol::message::{RolloutInfo, RolloutTargetInfo, StrategySpec, Timestamp};
+use rusqlite::Connection;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::fleet::SessionEvent;
+use crate::service::{internal, Result, Service, ServiceError};
+use crate::store::{self, AuditRecord, RolloutRow, RolloutTargetRow};
+use policy::{Step, Strategy, TargetState, WaveSize};
+
+/// How often running rollouts are re-examined without a poke.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Upper bound of a rollout's offline deadline.
+const MAX_OFFLINE_DEADLINE_SECS: u64 = 7 * 86_400;
+
+/// Check and convert an operator's strategy.
+pub fn strategy_from_spec(spec: &StrategySpec) -> std::result::Result<Strategy, String> {
+    let wave = WaveSize::parse(&spec.wave)?;
+    if spec.offline_deadline_secs == 0 || spec.offline_deadline_secs > MAX_OFFLINE_DEADLINE_SECS {
+        return Err("--offline-deadline must be between 1s and 7d".into());
+    }
+    if spec.pause_secs > MAX_OFFLINE_DEADLINE_SECS {
+        return Err("--pause must be at most 7d".into());
+    }
+    Ok(Strategy {
+        canary: spec.canary,
+        wave,
+        pause_secs: spec.pause_secs,
+        max_failures: spec.max_failures,
+        offline_deadline_secs: spec.offline_deadline_secs,
+    })
+}
+
+pub fn spec_from_strategy(s: &Strategy) -> StrategySpec {
+    StrategySpec {
+        canary: s.canary,
+        wave: s.wave.render(),
+        pause_secs: s.pause_secs,
+        max_failures: s.max_failures,
+        offline_deadline_secs: s.offline_deadline_secs,
+    }
+}
+
+fn parse_strategy(text: &str) -> Result<Strategy> {
+    serde_json::from_str(text).map_err(|e| internal(format!("stored rollout strategy: {e}")))
+}
+
+/// Rollout as the operator sees it.
+pub fn info(conn: &Connection, row: &RolloutRow) -> Result<RolloutInfo> {
+    let strategy = parse_strategy(&row.strategy)?;
+    let targets = store::rollout_targets(conn, &row.id)?;
+    let waves = targets.iter().map(|t| t.wave + 1).max().unwrap_or(0);
+    Ok(RolloutInfo {
+        id: row.id.clone(),
+        kind: row.kind.clone(),
+        lineage: row.lineage.clone(),
+        certificate: row.certificate.clone(),
+        previous: row.previous.clone(),
+        state: row.state.clone(),
+        reason: row.reason.clone(),
+        strategy: spec_from_strategy(&strategy),
+        current_wave: row.current_wave,
+        waves,
+        targets: targets
+            .into_iter()
+            .map(|t| RolloutTargetInfo {
+                agent: t.agent,
+                agent_name: t.agent_name,
+                target: t.target,
+                wave: t.wave,
+                state: t.state,
+                error: t.error,
+            })
+            .collect(),
+        created_at: Timestamp(row.created_at),
+        updated_at: Timestamp(row.updated_at),
+    })
+}
+
+/// Create a rollout inside the caller's transaction. `targets` are
+/// (agent, agent name, target); they are ordered and planned here. A
+/// running or paused rollout of the same lineage refuses the new one unless
+/// `supersede` (renewals replace what was in progress).
+#[allow(clippy::too_many_arguments)]
+pub fn create(
+    conn: &Connection,
+    kind: &str,
+    lineage: &str,
+    certificate: &str,
+    previous: Option<&str>,
+    mut targets: Vec<(String, String, String)>,
+    strategy: &Strategy,
+    supersede: bool,
+    actor: &str,
+    now: i64,
+) -> Result<RolloutRow> {
+    if let Some(active) = store::rollout_active_for(conn, lineage)? {
+        if !supersede {
+            return Err(ServiceError::Conflict(format!(
+                "rollout {} of this certificate's lineage is {}; wait for it, or pause/abort it \
+                 (certfleet rollout abort {}) before starting another",
+                active.id, active.state, active.id
+            )));
+        }
+        let mut old = active;
+        old.state = "aborted".into();
+        old.reason = Some(format!("superseded by a new {kind} rollout"));
+        old.updated_at = now;
+        store::rollout_update(conn, &old)?;
+        skip_waiting(conn, &old.id, now)?;
+    }
+    targets.sort_by(|a, b| (&a.1, &a.2, &a.0).cmp(&(&b.1, &b.2, &b.0)));
+    let waves = policy::plan(targets.len(), strategy);
+    let row = RolloutRow {
+        id: store::new_id("roll"),
+        kind: kind.to_string(),
+        lineage: lineage.to_string(),
+        certificate: certificate.to_string(),
+        previous: previous.map(str::to_string),
+        strategy: serde_json::to_string(strategy).map_err(internal)?,
+        state: "running".into(),
+        reason: None,
+        current_wave: -1,
+        wave_started_at: None,
+        wave_done_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store::rollout_insert(conn, &row)?;
+    for (i, ((agent, agent_name, target), wave)) in targets.into_iter().zip(waves).enumerate() {
+        store::rollout_target_insert(
+            conn,
+            &row.id,
+            &RolloutTargetRow {
+                agent,
+                agent_name,
+                target,
+                position: i as i64,
+                wave,
+                state: TargetState::Waiting.as_str().into(),
+                error: None,
+                sent_at: None,
+            },
+        )?;
+    }
+    store::audit_insert(
+        conn,
+        now,
+        &AuditRecord {
+            actor,
+            action: "rollout.start",
+            target: &row.id,
+            outcome: "ok",
+            detail: &format!("kind={kind} certificate={certificate} lineage={lineage}"),
+        },
+    )?;
+    Ok(row)
+}
+
+fn skip_waiting(conn: &Connection, rollout: &str, now: i64) -> Result<()> {
+    for t in store::rollout_targets(conn, rollout)? {
+        if t.state == TargetState::Waiting.as_str() {
+            store::rollout_target_set(conn, rollout, &t.agent, &t.target, "skipped", None, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a reconcile pass decided, for the caller to act on after commit.
+struct PassResult {
+    poke: Vec<String>,
+    next_wake: Option<i64>,
+}
+
+/// One pass over one running rollout, inside a transaction.
+fn reconcile_one(
+    conn: &Connection,
+    mut row: RolloutRow,
+    connected: &dyn Fn(&str) -> bool,
+    now: i64,
+) -> Result<PassResult> {
+    let strategy = parse_strategy(&row.strategy)?;
+    let mut result = PassResult {
+        poke: Vec::new(),
+        next_wake: None,
+    };
+    // Fold agents' reports into the targets of the current wave.
+    for t in store::rollout_targets(conn, &row.id)? {
+        if t.state != TargetState::InProgress.as_str() {
+            continue;
+        }
+        let agent_alive = store::agent_get(conn, &t.agent)?.is_some_and(|a| a.removed_at.is_none());
+        let outcome = if !agent_alive {
+            Some(("failed", Some("agent was removed".to_string())))
+        } else {
+            match store::deployment_of(conn, &t.agent, &t.target)? {
+                Some(d) if d.desired == row.certificate => match d.status.as_str() {
+                    "installed" if d.installed.as_deref() == Some(row.certificate.as_str()) => {
+                        Some(("installed", None))
+                    }
+                    "rolled_back" | "failed" => Some((
+                        "failed",
+                        Some(format!(
+                            "{}: {}",
+                            d.status,
+                            d.last_error.unwrap_or_default()
+                        )),
+                    )),
+                    _ => None,
+                },
+                _ => None,
+            }
+        };
+        let outcome = outcome.or_else(|| {
+            let sent = t.sent_at.unwrap_or(now);
+            let deadline = sent.saturating_add(strategy.offline_deadline_secs as i64);
+            if !connected(&t.agent) && now >= deadline {
+                Some((
+                    "failed",
+                    Some(format!(
+                        "agent offline: no report within the offline deadline of {}s",
+                        strategy.offline_deadline_secs
+                    )),
+                ))
+            } else {
+                if !connected(&t.agent) {
+                    result.next_wake = Some(result.next_wake.map_or(deadline, |w| w.min(deadline)));
+                }
+                None
+            }
+        });
+        if let Some((state, error)) = outcome {
+            store::rollout_target_set(
+                conn,
+                &row.id,
+                &t.agent,
+                &t.target,
+                state,
+                error.as_deref(),
+                now,
+            )?;
+        }
+    }
+
+    let targets = store::rollout_targets(conn, &row.id)?;
+    let views: Vec<(u32, TargetState)> = targets
+        .iter()
+        .map(|t| {
+            (
+                t.wave,
+                TargetState::parse(&t.state).unwrap_or(TargetState::Waiting),
+            )
+        })
+        .collect();
+    let step = policy::next_step(
+        &strategy,
+        &policy::Progress {
+            targets: &views,
+            current_wave: row.current_wave,
+            wave_done_at: row.wave_done_at,
+        },
+        now,
+    );
+    match step {
+        Step::Wait { until } => {
+            if let Some(u) = until {
+                result.next_wake = Some(result.next_wake.map_or(u, |w| w.min(u)));
+            }
+            return Ok(result);
+        }
+        Step::WaveDone => {
+            row.wave_done_at = Some(now);
+            result.next_wake = Some(now.saturating_add(strategy.pause_secs as i64));
+        }
+        Step::StartWave(wave) => {
+            for t in targets.iter().filter(|t| t.wave == wave) {
+                store::deployment_upsert(
+                    conn,
+                    &t.agent,
+                    &t.target,
+                    &row.lineage,
+                    &row.certificate,
+                    now,
+                )?;
+                store::rollout_target_set(
+                    conn,
+                    &row.id,
+                    &t.agent,
+                    &t.target,
+                    "in_progress",
+                    None,
+                    now,
+                )?;
+                result.poke.push(t.agent.clone());
+            }
+            row.current_wave = i64::from(wave);
+            row.wave_started_at = Some(now);
+            row.wave_done_at = None;
+            info!(rollout = %row.id, wave, targets = result.poke.len(), "starting wave");
+        }
+        Step::Halt(reason) => {
+            warn!(rollout = %row.id, %reason, "rollout halted");
+            row.state = "halted".into();
+            row.reason = Some(reason.clone());
+            store::audit_insert(
+                conn,
+                now,
+                &AuditRecord {
+                    actor: "controller",
+                    action: "rollout.halt",
+                    target: &row.id,
+                    outcome: "halted",
+                    detail: &reason,
+                },
+            )?;
+        }
+        Step::Complete => {
+            info!(rollout = %row.id, "rollout completed");
+            row.state = "completed".into();
+            store::audit_insert(
+                conn,
+                now,
+                &AuditRecord {
+                    actor: "controller",
+                    action: "rollout.complete",
+                    target: &row.id,
+                    outcome: "ok",
+                    detail: "",
+                },
+            )?;
+        }
+    }
+    row.updated_at = now;
+    store::rollout_update(conn, &row)?;
+    Ok(result)
+}
+
+impl Service {
+    /// One reconcile pass over every running rollout. Returns when the next
+    /// timed step is due, if any.
+    pub async fn reconcile_rollouts(self: &Arc<Self>) -> Result<Option<i64>> {
+        let now = self.now().unix_timestamp();
+        let running = self
+            .store
+            .call(|c| store::rollout_list(c, Some(&["running"])))
+            .await?;
+        let mut wake: Option<i64> = None;
+        for row in running {
+            // A step may enable the next at once (a finished wave with no
+            // pause), so keep stepping while the rollout progresses.
+            for _ in 0..64 {
+                let svc = self.clone();
+                let id = row.id.clone();
+                let pass = self
+                    .store
+                    .call(move |c| -> Result<Option<(PassResult, bool)>> {
+                        let tx = c.transaction()?;
+                        let Some(row) = store::rollout_get(&tx, &id)? else {
+                            return Ok(None);
+                        };
+                        if row.state != "running" {
+                            return Ok(None);
+                        }
+                        let before = (row.current_wave, row.wave_done_at, row.state.clone());
+                        let connected = |a: &str| svc.sessions.is_connected(a);
+                        let result = reconcile_one(&tx, row, &connected, now)?;
+                        let after = store::rollout_get(&tx, &id)?
+                            .map(|r| (r.current_wave, r.wave_done_at, r.state));
+                        tx.commit()?;
+                        Ok(Some((result, after.as_ref() != Some(&before))))
+                    })
+                    .await?;
+                let Some((pass, progressed)) = pass else {
+                    break;
+                };
+                for agent in &pass.poke {
+                    self.sessions.send(agent, SessionEvent::Poke);
+                }
+                if let Some(w) = pass.next_wake {
+                    wake = Some(wake.map_or(w, |x| x.min(w)));
+                }
+                if !progressed || !pass.poke.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok(wake)
+    }
+
+    /// Reconcile rollouts on every change and every [`TICK`].
+    pub async fn run_rollouts(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.reconcile_rollouts().await {
+                warn!(error = %e.to_rpc().message, "rollout pass failed");
+            }
+            // The tick also covers timed steps (pauses, offline deadlines).
+            tokio::select! {
+                _ = self.rollout_wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    pub async fn rollout_list(&self) -> Result<Vec<RolloutInfo>> {
+        self.store
+            .call(|c| -> Result<Vec<RolloutInfo>> {
+                store::rollout_list(c, None)?
+                    .iter()
+                    .map(|r| info(c, r))
+                    .collect()
+            })
+            .await
+    }
+
+    pub async fn rollout_show(&self, id: String) -> Result<RolloutInfo> {
+        self.store
+            .call(move |c| -> Result<RolloutInfo> {
+                let row = store::rollout_get(c, &id)?.ok_or(ServiceError::NotFound {
+                    what: "rollout",
+                    id,
+                })?;
+                info(c, &row)
+            })
+            .await
+    }
+
+    /// pause, resume or abort.
+    pub async fn rollout_control(
+        &self,
+        actor: String,
+        id: String,
+        action: &'static str,
+    ) -> Result<RolloutInfo> {
+        let now = self.now().unix_timestamp();
+        let out = self
+            .store
+            .call(move |c| -> Result<RolloutInfo> {
+                let tx = c.transaction()?;
+                let mut row = store::rollout_get(&tx, &id)?.ok_or_else(|| ServiceError::NotFound {
+                    what: "rollout",
+                    id: id.clone(),
+                })?;
+                let allowed: &[&str] = match action {
+                    "pause" => &["running"],
+                    "resume" => &["paused"],
+                    _ => &["running", "paused", "halted"],
+                };
+                if !allowed.contains(&row.state.as_str()) {
+                    let hint = match (action, row.state.as_str()) {
+                        ("resume", "halted") => "; a halted rollout stays halted — fix the failing servers and deploy again, or roll back",
+                        ("resume", "aborted") => "; start a new deploy instead",
+                        _ => "",
+                    };
+                    return Err(ServiceError::Conflict(format!(
+                        "cannot {action} rollout {id}: it is {}{hint}",
+                        row.state
+                    )));
+                }
+                row.state = match action {
+                    "pause" => "paused",
+                    "resume" => "running",
+                    _ => "aborted",
+                }
+                .into();
+                row.reason = Some(format!("{action} by {actor}"));
+                row.updated_at = now;
+                store::rollout_update(&tx, &row)?;
+                if action == "abort" {
+                    skip_waiting(&tx, &row.id, now)?;
+                }
+                store::audit_insert(
+                    &tx,
+                    now,
+                    &AuditRecord {
+                        actor: &actor,
+                        action: match action {
+                            "pause" => "rollout.pause",
+                            "resume" => "rollout.resume",
+                            _ => "rollout.abort",
+                        },
+                        target: &row.id,
+                        outcome: "ok",
+                        detail: "",
+                    },
+                )?;
+                let out = info(&tx, &row)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await?;
+        self.rollout_wake.notify_one();
+        Ok(out)
+    }
+
+    /// Re-deploy the lineage's previous certificate to every target the
+    /// rollout touched, as a rollout of its own.
+    pub async fn rollout_rollback(
+        &self,
+        actor: String,
+        id: String,
+        strategy: Strategy,
+    ) -> Result<RolloutInfo> {
+        let now = self.now().unix_timestamp();
+        let out = self
+            .store
+            .call(move |c| -> Result<RolloutInfo> {
+                let tx = c.transaction()?;
+                let mut row =
+                    store::rollout_get(&tx, &id)?.ok_or_else(|| ServiceError::NotFound {
+                        what: "rollout",
+                        id: id.clone(),
+                    })?;
+                let Some(previous) = row.previous.clone() else {
+                    return Err(ServiceError::Conflict(format!(
+                        "rollout {id} has no previous certificate to roll back to (certificate {} \
+                         renews nothing)",
+                        row.certificate
+                    )));
+                };
+                let prev = store::cert_get(&tx, &previous)?
+                    .ok_or_else(|| internal(format!("certificate {previous} vanished")))?;
+                if matches!(
+                    prev.info.state,
+                    certfleet_protocol::message::CertState::Revoked
+                        | certfleet_protocol::message::CertState::Expired
+                ) {
+                    return Err(ServiceError::Conflict(format!(
+                        "the previous certificate {previous} is {}; it cannot be rolled back to",
+                        prev.info.state
+                    )));
+                }
+                let touched: Vec<(String, String, String)> = store::rollout_targets(&tx, &id)?
+                    .into_iter()
+                    .filter(|t| matches!(t.state.as_str(), "in_progress" | "installed" | "failed"))
+                    .map(|t| (t.agent, t.agent_name, t.target))
+                    .collect();
+                if touched.is_empty() {
+                    return Err(ServiceError::Conflict(format!(
+                        "rollout {id} touched no target; there is nothing to roll back"
+                    )));
+                }
+                if matches!(row.state.as_str(), "running" | "paused") {
+                    row.state = "aborted".into();
+                    row.reason = Some("rolled back".into());
+                    row.updated_at = now;
+                    store::rollout_update(&tx, &row)?;
+                    skip_waiting(&tx, &row.id, now)?;
+                }
+                let new = create(
+                    &tx,
+                    "rollback",
+                    &row.lineage,
+                    &previous,
+                    Some(&row.certificate),
+                    touched,
+                    &strategy,
+                    false,
+                    &actor,
+                    now,
+                )?;
+                let out = info(&tx, &new)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await?;
+        self.rollout_wake.notify_one();
+        Ok(out)
+    }
+}

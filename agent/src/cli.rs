@@ -1,0 +1,54 @@
+//! The `certfleet-agent` command line, kept in the library so that the
+//! packaging generator (`packaging/gen`) can render man pages and shell
+//! completions from the same definitions the binary parses.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// certfleet-agent: installs the certificates the controller deploys to this
+/// host, proves they are served, and rolls back when they are not.
+#[derive(Debug, Parser)]
+#[command(name = "certfleet-agent", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The agent's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll this host with a join token from `certfleet agent token create`.
+    Enroll {
+        /// Controller address, host:port [default: `controller` in the config].
+        #[arg(long)]
+        controller: Option<String>,
+        /// Join token (cfjt1.…).
+        #[arg(long, env = "CERTFLEET_JOIN_TOKEN")]
+        token: String,
+        /// The identity CA pin printed with the token (sha256:…); enrollment
+        /// aborts before sending the token if the controller does not match.
+        #[arg(long)]
+        ca_pin: String,
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+    },
+    /// Run the agent.
+    Run {
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+    },
+    /// Show each target's installed certificate and last result.
+    Status {
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a config file and exit.
+    CheckConfig {
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+    },
+}

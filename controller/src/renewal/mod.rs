@@ -44,7 +44,7 @@ pub fn due_at(conn: &Connection, row: &CertRow) -> Result<i64> {
 
 /// Renewal facts shown with a certificate in service.
 pub fn info(conn: &Connection, row: &CertRow) -> Result<Option<RenewalInfo>> {
-    if row.info.state != CertState::Active {
+    if !matches!(row.info.state, CertState::Active | CertState::Expired) {
         return Ok(None);
     }
     Ok(Some(RenewalInfo {

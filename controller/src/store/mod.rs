@@ -909,12 +909,14 @@ pub fn cert_set_renewal(
     Ok(())
 }
 
-/// Active certificates that no other certificate renews yet: the heads of
-/// their lineages, the ones renewal looks at.
+/// Certificates in service (or expired in place) that no other certificate
+/// renews yet: the heads of their lineages, the ones renewal looks at. An
+/// expired head still renews, so a controller that was down through the
+/// renewal window catches up.
 pub fn renewal_candidates(conn: &Connection) -> Result<Vec<CertRow>, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {CERT_COLS} FROM certificates c
-         WHERE c.state = 'active'
+         WHERE c.state IN ('active', 'expired')
            AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.renews = c.id)
          ORDER BY not_after, id"
     ))?;

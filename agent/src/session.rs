@@ -164,17 +164,43 @@ pub async fn reconcile(
             });
             continue;
         };
-        let recorded = state.targets.get(&target.name);
-        let done = recorded.is_some_and(|s| {
-            s.fingerprint.as_deref() == Some(d.fingerprint.as_str())
-                && s.last_result == DeploymentStatus::Installed
-        }) && install::already_installed(target, &d.fingerprint);
-        let report = if done {
+        // Already done when the live files hold the certificate and, where
+        // the target can be verified, the server is seen serving it (after a
+        // rollback the old certificate is live again without a new install).
+        let on_disk = install::already_installed(target, &d.fingerprint);
+        let served = if on_disk && target.verify.is_some() {
+            install::verify_once(target, &d.fingerprint).await
+        } else {
+            on_disk
+        };
+        let report = if served {
+            let recorded = state.targets.get(&target.name);
+            let changed = recorded.is_none_or(|s| {
+                s.fingerprint.as_deref() != Some(d.fingerprint.as_str())
+                    || s.last_result != DeploymentStatus::Installed
+            });
+            if changed {
+                state.targets.insert(
+                    target.name.clone(),
+                    TargetState {
+                        certificate: Some(d.certificate.clone()),
+                        fingerprint: Some(d.fingerprint.clone()),
+                        not_after: install::validate(&d.bundle, target, now())
+                            .ok()
+                            .map(|v| Timestamp(v.not_after)),
+                        deployment: Some(d.deployment.clone()),
+                        last_result: DeploymentStatus::Installed,
+                        last_error: None,
+                        at: Timestamp(now()),
+                    },
+                );
+                state.save(&config.state_dir)?;
+            }
             InstallReport {
                 deployment: d.deployment.clone(),
                 certificate: d.certificate.clone(),
                 status: DeploymentStatus::Installed,
-                served_fingerprint: recorded.and_then(|s| s.fingerprint.clone()),
+                served_fingerprint: target.verify.map(|_| d.fingerprint.clone()),
                 error: None,
                 duration_ms: 0,
             }

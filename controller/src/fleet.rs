@@ -587,7 +587,18 @@ impl Service {
                         .iter()
                         .map(|a| (a.id.clone(), a.name.clone(), target.clone()))
                         .collect();
-                    let row = crate::rollout::create(
+                    let skipped: Vec<String> = candidates
+                        .iter()
+                        .filter(|a| !a.targets.iter().any(|t| t.name == target))
+                        .map(|a| {
+                            if a.last_seen.is_none() {
+                                format!("{} (never connected)", a.name)
+                            } else {
+                                a.name.clone()
+                            }
+                        })
+                        .collect();
+                    let mut row = crate::rollout::create(
                         &tx,
                         "deploy",
                         &cert.lineage,
@@ -599,6 +610,16 @@ impl Service {
                         &actor,
                         now,
                     )?;
+                    if !skipped.is_empty() {
+                        // Say who was left out: an agent that never connected
+                        // has not declared its targets yet.
+                        row.reason = Some(format!(
+                            "{} matching agent(s) have no target {target:?} and were left out: {}",
+                            skipped.len(),
+                            skipped.join(", ")
+                        ));
+                        store::rollout_update(&tx, &row)?;
+                    }
                     store::audit_insert(
                         &tx,
                         now,

@@ -399,6 +399,32 @@ pub async fn install(
     }
 }
 
+/// One quick look: does the target's verify address serve `fingerprint`
+/// for every SNI name right now?
+pub async fn verify_once(target: &Target, fingerprint: &str) -> bool {
+    let Some(addr) = target.verify else {
+        return false;
+    };
+    let names: Vec<String> = if target.sni.is_empty() {
+        vec![String::new()]
+    } else {
+        target.sni.clone()
+    };
+    for sni in names {
+        let want = fingerprint.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            verify::served_fingerprint(addr, &sni, Duration::from_secs(2))
+                .is_ok_and(|fp| fp == want)
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
 /// Whether a target's live files already hold `fingerprint`.
 pub fn already_installed(target: &Target, fingerprint: &str) -> bool {
     live_fingerprint(target).as_deref() == Some(fingerprint)

@@ -15,16 +15,16 @@ use crate::client::Client;
 #[derive(Debug, Clone, Args)]
 pub struct StrategyArgs {
     /// Targets in the first wave (the canary); any failure there halts.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub canary: u32,
     /// Targets per later wave: a count (3) or a share of all targets (25%).
-    #[arg(long, default_value = "25%")]
+    #[arg(long, default_value = "25%", allow_hyphen_values = true)]
     pub wave: String,
     /// Wait this long between waves (e.g. 30s, 5m).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub pause: Duration,
     /// Failures tolerated after the canary before the rollout halts.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub max_failures: u32,
     /// An offline agent counts as pending this long, then as failed.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]

@@ -438,3 +438,53 @@ fn agents_wait_for_a_controller_that_is_down_and_converge_after_restarts() -> Re
     );
     Ok(())
 }
+
+#[test]
+fn agent_renews_its_identity_after_two_thirds_of_its_lifetime() -> Result<()> {
+    let ctl = controller_with_issuer()?;
+    let (tok, pin) = token(&ctl, &[])?;
+    let mut agent = files_agent(&ctl, "")?;
+    agent.enroll(&ctl, &tok, &pin)?;
+    let before = std::fs::read(agent.state_dir.join("identity.pem"))?;
+    let key_before = std::fs::read(agent.state_dir.join("identity.key"))?;
+    // The agent's clock says 21 of its identity's 30 days have passed.
+    let offset = agent.dir.join("clock-offset");
+    std::fs::write(&offset, (21 * 86_400).to_string())?;
+    agent.set_env(
+        "CERTFLEET_CLOCK_OFFSET_FILE",
+        certfleet_tests::utf8(&offset)?,
+    );
+    agent.start()?;
+    let id = agent_id(&agent).to_owned();
+    wait_connected(&ctl, &id, true, WAIT)?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::fs::read(agent.state_dir.join("identity.pem"))? == before {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "identity not renewed: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ne!(
+        std::fs::read(agent.state_dir.join("identity.key"))?,
+        key_before,
+        "a new key"
+    );
+    assert_eq!(file_mode(&agent.state_dir.join("identity.key"))?, 0o600);
+    let audit = ctl.cli_json(&["audit", "list"])?;
+    ensure!(
+        audit
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["action"] == "agent.identity.renew" && e["target"] == id.as_str()),
+        "{audit}"
+    );
+    // The renewed identity works: after a restart the agent reconnects.
+    agent.kill();
+    agent.clear_env();
+    agent.start()?;
+    wait_connected(&ctl, &id, true, WAIT)?;
+    Ok(())
+}

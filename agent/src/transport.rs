@@ -19,7 +19,8 @@ use crate::identity::Identity;
 pub const SERVER_NAME: &str = "certfleet-controller";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The workspace's one crypto provider.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -30,15 +31,26 @@ pub fn spki_pin(cert: &CertificateDer<'_>) -> Option<String> {
     Some(format!("sha256:{}", hex::encode(digest.as_ref())))
 }
 
-/// Accepts the controller only if its chain contains a CA whose public key
-/// matches the pin and the server certificate verifies under that CA.
+/// What a [`ServerCheck`] accepts as the server's certificate.
 #[derive(Debug)]
-struct PinVerifier {
-    pin: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+pub enum CertCheck {
+    /// Only a chain that contains a CA whose public key matches the pin and
+    /// under which the server certificate verifies (enrollment).
+    PinnedCa(String),
+    /// Any certificate: the caller compares fingerprints itself (install
+    /// verification). The handshake signature is still checked, so the
+    /// server proves it holds the key of what it presents.
+    AnyCertificate,
 }
 
-impl ServerCertVerifier for PinVerifier {
+/// A rustls server-certificate verifier for the agent's two special cases.
+#[derive(Debug)]
+pub struct ServerCheck {
+    pub check: CertCheck,
+    pub provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -47,9 +59,12 @@ impl ServerCertVerifier for PinVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let CertCheck::PinnedCa(pin) = &self.check else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let ca = intermediates
             .iter()
-            .find(|c| spki_pin(c).as_deref() == Some(self.pin.as_str()))
+            .find(|c| spki_pin(c).as_deref() == Some(pin.as_str()))
             .ok_or_else(|| {
                 rustls::Error::General(
                     "the controller's identity CA does not match --ca-pin".into(),
@@ -117,8 +132,8 @@ fn enroll_config(pin: &str) -> anyhow::Result<quinn::ClientConfig> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier {
-            pin: pin.to_string(),
+        .with_custom_certificate_verifier(Arc::new(ServerCheck {
+            check: CertCheck::PinnedCa(pin.to_string()),
             provider,
         }))
         .with_no_client_auth();

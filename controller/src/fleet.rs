@@ -96,6 +96,41 @@ fn token_hash(secret: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// Record an identity certificate issued to an agent, with its audit entry.
+fn record_identity(
+    tx: &rusqlite::Connection,
+    agent: &str,
+    issued: &crate::identity::IssuedClient,
+    actor: &str,
+    action: &str,
+    detail: &str,
+    ts: i64,
+) -> Result<()> {
+    store::credential_insert(
+        tx,
+        &store::CredentialRow {
+            serial: issued.serial.clone(),
+            role: Role::Agent.as_str().into(),
+            subject: agent.to_string(),
+            not_after: issued.not_after,
+            revoked_at: None,
+        },
+        ts,
+    )?;
+    store::audit_insert(
+        tx,
+        ts,
+        &AuditRecord {
+            actor,
+            action,
+            target: agent,
+            outcome: "ok",
+            detail: &format!("{detail}serial={}", issued.serial),
+        },
+    )?;
+    Ok(())
+}
+
 /// Parse `k=v,k2=v2` labels; keys and values are restricted to a safe set.
 pub fn parse_labels(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -348,27 +383,14 @@ impl Service {
                         identity_expires: None,
                     },
                 )?;
-                store::credential_insert(
+                record_identity(
                     &tx,
-                    &store::CredentialRow {
-                        serial: issued.serial.clone(),
-                        role: Role::Agent.as_str().into(),
-                        subject: agent.clone(),
-                        not_after: issued.not_after,
-                        revoked_at: None,
-                    },
+                    &agent,
+                    &issued,
+                    &format!("enroll:{hostname}"),
+                    "agent.enroll",
+                    &format!("token={id} "),
                     ts,
-                )?;
-                store::audit_insert(
-                    &tx,
-                    ts,
-                    &AuditRecord {
-                        actor: &format!("enroll:{hostname}"),
-                        action: "agent.enroll",
-                        target: &agent,
-                        outcome: "ok",
-                        detail: &format!("token={id} serial={}", issued.serial),
-                    },
                 )?;
                 tx.commit()?;
                 Ok(())
@@ -399,27 +421,14 @@ impl Service {
         self.store
             .call(move |c| -> Result<()> {
                 let tx = c.transaction()?;
-                store::credential_insert(
+                record_identity(
                     &tx,
-                    &store::CredentialRow {
-                        serial: issued.serial.clone(),
-                        role: Role::Agent.as_str().into(),
-                        subject: agent.clone(),
-                        not_after: issued.not_after,
-                        revoked_at: None,
-                    },
+                    &agent,
+                    &issued,
+                    &format!("agent:{agent}"),
+                    "agent.identity.renew",
+                    "",
                     ts,
-                )?;
-                store::audit_insert(
-                    &tx,
-                    ts,
-                    &AuditRecord {
-                        actor: &format!("agent:{agent}"),
-                        action: "agent.identity.renew",
-                        target: &agent,
-                        outcome: "ok",
-                        detail: &format!("serial={}", issued.serial),
-                    },
                 )?;
                 tx.commit()?;
                 Ok(())

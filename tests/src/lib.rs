@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod acme;
 pub mod fleet;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};

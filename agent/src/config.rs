@@ -131,6 +131,10 @@ pub struct TargetConfig {
     pub reload_command: Option<Vec<String>>,
     #[serde(default = "default_command_timeout")]
     pub command_timeout: String,
+    /// Directory the web server serves for this target's domains over
+    /// plain HTTP; ACME HTTP-01 challenges are written under
+    /// `<webroot>/.well-known/acme-challenge/`.
+    pub webroot: Option<PathBuf>,
 }
 
 /// A target with its settings checked and parsed.
@@ -152,6 +156,7 @@ pub struct Target {
     pub test_command: Option<Vec<String>>,
     pub reload: Reload,
     pub command_timeout: Duration,
+    pub webroot: Option<PathBuf>,
 }
 
 /// How a target's server is reloaded.
@@ -388,6 +393,14 @@ impl Config {
                     },
                 ),
             };
+            if let Some(w) = &t.webroot {
+                if !lexically_clean(w) {
+                    return Err(invalid(
+                        key("webroot"),
+                        format!("{} must be absolute, without '.' or '..'", w.display()),
+                    ));
+                }
+            }
             if t.kind == TargetKind::Nginx && verify.is_none() {
                 return Err(invalid(
                     key("verify"),
@@ -413,6 +426,7 @@ impl Config {
                 test_command,
                 reload,
                 command_timeout,
+                webroot: t.webroot.clone(),
             });
         }
         Ok(Config {

@@ -3,6 +3,7 @@
 //! the server software its config declares — proving each is served, and
 //! rolling back when it is not.
 
+pub mod challenge;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{
-    AgentHello, DeploymentStatus, DesiredInstall, InstallReport, Poke, Request, Response,
-    TargetInfo, Timestamp,
+    AgentCommand, AgentCommandReply, AgentHello, DeploymentStatus, DesiredInstall, InstallReport,
+    Poke, Request, Response, TargetInfo, Timestamp,
 };
 use certfleet_protocol::{frame, Secret, DEFAULT_MAX_FRAME};
 use tracing::{info, warn};
@@ -107,6 +107,7 @@ fn hello(config: &Config) -> AgentHello {
                 name: t.name.clone(),
                 kind: t.kind.as_str().to_string(),
                 domains: t.domains.clone(),
+                webroot: t.webroot.is_some(),
             })
             .collect(),
         now: Timestamp(now()),
@@ -283,6 +284,19 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     resync.tick().await;
     loop {
         tokio::select! {
+            bi = conn.conn.accept_bi() => {
+                let (mut send, mut recv) = bi.map_err(|e| anyhow!("connection lost: {e}"))?;
+                let reply = match frame::read::<AgentCommand, _>(&mut recv, DEFAULT_MAX_FRAME).await {
+                    Ok(command) => crate::challenge::handle(config, command).await,
+                    Err(e) => AgentCommandReply {
+                        files: 0,
+                        error: Some(format!("malformed command: {e}")),
+                    },
+                };
+                if frame::write(&mut send, &reply, DEFAULT_MAX_FRAME).await.is_ok() {
+                    let _ = send.finish();
+                }
+            }
             uni = conn.conn.accept_uni() => {
                 let mut recv = uni.map_err(|e| anyhow!("connection lost: {e}"))?;
                 match frame::read::<Poke, _>(&mut recv, DEFAULT_MAX_FRAME).await {

@@ -33,12 +33,17 @@ pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
 const TOKEN_PREFIX: &str = "cfjt1";
 
 /// What the controller asks of a live agent session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum SessionEvent {
     /// Desired state changed: fetch it.
     Poke,
     /// The agent was removed: close the connection.
     Kick,
+    /// Carry out a command and answer on the channel.
+    Command(
+        certfleet_protocol::message::AgentCommand,
+        tokio::sync::oneshot::Sender<certfleet_protocol::message::AgentCommandReply>,
+    ),
 }
 
 /// Live agent sessions by agent id.

@@ -109,11 +109,11 @@ pub(crate) fn key_aad(cert_id: &str) -> String {
     format!("cert:{cert_id}")
 }
 
-fn issuer_key_aad(name: &str) -> String {
+pub(crate) fn issuer_key_aad(name: &str) -> String {
     format!("issuer:{name}")
 }
 
-fn validate_issuer_name(name: &str) -> Result<()> {
+pub(crate) fn validate_issuer_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -197,7 +197,7 @@ impl Service {
         }
     }
 
-    fn issuer_info(&self, row: &IssuerRow) -> IssuerInfo {
+    pub(crate) fn issuer_info(&self, row: &IssuerRow) -> IssuerInfo {
         let (ca_subject, root_fingerprint) = pem_to_der(&row.ca_pem)
             .and_then(|ca| {
                 let (_, x) = x509_parser::parse_x509_certificate(&ca).ok()?;
@@ -212,7 +212,14 @@ impl Service {
             created_at: Timestamp(row.created_at),
             ca_subject,
             root_fingerprint,
-            crl_url: self.crl_url(&row.name),
+            crl_url: if row.acme.is_some() {
+                String::new()
+            } else {
+                self.crl_url(&row.name)
+            },
+            directory: row.acme.as_ref().map(|a| a.directory.clone()),
+            account_url: row.acme.as_ref().map(|a| a.account_url.clone()),
+            default_challenge: row.acme.as_ref().map(|a| a.default_challenge.clone()),
         }
     }
 
@@ -265,6 +272,7 @@ impl Service {
             crl_der: None,
             crl_at: None,
             created_at: now.unix_timestamp(),
+            acme: None,
         };
         let info = self.issuer_info(&row);
         self.store
@@ -573,48 +581,11 @@ impl Service {
             .iter()
             .map(|d| name::parse(d).map_err(|e| internal(e.to_string())))
             .collect::<Result<_>>()?;
-        let ca_key = self
-            .master
-            .open(&issuer_key_aad(&issuer.name), &issuer.ca_key_sealed)
-            .map_err(internal)?;
-        let crl_url = self.crl_url(&issuer.name);
-        let spec = instance.spec.clone();
-        let issuer_for_issue = issuer.clone();
-        let (leaf, key) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let ca = BuiltinCa::load(issuer_for_issue.key, &issuer_for_issue.ca_pem, &ca_key)
-                .map_err(internal)?;
-            let key = generate_key(spec.key).map_err(internal)?;
-            let leaf = ca
-                .issue(
-                    &names,
-                    &key,
-                    Duration::days(i64::from(spec.validity_days)),
-                    &crl_url,
-                    now,
-                )
-                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
-            Ok((leaf, key))
-        })
-        .await
-        .map_err(internal)??;
-
-        let names: Vec<SubjectName> = app
-            .domains
-            .iter()
-            .map(|d| name::parse(d).map_err(internal))
-            .collect::<Result<_>>()?;
-        let ca_der = pem_to_der(&issuer.ca_pem).ok_or_else(|| internal("stored CA unreadable"))?;
-        let root_der =
-            pem_to_der(&issuer.root_pem).ok_or_else(|| internal("stored root unreadable"))?;
-        let checked = check::check_issued(
-            &leaf.der,
-            std::slice::from_ref(&ca_der),
-            &root_der,
-            &key,
-            &names,
-            now.unix_timestamp(),
-        )
-        .map_err(|e| internal(format!("issued certificate failed its checks: {e}")))?;
+        let (leaf_pem, chain_pem, checked, key) = if issuer.acme.is_some() {
+            self.issue_acme(&app, &instance, &issuer, &names).await?
+        } else {
+            self.issue_builtin(&instance, &issuer, &names, now).await?
+        };
 
         let cert_id = store::new_id("cert");
         let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
@@ -637,8 +608,8 @@ impl Service {
                 renews: None,
                 revoked_at: None,
                 revocation_reason: None,
-                leaf_pem: leaf.pem,
-                chain_pem: issuer.ca_pem.clone(),
+                leaf_pem,
+                chain_pem,
                 renewal: None,
             },
             application: app.id.clone(),
@@ -733,6 +704,54 @@ impl Service {
         Ok(())
     }
 
+    /// Sign a leaf with a built-in issuer and check it.
+    async fn issue_builtin(
+        &self,
+        instance: &InstanceInfo,
+        issuer: &IssuerRow,
+        names: &[SubjectName],
+        now: OffsetDateTime,
+    ) -> Result<(String, String, check::Checked, rcgen::KeyPair)> {
+        let ca_key = self
+            .master
+            .open(&issuer_key_aad(&issuer.name), &issuer.ca_key_sealed)
+            .map_err(internal)?;
+        let crl_url = self.crl_url(&issuer.name);
+        let spec = instance.spec.clone();
+        let issuer_for_issue = issuer.clone();
+        let names_for_issue = names.to_vec();
+        let (leaf, key) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let ca = BuiltinCa::load(issuer_for_issue.key, &issuer_for_issue.ca_pem, &ca_key)
+                .map_err(internal)?;
+            let key = generate_key(spec.key).map_err(internal)?;
+            let leaf = ca
+                .issue(
+                    &names_for_issue,
+                    &key,
+                    Duration::days(i64::from(spec.validity_days)),
+                    &crl_url,
+                    now,
+                )
+                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            Ok((leaf, key))
+        })
+        .await
+        .map_err(internal)??;
+        let ca_der = pem_to_der(&issuer.ca_pem).ok_or_else(|| internal("stored CA unreadable"))?;
+        let root_der =
+            pem_to_der(&issuer.root_pem).ok_or_else(|| internal("stored root unreadable"))?;
+        let checked = check::check_issued(
+            &leaf.der,
+            std::slice::from_ref(&ca_der),
+            &root_der,
+            &key,
+            names,
+            now.unix_timestamp(),
+        )
+        .map_err(|e| internal(format!("issued certificate failed its checks: {e}")))?;
+        Ok((leaf.pem, issuer.ca_pem.clone(), checked, key))
+    }
+
     // ------------------------------------------------------------ certificates
 
     pub async fn cert_list(&self, expiring_within: Option<i64>) -> Result<Vec<CertInfo>> {
@@ -817,6 +836,32 @@ impl Service {
         reason: RevocationReason,
         force: bool,
     ) -> Result<CertInfo> {
+        // An ACME CA is told first; the local state follows only if it agreed.
+        let probe_id = id.clone();
+        let (cert, issuer) = self
+            .store
+            .call(move |c| -> Result<(CertRow, Option<IssuerRow>)> {
+                let cert =
+                    store::cert_get(c, &probe_id)?.ok_or_else(|| ServiceError::NotFound {
+                        what: "certificate",
+                        id: probe_id.clone(),
+                    })?;
+                let issuer = store::issuer_get(c, &cert.info.issuer)?;
+                Ok((cert, issuer))
+            })
+            .await?;
+        if let Some(issuer) = issuer.filter(|i| i.acme.is_some()) {
+            let in_service = {
+                let id = id.clone();
+                self.store
+                    .call(move |c| store::deployments_using(c, &id))
+                    .await?
+            };
+            if cert.info.state != CertState::Revoked && (force || in_service.is_empty()) {
+                self.revoke_at_acme(&issuer, &cert.info.leaf_pem, reason)
+                    .await?;
+            }
+        }
         let now = self.now();
         let master = self.master.clone();
         self.store
@@ -885,7 +930,9 @@ impl Service {
                         ),
                     },
                 )?;
-                regenerate_crl(&tx, &master, &row.info.issuer, now)?;
+                if store::issuer_get(&tx, &row.info.issuer)?.is_some_and(|i| i.acme.is_none()) {
+                    regenerate_crl(&tx, &master, &row.info.issuer, now)?;
+                }
                 tx.commit()?;
                 let mut info = row.info;
                 info.state = CertState::Revoked;
@@ -931,6 +978,11 @@ impl Service {
                     what: "issuer",
                     id: name.clone(),
                 })?;
+                if row.acme.is_some() {
+                    return Err(ServiceError::Invalid(format!(
+                        "issuer {name} is an ACME CA; it publishes its own revocation information"
+                    )));
+                }
                 let fresh = match (&row.crl_der, row.crl_at) {
                     (Some(der), Some(at)) if at > (now - CRL_REFRESH).unix_timestamp() => {
                         Some(der.clone())

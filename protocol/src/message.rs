@@ -203,9 +203,15 @@ pub struct IssuerInfo {
     pub created_at: Timestamp,
     /// Subject of the CA certificate that signs leaves.
     pub ca_subject: String,
-    /// SHA-256 of the root certificate (hex).
+    /// SHA-256 of the root certificate (hex); empty for ACME issuers.
     pub root_fingerprint: String,
     pub crl_url: String,
+    /// ACME directory URL (ACME issuers).
+    pub directory: Option<String>,
+    /// ACME account URL (ACME issuers).
+    pub account_url: Option<String>,
+    /// Challenge used when `cert apply` names none (ACME issuers).
+    pub default_challenge: Option<String>,
 }
 
 /// What was purchased: the limits every application on the instance obeys.
@@ -333,6 +339,41 @@ pub struct TargetInfo {
     pub kind: String,
     /// Names the target serves; a deployed certificate must cover them.
     pub domains: Vec<String>,
+    /// Whether the target has a webroot for ACME HTTP-01 challenges.
+    pub webroot: bool,
+}
+
+/// RFC 2136 dynamic-update settings for DNS-01.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsUpdateSpec {
+    pub server: String,
+    pub zone: String,
+    pub tsig_name: String,
+    pub tsig_algorithm: String,
+    pub tsig_secret: Secret,
+}
+
+/// What the controller asks a connected agent to do, on a bidirectional
+/// stream the controller opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentCommand {
+    /// Publish an HTTP-01 key authorization under the webroot of every
+    /// target that serves `domain`.
+    PublishChallenge {
+        domain: String,
+        token: String,
+        key_authorization: Secret,
+    },
+    /// Remove what `PublishChallenge` wrote.
+    RemoveChallenge { domain: String, token: String },
+}
+
+/// The agent's answer to an [`AgentCommand`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCommandReply {
+    /// Files written or removed.
+    pub files: u32,
+    pub error: Option<String>,
 }
 
 /// What an agent tells the controller when it connects.
@@ -610,6 +651,25 @@ pub enum Request {
         strategy: StrategySpec,
     },
     Status,
+    // ACME.
+    IssuerAddAcme {
+        name: String,
+        directory: String,
+        contact: Vec<String>,
+        eab_kid: Option<String>,
+        eab_hmac_key: Option<Secret>,
+        ca_bundle_pem: Option<String>,
+        default_challenge: String,
+        dns: Option<DnsUpdateSpec>,
+    },
+    IssuerShow {
+        name: String,
+    },
+    CertApplyChallenge {
+        instance: String,
+        domains: Vec<String>,
+        challenge: Option<String>,
+    },
 }
 
 /// Broad class of a failed request, so clients can choose exit codes.
@@ -724,6 +784,7 @@ mod tests {
                 name: "nginx".into(),
                 kind: "nginx".into(),
                 domains: vec!["www.example.test".into()],
+                webroot: true,
             }],
             now: Timestamp(100),
         }
@@ -863,6 +924,28 @@ mod tests {
                 strategy: strategy(),
             },
             Request::Status,
+            Request::IssuerAddAcme {
+                name: "le".into(),
+                directory: "https://acme.test/dir".into(),
+                contact: vec!["mailto:ops@example.com".into()],
+                eab_kid: Some("kid".into()),
+                eab_hmac_key: Some(Secret::new(b"k".to_vec())),
+                ca_bundle_pem: None,
+                default_challenge: "dns-01".into(),
+                dns: Some(DnsUpdateSpec {
+                    server: "127.0.0.1:53".into(),
+                    zone: "example.com.".into(),
+                    tsig_name: "k".into(),
+                    tsig_algorithm: "hmac-sha256".into(),
+                    tsig_secret: Secret::new(b"s".to_vec()),
+                }),
+            },
+            Request::IssuerShow { name: "le".into() },
+            Request::CertApplyChallenge {
+                instance: "i".into(),
+                domains: vec!["a.test".into()],
+                challenge: Some("http-01".into()),
+            },
         ]
     }
 
@@ -875,6 +958,9 @@ mod tests {
             ca_subject: "CN=x".into(),
             root_fingerprint: "00".into(),
             crl_url: "http://127.0.0.1/crl".into(),
+            directory: Some("https://acme.test/dir".into()),
+            account_url: Some("https://acme.test/acct/1".into()),
+            default_challenge: Some("http-01".into()),
         };
         let instance = InstanceInfo {
             id: "i".into(),
@@ -990,6 +1076,19 @@ mod tests {
         });
         round_trip(&HelloReply::Refused { reason: "r".into() });
         round_trip(&Poke::DesiredStateChanged);
+        round_trip(&AgentCommand::PublishChallenge {
+            domain: "a.test".into(),
+            token: "tok".into(),
+            key_authorization: Secret::new(b"tok.thumb".to_vec()),
+        });
+        round_trip(&AgentCommand::RemoveChallenge {
+            domain: "a.test".into(),
+            token: "tok".into(),
+        });
+        round_trip(&AgentCommandReply {
+            files: 1,
+            error: None,
+        });
         for r in all_requests() {
             round_trip(&r);
         }

@@ -48,11 +48,15 @@ pub fn validate(bundle: &CertBundle, target: &Target, now: i64) -> Result<Valida
         .into_iter()
         .next()
         .ok_or("bundle has no leaf certificate")?;
-    let chain = certs(&bundle.chain_pem)?;
-    let root = certs(&bundle.root_pem)?
-        .into_iter()
-        .next()
-        .ok_or("bundle has no root certificate")?;
+    let mut chain = certs(&bundle.chain_pem)?;
+    // A public CA's bundle carries no root: the chain must then verify to
+    // its own last certificate (the CA the issuer named as the top).
+    let root = match certs(&bundle.root_pem)?.into_iter().next() {
+        Some(root) => root,
+        None => chain
+            .pop()
+            .ok_or("bundle has neither a root nor an issuing chain")?,
+    };
     let (_, x) = x509_parser::parse_x509_certificate(&leaf)
         .map_err(|_| "leaf certificate does not parse".to_string())?;
 

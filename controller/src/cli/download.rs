@@ -86,6 +86,10 @@ pub(super) fn write_bundle(
             ];
             let mut written = Vec::new();
             for (name, data, mode) in files {
+                // ACME bundles carry no root: the CA's root is public.
+                if data.is_empty() && name == "root.pem" {
+                    continue;
+                }
                 let path = dir.join(name);
                 write_file(&path, data, mode)?;
                 written.push(path);

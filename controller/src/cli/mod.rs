@@ -205,18 +205,62 @@ pub struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum IssuerCmd {
-    /// Add an issuer. `builtin` creates a private root and issuing CA.
+    /// Add an issuer. `builtin` creates a private root and issuing CA;
+    /// `acme` registers (or finds) an account at an RFC 8555 CA.
     Add {
         /// Name used by `instance create --issuer`.
         name: String,
         #[arg(long, value_parser = parse_named::<IssuerKind>)]
         kind: IssuerKind,
-        /// Key type of the CA certificates.
+        /// Key type of the CA certificates (builtin).
         #[arg(long, default_value = "ecdsa-p256", value_parser = parse_named::<KeyType>)]
         key: KeyType,
+        #[command(flatten)]
+        acme: Box<AcmeArgs>,
     },
     /// List issuers.
     List,
+    /// Show one issuer (for ACME: directory, account URL, default challenge).
+    Show { name: String },
+}
+
+/// Settings of an ACME issuer.
+#[derive(Debug, Args)]
+pub struct AcmeArgs {
+    /// ACME directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory.
+    #[arg(long, required_if_eq("kind", "acme"))]
+    pub directory: Option<String>,
+    /// Account contact (mailto:…); repeat for more.
+    #[arg(long)]
+    pub contact: Vec<String>,
+    /// External Account Binding key id (CAs such as ZeroSSL or Google).
+    #[arg(long, requires = "eab_hmac_key")]
+    pub eab_kid: Option<String>,
+    /// External Account Binding HMAC key (base64url, as the CA gives it).
+    #[arg(long, requires = "eab_kid")]
+    pub eab_hmac_key: Option<String>,
+    /// PEM file of the CA that signs the ACME server's HTTPS certificate,
+    /// for private ACME servers.
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Challenge used when `cert apply` names none.
+    #[arg(long, default_value = "http-01", value_parser = ["http-01", "dns-01"])]
+    pub challenge: String,
+    /// DNS-01: the zone's authoritative server for RFC 2136 updates (host:port).
+    #[arg(long, requires_all = ["dns_zone", "tsig_name", "tsig_secret_file"])]
+    pub dns_server: Option<String>,
+    /// DNS-01: the zone the challenge records go in.
+    #[arg(long)]
+    pub dns_zone: Option<String>,
+    /// DNS-01: TSIG key name.
+    #[arg(long)]
+    pub tsig_name: Option<String>,
+    /// DNS-01: TSIG algorithm.
+    #[arg(long, default_value = "hmac-sha256")]
+    pub tsig_algorithm: String,
+    /// DNS-01: file holding the TSIG secret (base64, first line).
+    #[arg(long)]
+    pub tsig_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +305,9 @@ pub enum CertCmd {
         /// address; repeat for more.
         #[arg(long = "domain", required = true)]
         domains: Vec<String>,
+        /// How an ACME CA should validate the names [default: the issuer's].
+        #[arg(long, value_parser = ["http-01", "dns-01"])]
+        challenge: Option<String>,
         /// Wait until the application is issued or failed.
         #[arg(long)]
         wait: bool,
@@ -337,6 +384,46 @@ pub enum AuditCmd {
 
 fn parse_named<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> {
     s.parse()
+}
+
+/// Build the request for `issuer add --kind acme`, reading the files it names.
+fn acme_request(name: String, a: AcmeArgs) -> anyhow::Result<Request> {
+    let directory = a
+        .directory
+        .ok_or_else(|| anyhow!("--kind acme needs --directory URL"))?;
+    let ca_bundle_pem = a
+        .ca_bundle
+        .map(|p| {
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read --ca-bundle {}", p.display()))
+        })
+        .transpose()?;
+    let dns = match a.dns_server {
+        Some(server) => {
+            let path = a
+                .tsig_secret_file
+                .ok_or_else(|| anyhow!("--dns-server needs --tsig-secret-file"))?;
+            let secret = download::read_password(&path)?;
+            Some(certfleet_protocol::message::DnsUpdateSpec {
+                server,
+                zone: a.dns_zone.unwrap_or_default(),
+                tsig_name: a.tsig_name.unwrap_or_default(),
+                tsig_algorithm: a.tsig_algorithm,
+                tsig_secret: certfleet_protocol::Secret::from(secret.to_string()),
+            })
+        }
+        None => None,
+    };
+    Ok(Request::IssuerAddAcme {
+        name,
+        directory,
+        contact: a.contact,
+        eab_kid: a.eab_kid,
+        eab_hmac_key: a.eab_hmac_key.map(certfleet_protocol::Secret::from),
+        ca_bundle_pem,
+        default_challenge: a.challenge,
+        dns,
+    })
 }
 
 /// Run the parsed command line.
@@ -506,8 +593,21 @@ async fn dev_agent(running: &server::Running, dir: &std::path::Path) -> anyhow::
 async fn client_command(client: &Client, command: Command, out: &Output) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) => unreachable!("serve is handled before connecting"),
-        Command::Issuer(IssuerCmd::Add { name, kind, key }) => {
-            let r = client.call(&Request::IssuerAdd { name, kind, key }).await?;
+        Command::Issuer(IssuerCmd::Add {
+            name,
+            kind,
+            key,
+            acme,
+        }) => {
+            let request = match kind {
+                IssuerKind::Builtin => Request::IssuerAdd { name, kind, key },
+                IssuerKind::Acme => acme_request(name, *acme)?,
+            };
+            let r = client.call(&request).await?;
+            out.issuer(&expect_response!(r, Issuer))
+        }
+        Command::Issuer(IssuerCmd::Show { name }) => {
+            let r = client.call(&Request::IssuerShow { name }).await?;
             out.issuer(&expect_response!(r, Issuer))
         }
         Command::Issuer(IssuerCmd::List) => {
@@ -547,12 +647,19 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
         Command::Cert(CertCmd::Apply {
             instance,
             domains,
+            challenge,
             wait,
             timeout,
         }) => {
-            let r = client
-                .call(&Request::CertApply { instance, domains })
-                .await?;
+            let request = match challenge {
+                None => Request::CertApply { instance, domains },
+                Some(c) => Request::CertApplyChallenge {
+                    instance,
+                    domains,
+                    challenge: Some(c),
+                },
+            };
+            let r = client.call(&request).await?;
             let mut app = expect_response!(r, Application);
             if wait {
                 let deadline = tokio::time::Instant::now() + timeout;

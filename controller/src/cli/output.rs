@@ -89,15 +89,25 @@ impl Output {
 
     pub(super) fn issuer(&self, i: &IssuerInfo) -> anyhow::Result<()> {
         self.emit(i, || {
-            fields(&[
+            let mut f = vec![
                 ("name", i.name.clone()),
                 ("kind", i.kind.to_string()),
-                ("key", i.key.to_string()),
-                ("ca", i.ca_subject.clone()),
-                ("root sha256", i.root_fingerprint.clone()),
-                ("crl", i.crl_url.clone()),
                 ("created", i.created_at.to_string()),
-            ])
+            ];
+            match &i.directory {
+                Some(d) => {
+                    f.push(("directory", d.clone()));
+                    f.push(("account", opt(&i.account_url)));
+                    f.push(("challenge", opt(&i.default_challenge)));
+                }
+                None => {
+                    f.push(("key", i.key.to_string()));
+                    f.push(("ca", i.ca_subject.clone()));
+                    f.push(("root sha256", i.root_fingerprint.clone()));
+                    f.push(("crl", i.crl_url.clone()));
+                }
+            }
+            fields(&f)
         })
     }
 

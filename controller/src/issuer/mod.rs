@@ -1,7 +1,9 @@
 //! Issuers: the CAs the controller applies to. `builtin` is the controller's
 //! own private CA; ACME issuers join it later behind the same lifecycle.
 
+pub mod acme;
 pub mod builtin;
+pub mod dns;
 
 use certfleet_protocol::message::KeyType;
 use rcgen::{KeyPair, RsaKeySize, SignatureAlgorithm};

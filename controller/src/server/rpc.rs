@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use certfleet_protocol::message::{
-    ErrorKind, Hello, HelloReply, Poke, Request, Response, RpcError,
+    AgentCommandReply, ErrorKind, Hello, HelloReply, Poke, Request, Response, RpcError,
 };
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use quinn::VarInt;
@@ -212,6 +212,40 @@ async fn session_events(
                     debug!("could not poke agent; it will catch up on reconnect");
                 }
             }
+            SessionEvent::Command(command, reply) => {
+                let conn = conn.clone();
+                tokio::spawn(
+                    async move {
+                        let answer = async {
+                            let (mut send, mut recv) =
+                                conn.open_bi().await.map_err(|e| e.to_string())?;
+                            frame::write(&mut send, &command, DEFAULT_MAX_FRAME)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            let _ = send.finish();
+                            frame::read::<AgentCommandReply, _>(&mut recv, DEFAULT_MAX_FRAME)
+                                .await
+                                .map_err(|e| e.to_string())
+                        };
+                        let answer =
+                            match tokio::time::timeout(std::time::Duration::from_secs(20), answer)
+                                .await
+                            {
+                                Ok(Ok(a)) => a,
+                                Ok(Err(e)) => AgentCommandReply {
+                                    files: 0,
+                                    error: Some(format!("agent did not answer: {e}")),
+                                },
+                                Err(_) => AgentCommandReply {
+                                    files: 0,
+                                    error: Some("agent did not answer within 20s".into()),
+                                },
+                            };
+                        let _ = reply.send(answer);
+                    }
+                    .in_current_span(),
+                );
+            }
             SessionEvent::Kick => {
                 info!("closing session of removed or replaced agent");
                 conn.close(
@@ -257,7 +291,10 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
     Some(match request {
         Request::IssuerAdd { name, .. } => ("issuer.add", name.clone()),
         Request::InstanceCreate(spec) => ("instance.create", spec.issuer.clone()),
-        Request::CertApply { instance, .. } => ("cert.apply", instance.clone()),
+        Request::CertApply { instance, .. } | Request::CertApplyChallenge { instance, .. } => {
+            ("cert.apply", instance.clone())
+        }
+        Request::IssuerAddAcme { name, .. } => ("issuer.add", name.clone()),
         Request::CertDownload { id } => ("key.release", id.clone()),
         Request::CertRevoke { id, .. } => ("cert.revoke", id.clone()),
         Request::TokenCreate { .. } => ("agent.token.create", String::new()),
@@ -357,6 +394,40 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             }
         }
         Request::Status => svc.status().await.map(Response::Status),
+        Request::IssuerAddAcme {
+            name,
+            directory,
+            contact,
+            eab_kid,
+            eab_hmac_key,
+            ca_bundle_pem,
+            default_challenge,
+            dns,
+        } => svc
+            .issuer_add_acme(
+                actor.clone(),
+                crate::challenge::AcmeIssuerSpec {
+                    name,
+                    directory,
+                    contact,
+                    eab_kid,
+                    eab_hmac_key,
+                    ca_bundle_pem,
+                    default_challenge,
+                    dns,
+                },
+            )
+            .await
+            .map(Response::Issuer),
+        Request::IssuerShow { name } => svc.issuer_show(name).await.map(Response::Issuer),
+        Request::CertApplyChallenge {
+            instance,
+            domains,
+            challenge,
+        } => svc
+            .cert_apply_with(actor.clone(), instance, domains, challenge)
+            .await
+            .map(Response::Application),
         Request::CaCrl { issuer } => svc.crl(issuer).await.map(Response::Crl),
         Request::AuditList { limit } => svc.audit_list(limit).await.map(Response::Audit),
         Request::TokenCreate {

@@ -190,4 +190,17 @@ CREATE TABLE rollout_targets (
     PRIMARY KEY (rollout, agent, target)
 ) STRICT;
 "#,
+    // 4: ACME issuers and resumable orders.
+    r#"
+ALTER TABLE issuers ADD COLUMN acme_directory TEXT;
+ALTER TABLE issuers ADD COLUMN acme_account_sealed BLOB;
+ALTER TABLE issuers ADD COLUMN acme_account_url TEXT;
+ALTER TABLE issuers ADD COLUMN acme_ca_bundle TEXT;
+ALTER TABLE issuers ADD COLUMN default_challenge TEXT;
+ALTER TABLE issuers ADD COLUMN dns_update_sealed BLOB;
+ALTER TABLE applications ADD COLUMN challenge TEXT;
+ALTER TABLE applications ADD COLUMN order_url TEXT;
+ALTER TABLE applications ADD COLUMN key_sealed BLOB;
+ALTER TABLE applications ADD COLUMN retry_at INTEGER;
+"#,
 ];

@@ -238,10 +238,28 @@ pub struct IssuerRow {
     pub crl_der: Option<Vec<u8>>,
     pub crl_at: Option<i64>,
     pub created_at: i64,
+    pub acme: Option<AcmeIssuer>,
+}
+
+/// The ACME side of an issuer.
+#[derive(Debug, Clone)]
+pub struct AcmeIssuer {
+    pub directory: String,
+    /// Sealed `instant_acme::AccountCredentials` JSON.
+    pub account_sealed: Vec<u8>,
+    pub account_url: String,
+    /// PEM of the CA that signs the ACME server's HTTPS certificate, when
+    /// it is not publicly trusted.
+    pub ca_bundle: Option<String>,
+    pub default_challenge: String,
+    /// Sealed RFC 2136 settings for DNS-01.
+    pub dns_update_sealed: Option<Vec<u8>>,
 }
 
 const ISSUER_COLS: &str = "name, kind, key_type, root_pem, ca_pem, ca_key_sealed, \
-                           crl_number, crl_der, crl_at, created_at";
+                           crl_number, crl_der, crl_at, created_at, acme_directory, \
+                           acme_account_sealed, acme_account_url, acme_ca_bundle, \
+                           default_challenge, dns_update_sealed";
 
 fn issuer_from_row(r: &Row<'_>) -> Result<IssuerRow, rusqlite::Error> {
     Ok(IssuerRow {
@@ -255,6 +273,19 @@ fn issuer_from_row(r: &Row<'_>) -> Result<IssuerRow, rusqlite::Error> {
         crl_der: r.get(7)?,
         crl_at: r.get(8)?,
         created_at: r.get(9)?,
+        acme: match r.get::<_, Option<String>>(10)? {
+            Some(directory) => Some(AcmeIssuer {
+                directory,
+                account_sealed: r.get::<_, Option<Vec<u8>>>(11)?.unwrap_or_default(),
+                account_url: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
+                ca_bundle: r.get(13)?,
+                default_challenge: r
+                    .get::<_, Option<String>>(14)?
+                    .unwrap_or_else(|| "http-01".into()),
+                dns_update_sealed: r.get(15)?,
+            }),
+            None => None,
+        },
     })
 }
 
@@ -273,7 +304,13 @@ pub fn issuer_insert(conn: &Connection, i: &IssuerRow) -> Result<(), StoreError>
             i.crl_number,
             i.crl_der,
             i.crl_at,
-            i.created_at
+            i.created_at,
+            i.acme.as_ref().map(|a| a.directory.clone()),
+            i.acme.as_ref().map(|a| a.account_sealed.clone()),
+            i.acme.as_ref().map(|a| a.account_url.clone()),
+            i.acme.as_ref().and_then(|a| a.ca_bundle.clone()),
+            i.acme.as_ref().map(|a| a.default_challenge.clone()),
+            i.acme.as_ref().and_then(|a| a.dns_update_sealed.clone())
         ],
     )?;
     Ok(())
@@ -943,6 +980,47 @@ pub fn application_set_renews(
     conn.execute(
         "UPDATE applications SET renews = ?2 WHERE id = ?1",
         params![app, renews],
+    )?;
+    Ok(())
+}
+
+/// ACME progress of an application: challenge type, order URL, sealed key,
+/// and when the CA said to retry.
+#[derive(Debug, Clone, Default)]
+pub struct AcmeProgress {
+    pub challenge: Option<String>,
+    pub order_url: Option<String>,
+    pub key_sealed: Option<Vec<u8>>,
+    pub retry_at: Option<i64>,
+}
+
+pub fn application_acme(conn: &Connection, app: &str) -> Result<AcmeProgress, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT challenge, order_url, key_sealed, retry_at FROM applications WHERE id = ?1",
+            [app],
+            |r| {
+                Ok(AcmeProgress {
+                    challenge: r.get(0)?,
+                    order_url: r.get(1)?,
+                    key_sealed: r.get(2)?,
+                    retry_at: r.get(3)?,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+pub fn application_set_acme(
+    conn: &Connection,
+    app: &str,
+    p: &AcmeProgress,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE applications SET challenge = ?2, order_url = ?3, key_sealed = ?4, retry_at = ?5
+         WHERE id = ?1",
+        params![app, p.challenge, p.order_url, p.key_sealed, p.retry_at],
     )?;
     Ok(())
 }

@@ -19,7 +19,7 @@ CREATE TABLE applications (
     certificate TEXT,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
-, renews TEXT REFERENCES certificates(id)) STRICT;
+, renews TEXT REFERENCES certificates(id), challenge TEXT, order_url TEXT, key_sealed BLOB, retry_at INTEGER) STRICT;
 
 CREATE TABLE audit (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -108,7 +108,7 @@ CREATE TABLE issuers (
     crl_der       BLOB,
     crl_at        INTEGER,
     created_at    INTEGER NOT NULL
-) STRICT;
+, acme_directory TEXT, acme_account_sealed BLOB, acme_account_url TEXT, acme_ca_bundle TEXT, default_challenge TEXT, dns_update_sealed BLOB) STRICT;
 
 CREATE TABLE join_tokens (
     id          TEXT PRIMARY KEY,

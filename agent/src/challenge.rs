@@ -1,0 +1,264 @@
+//! ACME HTTP-01 challenges through the agent: the controller sends a token
+//! and key authorization for a domain; the agent writes
+//! `<webroot>/.well-known/acme-challenge/<token>` for every target of its
+//! own config that serves the domain and has a webroot, and removes it when
+//! told (also after a failed validation).
+//!
+//! The webroot comes from the agent's config; from the network only the
+//! token is used in a path, and only after it is checked to be a plain
+//! base64url string. Directories below the webroot and the file itself are
+//! never followed through symlinks.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use certfleet_protocol::message::{AgentCommand, AgentCommandReply};
+use certfleet_protocol::name;
+use tracing::{info, warn};
+
+use crate::config::{Config, Target};
+
+/// Whether `token` may be used as a file name: 1 to 256 base64url characters.
+pub fn valid_token(token: &str) -> bool {
+    (1..=256).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn serves(target: &Target, domain: &str) -> bool {
+    let Ok(want) = name::parse(domain) else {
+        return false;
+    };
+    target
+        .domains
+        .iter()
+        .filter_map(|d| name::parse(d).ok())
+        .any(|have| have == want || have.covers(&want) || want.covers(&have))
+}
+
+/// `<webroot>/.well-known/acme-challenge`, created if missing, refusing
+/// symlinks on the way.
+fn challenge_dir(webroot: &Path) -> Result<PathBuf, String> {
+    let meta = std::fs::symlink_metadata(webroot)
+        .map_err(|e| format!("webroot {}: {e}", webroot.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("webroot {} is not a directory", webroot.display()));
+    }
+    let mut dir = webroot.to_path_buf();
+    for part in [".well-known", "acme-challenge"] {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "{} is a symlink; refusing to follow it",
+                    dir.display()
+                ))
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+    }
+    Ok(dir)
+}
+
+fn publish(webroot: &Path, token: &str, key_authorization: &[u8]) -> Result<(), String> {
+    let path = challenge_dir(webroot)?.join(token);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(key_authorization)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn remove(webroot: &Path, token: &str) -> Result<bool, String> {
+    let path = webroot
+        .join(".well-known")
+        .join("acme-challenge")
+        .join(token);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => std::fs::remove_file(&path)
+            .map(|()| true)
+            .map_err(|e| format!("cannot remove {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Carry out one command from the controller.
+pub async fn handle(config: &Config, command: AgentCommand) -> AgentCommandReply {
+    let (domain, token) = match &command {
+        AgentCommand::PublishChallenge { domain, token, .. }
+        | AgentCommand::RemoveChallenge { domain, token } => (domain.clone(), token.clone()),
+    };
+    if !valid_token(&token) {
+        warn!(%domain, "refusing a challenge token that is not base64url");
+        return AgentCommandReply {
+            files: 0,
+            error: Some("challenge token is not a base64url string; nothing written".into()),
+        };
+    }
+    let webroots: Vec<PathBuf> = config
+        .targets
+        .iter()
+        .filter(|t| serves(t, &domain))
+        .filter_map(|t| t.webroot.clone())
+        .collect();
+    if webroots.is_empty() {
+        return AgentCommandReply {
+            files: 0,
+            error: Some(format!(
+                "no target of this agent serves {domain} with a webroot"
+            )),
+        };
+    }
+    let mut files = 0;
+    let mut errors = Vec::new();
+    for w in &webroots {
+        let r = match &command {
+            AgentCommand::PublishChallenge {
+                key_authorization, ..
+            } => publish(w, &token, key_authorization.expose()).map(|()| true),
+            AgentCommand::RemoveChallenge { .. } => remove(w, &token),
+        };
+        match r {
+            Ok(true) => files += 1,
+            Ok(false) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    info!(%domain, files, "challenge command done");
+    AgentCommandReply {
+        files,
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_base64url_only() {
+        assert!(valid_token("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"));
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a/b",
+            "a.b",
+            "a b",
+            "%2e%2e",
+            &"a".repeat(257),
+        ] {
+            assert!(!valid_token(bad), "{bad:?}");
+        }
+    }
+
+    fn config(webroot: &Path) -> Config {
+        let text = format!(
+            "allowed_dirs = [\"/etc/tls\"]\n[[target]]\nname = \"t\"\nkind = \"files\"\n\
+             domains = [\"www.example.test\"]\nfullchain = \"/etc/tls/f.pem\"\n\
+             key = \"/etc/tls/k.pem\"\nwebroot = \"{}\"\n",
+            webroot.display()
+        );
+        Config::parse(Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn publish_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let r = handle(
+            &c,
+            AgentCommand::PublishChallenge {
+                domain: "www.example.test".into(),
+                token: "tok_en-1".into(),
+                key_authorization: certfleet_protocol::Secret::new(b"tok_en-1.thumb".to_vec()),
+            },
+        )
+        .await;
+        assert_eq!((r.files, r.error), (1, None));
+        let path = dir.path().join(".well-known/acme-challenge/tok_en-1");
+        assert_eq!(std::fs::read(&path).unwrap(), b"tok_en-1.thumb");
+        let r = handle(
+            &c,
+            AgentCommand::RemoveChallenge {
+                domain: "www.example.test".into(),
+                token: "tok_en-1".into(),
+            },
+        )
+        .await;
+        assert_eq!(r.files, 1);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn traversal_token_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let r = handle(
+            &c,
+            AgentCommand::PublishChallenge {
+                domain: "www.example.test".into(),
+                token: "../../evil".into(),
+                key_authorization: certfleet_protocol::Secret::new(b"x".to_vec()),
+            },
+        )
+        .await;
+        assert_eq!(r.files, 0);
+        assert!(r.error.unwrap().contains("base64url"));
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "nothing written"
+        );
+    }
+
+    #[tokio::test]
+    async fn symlinked_challenge_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join(".well-known")).unwrap();
+        let c = config(dir.path());
+        let r = handle(
+            &c,
+            AgentCommand::PublishChallenge {
+                domain: "www.example.test".into(),
+                token: "tok".into(),
+                key_authorization: certfleet_protocol::Secret::new(b"x".to_vec()),
+            },
+        )
+        .await;
+        assert!(r.error.unwrap().contains("symlink"));
+        assert!(std::fs::read_dir(elsewhere.path())
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn unserved_domain_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = handle(
+            &config(dir.path()),
+            AgentCommand::RemoveChallenge {
+                domain: "other.test".into(),
+                token: "tok".into(),
+            },
+        )
+        .await;
+        assert!(r.error.unwrap().contains("no target"));
+    }
+}

@@ -1,0 +1,391 @@
+//! ACME issuers (RFC 8555) through instant-acme: accounts (with External
+//! Account Binding), orders, HTTP-01 through the agents and DNS-01 through
+//! RFC 2136, finalization, download and revocation.
+//!
+//! An order is persisted the moment it exists (its URL on the application)
+//! and so is the private key its CSR will carry, so a controller restarted
+//! mid-order resumes the same order instead of creating a second one.
+//! Challenge files and records are removed after validation, whether it
+//! succeeded or not.
+
+use std::io::Write;
+use std::time::Duration;
+
+use certfleet_protocol::message::{AgentCommand, RevocationReason};
+use certfleet_protocol::name::SubjectName;
+use certfleet_protocol::Secret;
+use instant_acme::{
+    Account, AccountBuilder, AccountCredentials, AuthorizationStatus, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tracing::info;
+
+/// How long the CA gets to validate challenges and to issue.
+const VALIDATION_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("the ACME server said: {0}")]
+    Problem(String),
+    #[error("the ACME server is rate limiting this account: {0}; certfleet will not retry before the advised time")]
+    RateLimited(String),
+    #[error("cannot reach the ACME directory {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn describe(e: instant_acme::Error) -> AcmeError {
+    match e {
+        instant_acme::Error::Api(p) => {
+            let text = format!(
+                "{}{}",
+                p.detail.clone().unwrap_or_else(|| "no detail".into()),
+                p.r#type
+                    .as_deref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default()
+            );
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited")
+                || p.status == Some(429)
+            {
+                AcmeError::RateLimited(text)
+            } else {
+                AcmeError::Problem(text)
+            }
+        }
+        other => AcmeError::Other(other.to_string()),
+    }
+}
+
+/// An HTTP client that trusts `ca_bundle` (PEM) for the ACME server, or the
+/// public roots.
+fn builder(ca_bundle: Option<&str>) -> Result<AccountBuilder, AcmeError> {
+    match ca_bundle {
+        None => Account::builder().map_err(|e| AcmeError::Other(e.to_string())),
+        Some(pem) => {
+            // instant-acme reads the bundle from a file.
+            let mut file = tempfile::NamedTempFile::new()
+                .map_err(|e| AcmeError::Other(format!("temporary CA bundle: {e}")))?;
+            file.write_all(pem.as_bytes())
+                .map_err(|e| AcmeError::Other(format!("temporary CA bundle: {e}")))?;
+            Account::builder_with_root(file.path())
+                .map_err(|e| AcmeError::Other(format!("CA bundle: {e}")))
+        }
+    }
+}
+
+/// Register (or find) the account; returns the credentials as JSON and the
+/// account URL.
+pub async fn create_account(
+    directory: &str,
+    contact: &[String],
+    eab: Option<(&str, &[u8])>,
+    ca_bundle: Option<&str>,
+) -> Result<(String, String), AcmeError> {
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let eab = eab.map(|(kid, key)| ExternalAccountKey::new(kid.to_string(), key));
+    let (account, creds) = builder(ca_bundle)?
+        .create(
+            &NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            directory.to_string(),
+            eab.as_ref(),
+        )
+        .await
+        .map_err(|e| match e {
+            instant_acme::Error::Api(_) => describe(e),
+            other => AcmeError::Unreachable {
+                url: directory.to_string(),
+                detail: other.to_string(),
+            },
+        })?;
+    let json = serde_json::to_string(&creds).map_err(|e| AcmeError::Other(e.to_string()))?;
+    Ok((json, account.id().to_string()))
+}
+
+pub async fn load_account(
+    creds_json: &[u8],
+    ca_bundle: Option<&str>,
+) -> Result<Account, AcmeError> {
+    let creds: AccountCredentials = serde_json::from_slice(creds_json)
+        .map_err(|e| AcmeError::Other(format!("stored account: {e}")))?;
+    builder(ca_bundle)?
+        .from_credentials(creds)
+        .await
+        .map_err(describe)
+}
+
+/// What the controller does to publish and withdraw challenge responses.
+pub trait Solver: Send + Sync {
+    /// Publish the HTTP-01 key authorization for `domain`.
+    fn publish_http(
+        &self,
+        domain: &str,
+        token: &str,
+        key_authorization: &str,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    fn remove_http(
+        &self,
+        domain: &str,
+        token: &str,
+    ) -> impl std::future::Future<Output = ()> + Send;
+    fn publish_dns(
+        &self,
+        domain: &str,
+        value: &str,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    fn remove_dns(&self, domain: &str, value: &str)
+        -> impl std::future::Future<Output = ()> + Send;
+}
+
+enum Published {
+    Http { domain: String, token: String },
+    Dns { domain: String, value: String },
+}
+
+/// The order's URL once it exists, so it can be persisted before anything
+/// else happens.
+pub type OrderUrlSink<'a> = &'a (dyn Fn(&str) -> Result<(), String> + Send + Sync);
+
+/// Run (or resume) an order to completion; returns the PEM chain.
+pub async fn issue<S: Solver>(
+    account: &Account,
+    order_url: Option<&str>,
+    record_order: OrderUrlSink<'_>,
+    names: &[SubjectName],
+    csr_der: &[u8],
+    challenge: ChallengeType,
+    solver: &S,
+) -> Result<String, AcmeError> {
+    let mut order = match order_url {
+        Some(url) => {
+            info!(%url, "resuming ACME order");
+            account.order(url.to_string()).await.map_err(describe)?
+        }
+        None => {
+            let ids: Vec<Identifier> = names
+                .iter()
+                .map(|n| match n {
+                    SubjectName::Dns(d) => Identifier::Dns(d.clone()),
+                    SubjectName::Ip(ip) => Identifier::Ip(*ip),
+                })
+                .collect();
+            let order = account
+                .new_order(&NewOrder::new(&ids))
+                .await
+                .map_err(describe)?;
+            record_order(order.url()).map_err(AcmeError::Other)?;
+            order
+        }
+    };
+
+    let mut published = Vec::new();
+    let solved = solve(&mut order, challenge, solver, &mut published).await;
+    let ready = match solved {
+        Ok(()) => order
+            .poll_ready(&RetryPolicy::new().timeout(VALIDATION_TIMEOUT))
+            .await
+            .map_err(describe),
+        Err(e) => Err(e),
+    };
+    // Withdraw what was published, whatever the outcome.
+    for p in published {
+        match p {
+            Published::Http { domain, token } => solver.remove_http(&domain, &token).await,
+            Published::Dns { domain, value } => solver.remove_dns(&domain, &value).await,
+        }
+    }
+    let status = ready?;
+    match status {
+        OrderStatus::Ready => {
+            order.finalize_csr(csr_der).await.map_err(describe)?;
+        }
+        OrderStatus::Valid | OrderStatus::Processing => {}
+        OrderStatus::Invalid => return Err(AcmeError::Problem(invalid_reason(&mut order).await)),
+        OrderStatus::Pending => {
+            return Err(AcmeError::Problem(
+                "the order is still pending after its challenges were answered".into(),
+            ))
+        }
+    }
+    order
+        .poll_certificate(&RetryPolicy::new().timeout(VALIDATION_TIMEOUT))
+        .await
+        .map_err(describe)
+}
+
+async fn solve<S: Solver>(
+    order: &mut instant_acme::Order,
+    challenge: ChallengeType,
+    solver: &S,
+    published: &mut Vec<Published>,
+) -> Result<(), AcmeError> {
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(describe)?;
+        if authz.status != AuthorizationStatus::Pending {
+            continue;
+        }
+        let wildcard = authz.wildcard;
+        let mut handle = authz.challenge(challenge.clone()).ok_or_else(|| {
+            AcmeError::Problem(format!(
+                "the CA offers no {challenge:?} challenge for this name"
+            ))
+        })?;
+        let domain = match handle.identifier().identifier {
+            Identifier::Dns(d) => d.clone(),
+            Identifier::Ip(ip) => ip.to_string(),
+            other => {
+                return Err(AcmeError::Other(format!(
+                    "unsupported identifier {other:?}"
+                )))
+            }
+        };
+        let key_authorization = handle.key_authorization();
+        match challenge {
+            ChallengeType::Http01 => {
+                let token = handle.token.clone();
+                solver
+                    .publish_http(&domain, &token, key_authorization.as_str())
+                    .await
+                    .map_err(AcmeError::Other)?;
+                published.push(Published::Http {
+                    domain: domain.clone(),
+                    token,
+                });
+            }
+            ChallengeType::Dns01 => {
+                let value = key_authorization.dns_value();
+                let name = if wildcard {
+                    format!("*.{domain}")
+                } else {
+                    domain.clone()
+                };
+                solver
+                    .publish_dns(&name, &value)
+                    .await
+                    .map_err(AcmeError::Other)?;
+                published.push(Published::Dns {
+                    domain: name,
+                    value,
+                });
+            }
+            other => {
+                return Err(AcmeError::Other(format!(
+                    "challenge {other:?} is not supported"
+                )))
+            }
+        }
+        handle.set_ready().await.map_err(describe)?;
+    }
+    Ok(())
+}
+
+/// The CA's reasons for an invalid order: each failed challenge's problem.
+async fn invalid_reason(order: &mut instant_acme::Order) -> String {
+    let mut reasons = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authz)) = authorizations.next().await {
+        for c in &authz.challenges {
+            if let Some(e) = &c.error {
+                reasons.push(format!(
+                    "{}: {}",
+                    c.r#type.as_str_lossy(),
+                    e.detail
+                        .clone()
+                        .unwrap_or_else(|| "validation failed".into())
+                ));
+            }
+        }
+    }
+    if reasons.is_empty() {
+        "the order became invalid".into()
+    } else {
+        format!("validation failed: {}", reasons.join("; "))
+    }
+}
+
+trait ChallengeName {
+    fn as_str_lossy(&self) -> String;
+}
+
+impl ChallengeName for ChallengeType {
+    fn as_str_lossy(&self) -> String {
+        match self {
+            ChallengeType::Http01 => "http-01".into(),
+            ChallengeType::Dns01 => "dns-01".into(),
+            ChallengeType::TlsAlpn01 => "tls-alpn-01".into(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// Parse `http-01` / `dns-01`.
+pub fn challenge_type(name: &str) -> Result<ChallengeType, String> {
+    match name {
+        "http-01" => Ok(ChallengeType::Http01),
+        "dns-01" => Ok(ChallengeType::Dns01),
+        other => Err(format!(
+            "unknown challenge {other:?}; certfleet solves http-01 (through agents) and dns-01 (RFC 2136)"
+        )),
+    }
+}
+
+/// Split a PEM chain into DER certificates, leaf first.
+pub fn split_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, AcmeError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| AcmeError::Other(format!("the CA returned a malformed chain: {e}")))?;
+    if certs.len() < 2 {
+        return Err(AcmeError::Other(
+            "the CA returned a leaf without its issuing chain".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Revoke a certificate at the CA with an RFC 5280 reason.
+pub async fn revoke(
+    account: &Account,
+    leaf: &CertificateDer<'_>,
+    reason: RevocationReason,
+) -> Result<(), AcmeError> {
+    let reason = match reason {
+        RevocationReason::Unspecified => instant_acme::RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise => instant_acme::RevocationReason::KeyCompromise,
+        RevocationReason::Superseded => instant_acme::RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation => {
+            instant_acme::RevocationReason::CessationOfOperation
+        }
+        RevocationReason::AffiliationChanged => instant_acme::RevocationReason::AffiliationChanged,
+    };
+    account
+        .revoke(&instant_acme::RevocationRequest {
+            certificate: leaf,
+            reason: Some(reason),
+        })
+        .await
+        .map_err(describe)
+}
+
+/// The command an agent gets for an HTTP-01 challenge.
+pub fn publish_command(domain: &str, token: &str, key_authorization: &str) -> AgentCommand {
+    AgentCommand::PublishChallenge {
+        domain: domain.to_string(),
+        token: token.to_string(),
+        key_authorization: Secret::from(key_authorization.to_string()),
+    }
+}
+
+pub fn remove_command(domain: &str, token: &str) -> AgentCommand {
+    AgentCommand::RemoveChallenge {
+        domain: domain.to_string(),
+        token: token.to_string(),
+    }
+}

@@ -292,7 +292,7 @@ fn issuer_from_row(r: &Row<'_>) -> Result<IssuerRow, rusqlite::Error> {
 pub fn issuer_insert(conn: &Connection, i: &IssuerRow) -> Result<(), StoreError> {
     conn.execute(
         &format!(
-            "INSERT INTO issuers ({ISSUER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            "INSERT INTO issuers ({ISSUER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ),
         params![
             i.name,

@@ -498,18 +498,23 @@ impl Service {
         let solver = Solver { service: self, dns };
         let store = self.store.clone();
         let app_id = app.id.clone();
-        let base = progress.clone();
-        let record = move |url: &str| -> std::result::Result<(), String> {
-            let mut p = base.clone();
-            p.order_url = Some(url.to_string());
+        let progress_cell = std::sync::Mutex::new(progress.clone());
+        let record = move |m: acme::Milestone<'_>| -> std::result::Result<(), String> {
+            let mut p = progress_cell.lock().unwrap_or_else(|e| e.into_inner());
+            match m {
+                acme::Milestone::OrderCreated(url) => p.order_url = Some(url.to_string()),
+                acme::Milestone::Answering => p.answered = true,
+            }
+            let snapshot = p.clone();
             let id = app_id.clone();
             store
-                .call_blocking(|c| store::application_set_acme(c, &id, &p))
+                .call_blocking(|c| store::application_set_acme(c, &id, &snapshot))
                 .map_err(|e| e.to_string())
         };
         let chain_pem = acme::issue(
             &account,
             progress.order_url.as_deref(),
+            progress.answered,
             &record,
             names,
             csr.der(),

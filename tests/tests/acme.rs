@@ -305,3 +305,149 @@ fn wrong_eab_key_is_refused() -> Result<()> {
     ])?;
     Ok(())
 }
+
+#[test]
+fn ca_refusals_and_a_bad_tsig_key_fail_clearly() -> Result<()> {
+    // The CA refuses the names (Pebble's blocklist): the application fails
+    // with the CA's problem document.
+    let cts = ChallTestSrv::start()?;
+    let mut opts = PebbleOptions::new(cts.dns_addr());
+    opts.domain_blocklist = vec!["blocked.acme.test".into()];
+    let pebble = Pebble::start(opts)?;
+    let ctl = Controller::start()?;
+    add_acme_issuer(&ctl, &pebble, &[])?;
+    let out = apply(&ctl, &["blocked.acme.test"], &["--challenge", "http-01"])?;
+    ensure!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains("the CA refused") && stderr.contains("rejectedIdentifier"),
+        "{stderr}"
+    );
+    let certs = ctl.cli_json(&["cert", "list"])?;
+    ensure!(certs.as_array().is_some_and(|c| c.is_empty()), "{certs}");
+
+    // A directory URL that is not an ACME directory.
+    let not_acme = format!("{}/nothing-here", pebble.management_url());
+    let err = ctl.cli_err(&[
+        "issuer",
+        "add",
+        "bogus",
+        "--kind",
+        "acme",
+        "--directory",
+        &not_acme,
+        "--ca-bundle",
+        utf8(pebble.ca_bundle_path())?,
+    ])?;
+    ensure!(err.contains("ACME directory"), "{err}");
+
+    // DNS-01 with a TSIG secret BIND does not know: refused, clearly.
+    let bind = Bind::start("acme.test.")?;
+    let dns_pebble = Pebble::start(PebbleOptions::new(bind.addr))?;
+    let ctl2 = Controller::start()?;
+    let secret = tempfile::NamedTempFile::new()?;
+    fs::write(
+        secret.path(),
+        "d3JvbmctdHNpZy1zZWNyZXQtd3JvbmctdHNpZy1zZWNyZXQ=",
+    )?;
+    let server = bind.addr.to_string();
+    add_acme_issuer(
+        &ctl2,
+        &dns_pebble,
+        &[
+            "--challenge",
+            "dns-01",
+            "--dns-server",
+            &server,
+            "--dns-zone",
+            &bind.zone,
+            "--tsig-name",
+            &bind.tsig_name,
+            "--tsig-secret-file",
+            utf8(secret.path())?,
+        ],
+    )?;
+    let out = apply(&ctl2, &["www.acme.test"], &[])?;
+    ensure!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.to_lowercase().contains("tsig")
+            || stderr.contains("NOTAUTH")
+            || stderr.contains("refused"),
+        "{stderr}"
+    );
+    ensure!(bind.txt("_acme-challenge.www.acme.test.")?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn controller_killed_mid_order_resumes_the_same_order() -> Result<()> {
+    let bind = Bind::start("acme.test.")?;
+    let mut opts = PebbleOptions::new(bind.addr);
+    // Pebble waits (up to 15 s) before validating: time to kill the controller.
+    opts.va_sleep = true;
+    let pebble = Pebble::start(opts)?;
+    let mut ctl = Controller::start()?;
+    let secret = tempfile::NamedTempFile::new()?;
+    fs::write(secret.path(), &bind.tsig_secret_b64)?;
+    let server = bind.addr.to_string();
+    add_acme_issuer(
+        &ctl,
+        &pebble,
+        &[
+            "--challenge",
+            "dns-01",
+            "--dns-server",
+            &server,
+            "--dns-zone",
+            &bind.zone,
+            "--tsig-name",
+            &bind.tsig_name,
+            "--tsig-secret-file",
+            utf8(secret.path())?,
+        ],
+    )?;
+    let inst = ctl.cli_json(&["instance", "create", "--issuer", "pebble"])?;
+    let inst = str_field(&inst, "id")?.to_owned();
+    let app = ctl.cli_json(&[
+        "cert",
+        "apply",
+        "--instance",
+        &inst,
+        "--domain",
+        "resume.acme.test",
+    ])?;
+    let app_id = str_field(&app, "id")?.to_owned();
+    // Wait until the order exists (the record is published), then kill.
+    let deadline = std::time::Instant::now() + WAIT;
+    while bind.txt("_acme-challenge.resume.acme.test.")?.is_empty() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the order never started: {}",
+            ctl.log()?
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ctl.stop()?;
+    ctl.restart()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let a = ctl.cli_json(&["application", "show", &app_id])?;
+        if a["state"] == "issued" {
+            break;
+        }
+        ensure!(a["state"] != "failed", "resumed order failed: {a}");
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "not issued after restart: {a}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let log = ctl.log()?;
+    ensure!(
+        log.contains("resuming ACME order"),
+        "the order was not resumed: {log}"
+    );
+    ensure!(log.matches("resuming ACME order").count() == 1, "{log}");
+    Ok(())
+}

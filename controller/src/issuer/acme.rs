@@ -15,8 +15,8 @@ use certfleet_protocol::message::{AgentCommand, RevocationReason};
 use certfleet_protocol::name::SubjectName;
 use certfleet_protocol::Secret;
 use instant_acme::{
-    Account, AccountBuilder, AccountCredentials, AuthorizationStatus, ChallengeType,
-    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountBuilder, AccountCredentials, AuthorizationStatus, ChallengeStatus,
+    ChallengeType, ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -149,15 +149,23 @@ enum Published {
     Dns { domain: String, value: String },
 }
 
-/// The order's URL once it exists, so it can be persisted before anything
-/// else happens.
-pub type OrderUrlSink<'a> = &'a (dyn Fn(&str) -> Result<(), String> + Send + Sync);
+/// Progress worth persisting: the order's URL once it exists, and the
+/// moment challenges are about to be submitted.
+pub enum Milestone<'a> {
+    OrderCreated(&'a str),
+    Answering,
+}
+
+/// Persists a [`Milestone`] before the step it names continues.
+pub type MilestoneSink<'a> = &'a (dyn Fn(Milestone<'_>) -> Result<(), String> + Send + Sync);
 
 /// Run (or resume) an order to completion; returns the PEM chain.
+#[allow(clippy::too_many_arguments)]
 pub async fn issue<S: Solver>(
     account: &Account,
     order_url: Option<&str>,
-    record_order: OrderUrlSink<'_>,
+    answered: bool,
+    record: MilestoneSink<'_>,
     names: &[SubjectName],
     csr_der: &[u8],
     challenge: ChallengeType,
@@ -180,20 +188,47 @@ pub async fn issue<S: Solver>(
                 .new_order(&NewOrder::new(&ids))
                 .await
                 .map_err(describe)?;
-            record_order(order.url()).map_err(AcmeError::Other)?;
+            record(Milestone::OrderCreated(order.url())).map_err(AcmeError::Other)?;
             order
         }
     };
 
     let mut published = Vec::new();
-    let solved = solve(&mut order, challenge, solver, &mut published).await;
-    let ready = match solved {
+    // A resumed order whose challenges were already submitted only puts its
+    // responses back in place: submitting again would make the CA validate
+    // twice, once after the responses are withdrawn.
+    let solved = solve(
+        &mut order,
+        challenge.clone(),
+        solver,
+        &mut published,
+        !answered,
+        record,
+    )
+    .await;
+    let mut ready = match solved {
         Ok(()) => order
-            .poll_ready(&RetryPolicy::new().timeout(VALIDATION_TIMEOUT))
+            .poll_ready(&RetryPolicy::new().timeout(if answered {
+                Duration::from_secs(20)
+            } else {
+                VALIDATION_TIMEOUT
+            }))
             .await
             .map_err(describe),
         Err(e) => Err(e),
     };
+    if answered && matches!(ready, Ok(OrderStatus::Pending) | Err(_)) {
+        // Killed between recording and submitting: submit now.
+        let mut again = Vec::new();
+        ready = match solve(&mut order, challenge, solver, &mut again, true, record).await {
+            Ok(()) => order
+                .poll_ready(&RetryPolicy::new().timeout(VALIDATION_TIMEOUT))
+                .await
+                .map_err(describe),
+            Err(e) => Err(e),
+        };
+        published.extend(again);
+    }
     // Withdraw what was published, whatever the outcome.
     for p in published {
         match p {
@@ -225,7 +260,10 @@ async fn solve<S: Solver>(
     challenge: ChallengeType,
     solver: &S,
     published: &mut Vec<Published>,
+    submit: bool,
+    record: MilestoneSink<'_>,
 ) -> Result<(), AcmeError> {
+    let mut recorded = false;
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.map_err(describe)?;
@@ -282,7 +320,13 @@ async fn solve<S: Solver>(
                 )))
             }
         }
-        handle.set_ready().await.map_err(describe)?;
+        if submit && handle.status == ChallengeStatus::Pending {
+            if !recorded {
+                record(Milestone::Answering).map_err(AcmeError::Other)?;
+                recorded = true;
+            }
+            handle.set_ready().await.map_err(describe)?;
+        }
     }
     Ok(())
 }

@@ -203,4 +203,9 @@ ALTER TABLE applications ADD COLUMN order_url TEXT;
 ALTER TABLE applications ADD COLUMN key_sealed BLOB;
 ALTER TABLE applications ADD COLUMN retry_at INTEGER;
 "#,
+    // 5: whether an ACME order's challenges were already submitted, so a
+    // resumed order does not ask the CA to validate twice.
+    r#"
+ALTER TABLE applications ADD COLUMN challenges_answered INTEGER NOT NULL DEFAULT 0;
+"#,
 ];

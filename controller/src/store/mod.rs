@@ -992,12 +992,15 @@ pub struct AcmeProgress {
     pub order_url: Option<String>,
     pub key_sealed: Option<Vec<u8>>,
     pub retry_at: Option<i64>,
+    /// The CA was asked to validate this order's challenges.
+    pub answered: bool,
 }
 
 pub fn application_acme(conn: &Connection, app: &str) -> Result<AcmeProgress, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT challenge, order_url, key_sealed, retry_at FROM applications WHERE id = ?1",
+            "SELECT challenge, order_url, key_sealed, retry_at, challenges_answered
+             FROM applications WHERE id = ?1",
             [app],
             |r| {
                 Ok(AcmeProgress {
@@ -1005,6 +1008,7 @@ pub fn application_acme(conn: &Connection, app: &str) -> Result<AcmeProgress, St
                     order_url: r.get(1)?,
                     key_sealed: r.get(2)?,
                     retry_at: r.get(3)?,
+                    answered: r.get(4)?,
                 })
             },
         )
@@ -1018,9 +1022,16 @@ pub fn application_set_acme(
     p: &AcmeProgress,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE applications SET challenge = ?2, order_url = ?3, key_sealed = ?4, retry_at = ?5
-         WHERE id = ?1",
-        params![app, p.challenge, p.order_url, p.key_sealed, p.retry_at],
+        "UPDATE applications SET challenge = ?2, order_url = ?3, key_sealed = ?4, retry_at = ?5,
+         challenges_answered = ?6 WHERE id = ?1",
+        params![
+            app,
+            p.challenge,
+            p.order_url,
+            p.key_sealed,
+            p.retry_at,
+            p.answered
+        ],
     )?;
     Ok(())
 }

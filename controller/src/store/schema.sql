@@ -19,7 +19,7 @@ CREATE TABLE applications (
     certificate TEXT,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
-, renews TEXT REFERENCES certificates(id), challenge TEXT, order_url TEXT, key_sealed BLOB, retry_at INTEGER) STRICT;
+, renews TEXT REFERENCES certificates(id), challenge TEXT, order_url TEXT, key_sealed BLOB, retry_at INTEGER, challenges_answered INTEGER NOT NULL DEFAULT 0) STRICT;
 
 CREATE TABLE audit (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -55,7 +55,11 @@ fn app_key_aad(app: &str) -> String {
 
 fn acme_error(e: AcmeError) -> ServiceError {
     match e {
-        AcmeError::Unreachable { .. } => ServiceError::Invalid(e.to_string()),
+        AcmeError::Unreachable { .. } | AcmeError::Solver(_) => {
+            ServiceError::Invalid(e.to_string())
+        }
+        AcmeError::Problem(p) if p.contains("serverInternal") => ServiceError::Transient(p),
+        AcmeError::Other(o) => ServiceError::Transient(o),
         other => ServiceError::Internal(other.to_string()),
     }
 }

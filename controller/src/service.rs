@@ -34,6 +34,8 @@ use crate::store::{self, AuditRecord, CertRow, IssuerRow, Store, StoreError};
 pub const MAX_VALIDITY_DAYS: u32 = 3650;
 /// Most names one instance may cover.
 pub const MAX_DOMAINS: u32 = 100;
+/// Retries of a transient failure before an application fails.
+const TRANSIENT_RETRIES: u32 = 4;
 /// Agent clock skew beyond this is flagged.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
 /// A CRL older than this is re-signed before it is served.
@@ -49,6 +51,9 @@ pub enum ServiceError {
     Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A remote party (a CA, a DNS server) failed in a way worth retrying.
+    #[error("{0}")]
+    Transient(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,6 +71,7 @@ impl ServiceError {
             ServiceError::Invalid(_) => ErrorKind::InvalidArgument,
             ServiceError::Conflict(_) => ErrorKind::Conflict,
             ServiceError::Internal(_) | ServiceError::Store(_) => ErrorKind::Internal,
+            ServiceError::Transient(_) => ErrorKind::Unavailable,
         };
         let message = match self {
             ServiceError::Store(e) => {
@@ -478,7 +484,23 @@ impl Service {
     }
 
     async fn process_application(&self, id: &str) {
-        if let Err(e) = self.try_process_application(id).await {
+        // Transient failures (a CA's 5xx, a timeout) are retried with
+        // exponential backoff and jitter, resuming the same order.
+        let mut attempt = 0u32;
+        let result = loop {
+            match self.try_process_application(id).await {
+                Err(ServiceError::Transient(e)) if attempt < TRANSIENT_RETRIES => {
+                    let delay = std::time::Duration::from_millis(500 << attempt).mul_f64(
+                        0.5 + crate::renewal::policy::jitter_fraction(&format!("{id}{attempt}")),
+                    );
+                    warn!(application = %id, error = %e, retry_in = ?delay, "transient failure; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = result {
             let message = e.to_rpc().message;
             warn!(application = %id, error = %message, "application failed");
             let app_id = id.to_string();

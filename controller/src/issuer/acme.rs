@@ -33,6 +33,9 @@ pub enum AcmeError {
     RateLimited(String),
     #[error("cannot reach the ACME directory {url}: {detail}")]
     Unreachable { url: String, detail: String },
+    /// Publishing a challenge response failed (no agent, DNS refused).
+    #[error("{0}")]
+    Solver(String),
     #[error("{0}")]
     Other(String),
 }
@@ -292,7 +295,7 @@ async fn solve<S: Solver>(
                 solver
                     .publish_http(&domain, &token, key_authorization.as_str())
                     .await
-                    .map_err(AcmeError::Other)?;
+                    .map_err(AcmeError::Solver)?;
                 published.push(Published::Http {
                     domain: domain.clone(),
                     token,
@@ -308,7 +311,7 @@ async fn solve<S: Solver>(
                 solver
                     .publish_dns(&name, &value)
                     .await
-                    .map_err(AcmeError::Other)?;
+                    .map_err(AcmeError::Solver)?;
                 published.push(Published::Dns {
                     domain: name,
                     value,

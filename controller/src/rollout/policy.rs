@@ -212,7 +212,11 @@ pub fn next_step(strategy: &Strategy, p: &Progress<'_>, now: i64) -> Step {
     let Some(done_at) = p.wave_done_at else {
         return Step::WaveDone;
     };
-    let resume_at = done_at.saturating_add(strategy.pause_secs as i64);
+    // Times are whole seconds, so a wave that finished at 10.9 s is
+    // recorded at 10 s: one more second keeps the pause at least as long
+    // as asked.
+    let rounding = i64::from(strategy.pause_secs > 0);
+    let resume_at = done_at.saturating_add(strategy.pause_secs as i64 + rounding);
     if now < resume_at {
         return Step::Wait {
             until: Some(resume_at),
@@ -290,8 +294,12 @@ mod tests {
         assert_eq!(step(&st, &t, 0, None, 0), Step::Wait { until: None });
         let t = [(0, Installed), (1, Waiting)];
         assert_eq!(step(&st, &t, 0, None, 5), Step::WaveDone);
-        assert_eq!(step(&st, &t, 0, Some(5), 6), Step::Wait { until: Some(15) });
-        assert_eq!(step(&st, &t, 0, Some(5), 15), Step::StartWave(1));
+        assert_eq!(step(&st, &t, 0, Some(5), 6), Step::Wait { until: Some(16) });
+        assert_eq!(
+            step(&st, &t, 0, Some(5), 15),
+            Step::Wait { until: Some(16) }
+        );
+        assert_eq!(step(&st, &t, 0, Some(5), 16), Step::StartWave(1));
         let t = [(0, Installed), (1, Installed)];
         assert_eq!(step(&st, &t, 1, None, 20), Step::Complete);
     }

@@ -202,13 +202,13 @@ impl Rfc2136 {
         let mut last_error: Option<String>;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self
-                .query_txt(&record_name, left.min(REQUEST_TIMEOUT))
-                .await
-            {
-                Ok(values) if values.iter().any(|v| v == value.as_bytes()) => return Ok(()),
-                Ok(_) => last_error = None,
-                Err(e) => last_error = Some(error_chain(&e)),
+            // Bound the whole query (UDP and the TCP retry) by the time left.
+            let query = self.query_txt(&record_name, REQUEST_TIMEOUT);
+            match tokio::time::timeout(left, query).await {
+                Ok(Ok(values)) if values.iter().any(|v| v == value.as_bytes()) => return Ok(()),
+                Ok(Ok(_)) => last_error = None,
+                Ok(Err(e)) => last_error = Some(error_chain(&e)),
+                Err(_) => last_error = Some(format!("no answer within {left:?}")),
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod fleet;
 pub mod identity;
 pub mod issuer;

@@ -179,16 +179,20 @@ pub enum DeploymentCmd {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Settings file (/etc/certfleet/controller.toml); flags given as well
+    /// win over it.
+    #[arg(long, env = "CERTFLEET_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Directory for the database, master key and admin credential
     /// (created with mode 0700).
-    #[arg(long, env = "CERTFLEET_STATE_DIR", required_unless_present = "dev")]
+    #[arg(long, env = "CERTFLEET_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// QUIC address for admins and agents.
-    #[arg(long, default_value = "127.0.0.1:7443")]
-    pub listen: SocketAddr,
-    /// Plain-HTTP address that serves CRLs.
-    #[arg(long, default_value = "127.0.0.1:7480")]
-    pub crl_listen: SocketAddr,
+    /// QUIC address for admins and agents [default: 127.0.0.1:7443].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Plain-HTTP address that serves CRLs [default: 127.0.0.1:7480].
+    #[arg(long)]
+    pub crl_listen: Option<SocketAddr>,
     /// URL base written into certificates' CRL distribution point
     /// [default: http://<crl-listen>].
     #[arg(long)]
@@ -199,7 +203,7 @@ pub struct ServeArgs {
     pub master_key_file: Option<PathBuf>,
     /// Throwaway controller: temporary state, a built-in issuer named `dev`;
     /// prints how to point the CLI at it. Everything is deleted on exit.
-    #[arg(long, conflicts_with = "state_dir")]
+    #[arg(long, conflicts_with_all = ["state_dir", "config"])]
     pub dev: bool,
 }
 
@@ -481,15 +485,32 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let master_key_file = args.master_key_file.or_else(|| {
+    let file = match &args.config {
+        Some(path) => crate::config::ControllerConfig::load(path)?,
+        None => crate::config::ControllerConfig::default(),
+    };
+    let master_key_file = args.master_key_file.or(file.master_key_file).or_else(|| {
         let p = PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY")?).join("master.key");
         p.exists().then_some(p)
     });
+    let state_dir = args.state_dir.or(file.state_dir);
+    if state_dir.is_none() && !args.dev {
+        bail!(
+            "no state directory: pass --state-dir DIR (or state_dir in --config FILE), or \
+             --dev for a throwaway controller"
+        );
+    }
     let mut opts = ServeOptions {
-        state_dir: args.state_dir.clone().unwrap_or_default(),
-        listen: args.listen,
-        crl_listen: args.crl_listen,
-        crl_url_base: args.crl_url_base,
+        state_dir: state_dir.unwrap_or_default(),
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7443))),
+        crl_listen: args
+            .crl_listen
+            .or(file.crl_listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7480))),
+        crl_url_base: args.crl_url_base.or(file.crl_url_base),
         master_key_file,
     };
     let clock = crate::clock::from_env();

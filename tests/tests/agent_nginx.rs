@@ -488,3 +488,41 @@ fn agent_renews_its_identity_after_two_thirds_of_its_lifetime() -> Result<()> {
     wait_connected(&ctl, &id, true, WAIT)?;
     Ok(())
 }
+
+#[test]
+fn an_agent_credential_cannot_be_used_as_admin() -> Result<()> {
+    let ctl = controller_with_issuer()?;
+    let (tok, pin) = token(&ctl, &[])?;
+    let mut agent = files_agent(&ctl, "")?;
+    agent.enroll(&ctl, &tok, &pin)?;
+    // An admin-shaped credential file made of the agent's identity.
+    let cred = agent.dir.join("agent-as-admin.credential");
+    let mut pem = std::fs::read_to_string(agent.state_dir.join("identity.pem"))?;
+    pem.push_str(&std::fs::read_to_string(agent.state_dir.join("ca.pem"))?);
+    pem.push_str(&std::fs::read_to_string(
+        agent.state_dir.join("identity.key"),
+    )?);
+    std::fs::write(&cred, pem)?;
+    let before = ctl.inventory()?;
+    let out = certfleet_tests::run_with_timeout(
+        ctl.cli_command().args([
+            "--controller",
+            &ctl.listen().to_string(),
+            "--credential",
+            certfleet_tests::utf8(&cred)?,
+            "issuer",
+            "add",
+            "sneaky",
+            "--kind",
+            "builtin",
+        ]),
+        WAIT,
+    )?;
+    let stderr = certfleet_tests::expect_cli_error(&out, "agent credential as admin")?;
+    ensure!(
+        stderr.contains("agents may only make agent requests"),
+        "{stderr}"
+    );
+    assert_eq!(ctl.inventory()?, before, "nothing changed");
+    Ok(())
+}

@@ -540,11 +540,15 @@ impl Service {
                     if let Some(old_id) = store::application_renews(&tx, &app.id)? {
                         if let Some(old) = store::cert_get(&tx, &old_id)? {
                             let attempts = old.renewal_attempts + 1;
-                            let delay = crate::renewal::policy::retry_delay(
+                            let mut delay = crate::renewal::policy::retry_delay(
                                 attempts,
                                 now,
                                 old.info.not_after.0,
                             );
+                            if message.contains("rate limiting") {
+                                // The CA's limits run over hours; don't knock sooner.
+                                delay = delay.max(crate::renewal::policy::RATE_LIMIT_BACKOFF_SECS);
+                            }
                             store::cert_set_renewal(
                                 &tx,
                                 &old_id,

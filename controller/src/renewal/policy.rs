@@ -12,6 +12,10 @@
 /// Default `renew_before`: 30 days.
 pub const DEFAULT_RENEW_BEFORE_SECS: i64 = 30 * 86_400;
 
+/// After a CA's rate-limit refusal (which carries no usable Retry-After in
+/// the problem document), renewal waits at least this long.
+pub const RATE_LIMIT_BACKOFF_SECS: i64 = 3600;
+
 /// Renewal attempts back off from a minute to six hours.
 pub const MIN_RETRY_SECS: i64 = 60;
 pub const MAX_RETRY_SECS: i64 = 6 * 3600;

@@ -511,9 +511,13 @@ impl Service {
             }
             let snapshot = p.clone();
             let id = app_id.clone();
-            store
-                .call_blocking(|c| store::application_set_acme(c, &id, &snapshot))
-                .map_err(|e| e.to_string())
+            // The milestone must be stored before the order goes on; the
+            // runtime is multi-threaded, so hand this thread's other tasks
+            // elsewhere while SQLite writes.
+            tokio::task::block_in_place(|| {
+                store.call_blocking(|c| store::application_set_acme(c, &id, &snapshot))
+            })
+            .map_err(|e| e.to_string())
         };
         let chain_pem = acme::issue(
             &account,

@@ -23,7 +23,7 @@ use crate::issuer::acme::{self, AcmeError};
 use crate::issuer::dns::{challenge_name, Rfc2136};
 use crate::issuer::generate_key;
 use crate::service::{apply_in_tx, internal, validate_issuer_name, Result, Service, ServiceError};
-use crate::store::{self, AcmeIssuer, AcmeProgress, AuditRecord, IssuerRow};
+use crate::store::{self, AcmeIssuer, AcmeProgress, IssuerRow};
 
 /// How long DNS-01 waits for the authoritative server to answer a record.
 const DNS_VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -305,34 +305,11 @@ impl Service {
             }),
         };
         let info = self.issuer_info(&row);
-        self.store
-            .call(move |c| -> Result<()> {
-                let tx = c.transaction()?;
-                if store::issuer_get(&tx, &row.name)?.is_some() {
-                    return Err(ServiceError::Conflict(format!(
-                        "issuer {:?} already exists",
-                        row.name
-                    )));
-                }
-                store::issuer_insert(&tx, &row)?;
-                store::audit_insert(
-                    &tx,
-                    now,
-                    &AuditRecord {
-                        actor: &actor,
-                        action: "issuer.add",
-                        target: &row.name,
-                        outcome: "ok",
-                        detail: &format!(
-                            "kind=acme directory={} account={account_url}",
-                            spec.directory
-                        ),
-                    },
-                )?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
+        let detail = format!(
+            "kind=acme directory={} account={account_url}",
+            spec.directory
+        );
+        self.store_issuer(actor, row, detail).await?;
         info!(issuer = %info.name, "ACME issuer added");
         Ok(info)
     }
@@ -482,13 +459,7 @@ impl Service {
         params.distinguished_name = rcgen::DistinguishedName::new();
         let csr = params.serialize_request(&key).map_err(internal)?;
 
-        let creds = self
-            .master
-            .open(&account_aad(&issuer.name), &acme_issuer.account_sealed)
-            .map_err(internal)?;
-        let account = acme::load_account(&creds, acme_issuer.ca_bundle.as_deref())
-            .await
-            .map_err(acme_error)?;
+        let account = self.acme_account(issuer, acme_issuer).await?;
         let dns = match &acme_issuer.dns_update_sealed {
             Some(sealed) => {
                 let json = self
@@ -562,6 +533,21 @@ impl Service {
         Ok((leaf_pem, chain, checked, key))
     }
 
+    /// The issuer's ACME account, unsealed.
+    async fn acme_account(
+        &self,
+        issuer: &IssuerRow,
+        acme_issuer: &AcmeIssuer,
+    ) -> Result<instant_acme::Account> {
+        let creds = self
+            .master
+            .open(&account_aad(&issuer.name), &acme_issuer.account_sealed)
+            .map_err(internal)?;
+        acme::load_account(&creds, acme_issuer.ca_bundle.as_deref())
+            .await
+            .map_err(acme_error)
+    }
+
     /// Revoke at an ACME CA (before the local state changes).
     pub(crate) async fn revoke_at_acme(
         &self,
@@ -572,13 +558,7 @@ impl Service {
         let Some(acme_issuer) = &issuer.acme else {
             return Ok(());
         };
-        let creds = self
-            .master
-            .open(&account_aad(&issuer.name), &acme_issuer.account_sealed)
-            .map_err(internal)?;
-        let account = acme::load_account(&creds, acme_issuer.ca_bundle.as_deref())
-            .await
-            .map_err(acme_error)?;
+        let account = self.acme_account(issuer, acme_issuer).await?;
         let leaf = crate::identity::pem_to_der(leaf_pem)
             .ok_or_else(|| internal("stored leaf unreadable"))?;
         acme::revoke(&account, &leaf, reason)

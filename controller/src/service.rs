@@ -281,6 +281,20 @@ impl Service {
             acme: None,
         };
         let info = self.issuer_info(&row);
+        let detail = format!("kind={} key={}", row.kind, row.key);
+        self.store_issuer(actor, row, detail).await?;
+        info!(issuer = %info.name, "issuer added");
+        Ok(info)
+    }
+
+    /// Store a new issuer and its audit record in one transaction, refusing
+    /// a name that is taken.
+    pub(crate) async fn store_issuer(
+        &self,
+        actor: String,
+        row: IssuerRow,
+        detail: String,
+    ) -> Result<()> {
         self.store
             .call(move |c| -> Result<()> {
                 let tx = c.transaction()?;
@@ -299,15 +313,13 @@ impl Service {
                         action: "issuer.add",
                         target: &row.name,
                         outcome: "ok",
-                        detail: &format!("kind={} key={}", row.kind, row.key),
+                        detail: &detail,
                     },
                 )?;
                 tx.commit()?;
                 Ok(())
             })
-            .await?;
-        info!(issuer = %info.name, "issuer added");
-        Ok(info)
+            .await
     }
 
     pub async fn issuer_list(&self) -> Result<Vec<IssuerInfo>> {

@@ -1,0 +1,311 @@
+//! certfleet benchmarks. Each prints a one-line JSON result and appends it
+//! to `target/bench-results.jsonl`; `docs/performance.md` records the
+//! numbers and how they were obtained.
+//!
+//! - `issue`: built-in CA issuance per second, every certificate checked,
+//!   sealed and committed, next to the raw signing rate of the crypto
+//!   provider measured in the same run.
+//! - `handshake`: full mutual-TLS QUIC handshakes (with the version
+//!   exchange) per second against a real controller.
+//! - `served`: time from `certfleet deploy` to nginx serving the new
+//!   certificate (one real agent, one real nginx), p50 over 20 deploys.
+//!
+//! `issue` and `handshake` run the controller in this process; `served`
+//! drives the real binaries (build them first with
+//! `cargo build --release --workspace --bins`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use certfleet_controller::clock::SystemClock;
+use certfleet_controller::server::{self, ServeOptions};
+use certfleet_protocol::message::{InstanceSpec, IssuerKind, KeyType, ValidationType};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(name = "certfleet-bench", about = "certfleet benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+    /// Where results are appended (one JSON line each).
+    #[arg(long, default_value = "target/bench-results.jsonl", global = true)]
+    results: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Built-in CA issuance per second vs the raw signing rate.
+    Issue {
+        /// Certificates to issue per key type.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// RSA-2048 certificates (RSA key generation dominates).
+        #[arg(long, default_value_t = 50)]
+        rsa_count: usize,
+    },
+    /// Full mTLS QUIC handshakes per second.
+    Handshake {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Deploy → nginx serves the new certificate, p50 over N deploys.
+    Served {
+        #[arg(long, default_value_t = 20)]
+        deploys: usize,
+    },
+}
+
+fn record(path: &PathBuf, value: serde_json::Value) -> Result<()> {
+    let line = value.to_string();
+    println!("{line}");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{line}")?;
+    Ok(())
+}
+
+fn machine() -> serde_json::Value {
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "at": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    })
+}
+
+async fn start_controller() -> Result<(tempfile::TempDir, server::Running)> {
+    let dir = tempfile::tempdir()?;
+    let opts = ServeOptions {
+        state_dir: dir.path().join("state"),
+        listen: "127.0.0.1:0".parse()?,
+        crl_listen: "127.0.0.1:0".parse()?,
+        crl_url_base: None,
+        master_key_file: None,
+    };
+    let running = server::start(opts, Arc::new(SystemClock)).await?;
+    Ok((dir, running))
+}
+
+/// Signatures per second of the provider over `secs` seconds.
+fn raw_sign_rate(
+    alg: &'static aws_lc_rs::signature::EcdsaSigningAlgorithm,
+    secs: f64,
+) -> Result<f64> {
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(|_| anyhow::anyhow!("keygen"))?;
+    let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("key"))?;
+    let _ = key.public_key();
+    let msg = [7u8; 512];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        key.sign(&rng, &msg).map_err(|_| anyhow::anyhow!("sign"))?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn issue_rate(running: &server::Running, key: KeyType, count: usize) -> Result<f64> {
+    let svc = &running.service;
+    let start = Instant::now();
+    let mut apps = Vec::with_capacity(count);
+    for i in 0..count {
+        let inst = svc
+            .instance_create(
+                "bench".into(),
+                InstanceSpec {
+                    issuer: "bench".into(),
+                    validation: ValidationType::Dv,
+                    max_domains: 1,
+                    wildcard: false,
+                    validity_days: 90,
+                    key,
+                    renew_before_days: None,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.to_rpc().message))?;
+        let app = svc
+            .cert_apply("bench".into(), inst.id, vec![format!("host{i}.bench.test")])
+            .await
+            .map_err(|e| anyhow::anyhow!(e.to_rpc().message))?;
+        apps.push(app.id);
+    }
+    // The worker issues in order: the last application finishing means all did.
+    let last = apps.last().cloned().context("no applications")?;
+    loop {
+        let a = svc
+            .application_show(last.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.to_rpc().message))?;
+        if !a.state.in_flight() {
+            if a.certificate.is_none() {
+                bail!("issuance failed: {:?}", a.last_error);
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn bench_issue(results: &PathBuf, count: usize, rsa_count: usize) -> Result<()> {
+    let (_dir, running) = start_controller().await?;
+    running
+        .service
+        .issuer_add(
+            "bench".into(),
+            "bench".into(),
+            IssuerKind::Builtin,
+            KeyType::EcdsaP256,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e.to_rpc().message))?;
+    let raw = raw_sign_rate(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING, 2.0)?;
+    let p256 = issue_rate(&running, KeyType::EcdsaP256, count).await?;
+    let rsa = issue_rate(&running, KeyType::Rsa2048, rsa_count).await?;
+    record(
+        results,
+        json!({
+            "bench": "issue",
+            "p256_certs_per_sec": (p256 * 10.0).round() / 10.0,
+            "rsa2048_certs_per_sec": (rsa * 10.0).round() / 10.0,
+            "raw_p256_signs_per_sec": raw.round(),
+            "ratio_to_raw_signing": (p256 / raw * 1000.0).round() / 1000.0,
+            "count": count,
+            "rsa_count": rsa_count,
+            "machine": machine(),
+        }),
+    )?;
+    running.stop().await;
+    Ok(())
+}
+
+async fn bench_handshake(results: &PathBuf, seconds: u64, concurrency: usize) -> Result<()> {
+    let (dir, running) = start_controller().await?;
+    let cred = Arc::new(certfleet_controller::client::Credential::load(
+        &dir.path().join("state").join(server::ADMIN_CREDENTIAL_FILE),
+    )?);
+    let addr = running.runtime.listen;
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (cred, done, failed) = (cred.clone(), done.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                match certfleet_controller::client::Client::open(addr, &cred).await {
+                    Ok(c) => {
+                        c.close();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    record(
+        results,
+        json!({
+            "bench": "handshake",
+            "handshakes_per_sec": (n as f64 / elapsed).round(),
+            "per_core": (n as f64 / elapsed / cores).round(),
+            "failed": failed.load(Ordering::Relaxed),
+            "concurrency": concurrency,
+            "note": "client and controller share the machine's cores",
+            "machine": machine(),
+        }),
+    )?;
+    running.stop().await;
+    Ok(())
+}
+
+fn bench_served(results: &PathBuf, deploys: usize) -> Result<()> {
+    use certfleet_tests::fleet::{token, wait_connected, wait_served, Agent, Nginx};
+    use certfleet_tests::{str_field, Controller};
+    const NAME: &str = "www.bench.test";
+    let ctl = Controller::start()?;
+    ctl.cli_json(&["issuer", "add", "ca", "--kind", "builtin"])?;
+    let nginx = Nginx::start(NAME)?;
+    let (tok, pin) = token(&ctl, &["--labels", "role=web"])?;
+    let mut agent = Agent::new(&ctl, &Agent::nginx_target(&nginx, NAME, "")?)?;
+    agent.enroll(&ctl, &tok, &pin)?;
+    agent.start()?;
+    wait_connected(
+        &ctl,
+        agent.id.as_deref().unwrap_or_default(),
+        true,
+        Duration::from_secs(30),
+    )?;
+    let mut times = Vec::new();
+    for _ in 0..deploys {
+        let cert = ctl.issue("ca", &[], &[NAME])?;
+        let id = str_field(&cert, "id")?.to_owned();
+        let fp = str_field(&cert, "fingerprint")?.to_owned();
+        let start = Instant::now();
+        ctl.cli_json(&["deploy", &id, "--to", "role=web", "--target", "nginx"])?;
+        wait_served(nginx.port, NAME, &fp, Duration::from_secs(30))?;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    record(
+        results,
+        json!({
+            "bench": "served",
+            "p50_ms": pct(0.5).round(),
+            "p90_ms": pct(0.9).round(),
+            "max_ms": pct(1.0).round(),
+            "deploys": deploys,
+            "note": "includes the CLI process start and the test's TLS polling (100 ms)",
+            "machine": machine(),
+        }),
+    )
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.bench {
+        Bench::Served { deploys } => bench_served(&cli.results, deploys),
+        bench => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                match bench {
+                    Bench::Issue { count, rsa_count } => {
+                        bench_issue(&cli.results, count, rsa_count).await
+                    }
+                    Bench::Handshake {
+                        seconds,
+                        concurrency,
+                    } => bench_handshake(&cli.results, seconds, concurrency).await,
+                    Bench::Served { .. } => unreachable!("handled above"),
+                }
+            })
+        }
+    }
+}

@@ -89,7 +89,9 @@ pub struct IssuedClient {
     pub not_after: i64,
 }
 
-fn random_serial() -> SerialNumber {
+/// A random positive serial of 127 bits (CA/Browser Forum: ≥ 64 bits of
+/// entropy), fixed length so it never starts with a zero byte.
+pub(crate) fn random_serial() -> SerialNumber {
     use aws_lc_rs::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 16];
     // No safe way to issue certificates without randomness.

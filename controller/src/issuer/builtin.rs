@@ -18,7 +18,7 @@ use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 use super::{generate_key, load_key};
-use crate::identity::pem_to_der;
+use crate::identity::{pem_to_der, random_serial};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuiltinError {
@@ -38,18 +38,6 @@ pub struct NewCa {
     pub root_pem: String,
     pub ca_pem: String,
     pub ca_key_pkcs8: Zeroizing<Vec<u8>>,
-}
-
-fn random_serial() -> SerialNumber {
-    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-    let mut bytes = [0u8; 16];
-    // No safe way to issue certificates without randomness.
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("system random number generator");
-    bytes[0] &= 0x7f;
-    bytes[0] |= 0x40;
-    SerialNumber::from_slice(&bytes)
 }
 
 fn ca_params(cn: String, path_len: u8, now: OffsetDateTime, years: i64) -> CertificateParams {

@@ -269,8 +269,25 @@ fn bench_served(results: &PathBuf, deploys: usize) -> Result<()> {
         let fp = str_field(&cert, "fingerprint")?.to_owned();
         let start = Instant::now();
         ctl.cli_json(&["deploy", &id, "--to", "role=web", "--target", "nginx"])?;
-        wait_served(nginx.port, NAME, &fp, Duration::from_secs(30))?;
+        // Poll with an in-process TLS client every 5 ms, so the measurement
+        // adds little of its own.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], nginx.port));
+        loop {
+            let seen = certfleet_agent::install::verify::served_fingerprint(
+                addr,
+                NAME,
+                Duration::from_secs(2),
+            );
+            if seen.as_deref() == Ok(fp.as_str()) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("nginx never served {fp}: last saw {seen:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         times.push(start.elapsed().as_secs_f64() * 1000.0);
+        wait_served(nginx.port, NAME, &fp, Duration::from_secs(5))?;
     }
     times.sort_by(f64::total_cmp);
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
@@ -282,7 +299,7 @@ fn bench_served(results: &PathBuf, deploys: usize) -> Result<()> {
             "p90_ms": pct(0.9).round(),
             "max_ms": pct(1.0).round(),
             "deploys": deploys,
-            "note": "includes the CLI process start and the test's TLS polling (100 ms)",
+            "note": "from starting the deploy CLI to the first TLS handshake (polled every 5 ms) that shows the new leaf",
             "machine": machine(),
         }),
     )

@@ -32,6 +32,33 @@ fn add_acme_issuer(ctl: &Controller, pebble: &Pebble, extra: &[&str]) -> Result<
     ctl.cli_json(&args)
 }
 
+/// An ACME issuer for `pebble` that answers DNS-01 through `bind`, with the
+/// TSIG secret `secret_b64` (BIND's own, or a wrong one).
+fn add_dns_issuer(ctl: &Controller, pebble: &Pebble, bind: &Bind, secret_b64: &str) -> Result<()> {
+    let secret = tempfile::NamedTempFile::new()?;
+    fs::write(secret.path(), secret_b64)?;
+    let server = bind.addr.to_string();
+    add_acme_issuer(
+        ctl,
+        pebble,
+        &[
+            "--challenge",
+            "dns-01",
+            "--dns-server",
+            &server,
+            "--dns-zone",
+            &bind.zone,
+            "--tsig-name",
+            &bind.tsig_name,
+            "--tsig-algorithm",
+            &bind.tsig_algorithm,
+            "--tsig-secret-file",
+            utf8(secret.path())?,
+        ],
+    )?;
+    Ok(())
+}
+
 fn apply(ctl: &Controller, domains: &[&str], extra: &[&str]) -> Result<std::process::Output> {
     let inst = ctl.cli_json(&[
         "instance",
@@ -148,27 +175,7 @@ fn dns01_through_bind_including_a_wildcard() -> Result<()> {
     let bind = Bind::start("acme.test.")?;
     let pebble = Pebble::start(PebbleOptions::new(bind.addr))?;
     let ctl = Controller::start()?;
-    let secret = tempfile::NamedTempFile::new()?;
-    fs::write(secret.path(), &bind.tsig_secret_b64)?;
-    let server = bind.addr.to_string();
-    add_acme_issuer(
-        &ctl,
-        &pebble,
-        &[
-            "--challenge",
-            "dns-01",
-            "--dns-server",
-            &server,
-            "--dns-zone",
-            &bind.zone,
-            "--tsig-name",
-            &bind.tsig_name,
-            "--tsig-algorithm",
-            &bind.tsig_algorithm,
-            "--tsig-secret-file",
-            utf8(secret.path())?,
-        ],
-    )?;
+    add_dns_issuer(&ctl, &pebble, &bind, &bind.tsig_secret_b64)?;
     let out = apply(&ctl, &["*.acme.test", "acme.test"], &[])?;
     ensure!(
         out.status.success(),
@@ -345,27 +352,11 @@ fn ca_refusals_and_a_bad_tsig_key_fail_clearly() -> Result<()> {
     let bind = Bind::start("acme.test.")?;
     let dns_pebble = Pebble::start(PebbleOptions::new(bind.addr))?;
     let ctl2 = Controller::start()?;
-    let secret = tempfile::NamedTempFile::new()?;
-    fs::write(
-        secret.path(),
-        "d3JvbmctdHNpZy1zZWNyZXQtd3JvbmctdHNpZy1zZWNyZXQ=",
-    )?;
-    let server = bind.addr.to_string();
-    add_acme_issuer(
+    add_dns_issuer(
         &ctl2,
         &dns_pebble,
-        &[
-            "--challenge",
-            "dns-01",
-            "--dns-server",
-            &server,
-            "--dns-zone",
-            &bind.zone,
-            "--tsig-name",
-            &bind.tsig_name,
-            "--tsig-secret-file",
-            utf8(secret.path())?,
-        ],
+        &bind,
+        "d3JvbmctdHNpZy1zZWNyZXQtd3JvbmctdHNpZy1zZWNyZXQ=",
     )?;
     let out = apply(&ctl2, &["www.acme.test"], &[])?;
     ensure!(!out.status.success());
@@ -388,25 +379,7 @@ fn controller_killed_mid_order_resumes_the_same_order() -> Result<()> {
     opts.va_sleep = true;
     let pebble = Pebble::start(opts)?;
     let mut ctl = Controller::start()?;
-    let secret = tempfile::NamedTempFile::new()?;
-    fs::write(secret.path(), &bind.tsig_secret_b64)?;
-    let server = bind.addr.to_string();
-    add_acme_issuer(
-        &ctl,
-        &pebble,
-        &[
-            "--challenge",
-            "dns-01",
-            "--dns-server",
-            &server,
-            "--dns-zone",
-            &bind.zone,
-            "--tsig-name",
-            &bind.tsig_name,
-            "--tsig-secret-file",
-            utf8(secret.path())?,
-        ],
-    )?;
+    add_dns_issuer(&ctl, &pebble, &bind, &bind.tsig_secret_b64)?;
     let inst = ctl.cli_json(&["instance", "create", "--issuer", "pebble"])?;
     let inst = str_field(&inst, "id")?.to_owned();
     let app = ctl.cli_json(&[

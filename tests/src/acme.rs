@@ -122,22 +122,7 @@ pub fn https_get(url: &str, ca_bundle: &Path) -> Result<HttpResponse> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     let raw = out.stdout;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("GET {url}: response has no header end"))?;
-    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = headers
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("GET {url}: bad status line in {headers:?}"))?;
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    })
+    crate::parse_http_response(url, &raw)
 }
 
 /// [`https_get`] that fails unless the status is 200; returns the body.

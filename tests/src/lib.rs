@@ -828,6 +828,11 @@ pub fn http_get(url: &str) -> Result<HttpResponse> {
     stream
         .read_to_end(&mut raw)
         .with_context(|| format!("reading the response to GET {url}"))?;
+    parse_http_response(url, &raw)
+}
+
+/// Split a raw HTTP/1.x response into status, headers and body.
+pub fn parse_http_response(url: &str, raw: &[u8]) -> Result<HttpResponse> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -481,11 +481,27 @@ fn agent_renews_its_identity_after_two_thirds_of_its_lifetime() -> Result<()> {
             .any(|e| e["action"] == "agent.identity.renew" && e["target"] == id.as_str()),
         "{audit}"
     );
-    // The renewed identity works: after a restart the agent reconnects.
+    // The renewed identity works: after a restart the agent connects with
+    // it (a new "connected" line in its own log, not the old session).
     agent.kill();
+    let connects = |log: &str| log.matches(" connected ").count();
+    let before = connects(&agent.log_text());
     agent.clear_env();
     agent.start()?;
-    wait_connected(&ctl, &id, true, WAIT)?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while connects(&agent.log_text()) <= before {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "agent did not reconnect with its renewed identity: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        !agent.log_text().contains("refused"),
+        "{}",
+        agent.log_text()
+    );
     Ok(())
 }
 

@@ -186,9 +186,7 @@ pub async fn reconcile(
                     TargetState {
                         certificate: Some(d.certificate.clone()),
                         fingerprint: Some(d.fingerprint.clone()),
-                        not_after: install::validate(&d.bundle, target, now())
-                            .ok()
-                            .map(|v| Timestamp(v.not_after)),
+                        not_after: Some(d.not_after),
                         deployment: Some(d.deployment.clone()),
                         last_result: DeploymentStatus::Installed,
                         last_error: None,
@@ -205,9 +203,9 @@ pub async fn reconcile(
                 error: None,
                 duration_ms: 0,
             }
-        } else {
+        } else if let Some(bundle) = &d.bundle {
             info!(target = %target.name, certificate = %d.certificate, "installing");
-            let r = install::install(config, target, &d, now()).await;
+            let r = install::install(config, target, &d, bundle, now()).await;
             let previous = state.targets.get(&target.name).cloned();
             let installed = r.status == DeploymentStatus::Installed;
             state.targets.insert(
@@ -224,9 +222,7 @@ pub async fn reconcile(
                         previous.as_ref().and_then(|p| p.fingerprint.clone())
                     },
                     not_after: if installed {
-                        install::validate(&d.bundle, target, now())
-                            .ok()
-                            .map(|v| Timestamp(v.not_after))
+                        Some(d.not_after)
                     } else {
                         previous.as_ref().and_then(|p| p.not_after)
                     },
@@ -238,6 +234,21 @@ pub async fn reconcile(
             );
             state.save(&config.state_dir)?;
             r
+        } else {
+            // The controller holds this target as installed, but its files
+            // say otherwise (restored by hand, rebuilt host): ask again.
+            warn!(target = %target.name, certificate = %d.certificate, "certificate missing; asking the controller for it");
+            InstallReport {
+                deployment: d.deployment.clone(),
+                certificate: d.certificate.clone(),
+                status: DeploymentStatus::Missing,
+                served_fingerprint: None,
+                error: Some(format!(
+                    "{} does not hold certificate {}; it will be installed again",
+                    target.name, d.certificate
+                )),
+                duration_ms: 0,
+            }
         };
         reports.push(report);
     }

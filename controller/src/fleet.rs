@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use aws_lc_rs::digest;
 use base64::Engine;
 use certfleet_protocol::message::{
-    AgentHello, AgentInfo, CertState, DeploymentInfo, DesiredInstall, InstallReport, JoinToken,
-    Timestamp,
+    AgentHello, AgentInfo, CertState, DeploymentInfo, DeploymentStatus, DesiredInstall,
+    InstallReport, JoinToken, Timestamp,
 };
 use certfleet_protocol::Secret;
 use time::Duration;
@@ -669,34 +669,44 @@ impl Service {
             .await?)
     }
 
-    /// Everything an agent should have installed, with keys. Each key
-    /// release is audited before it is returned.
+    /// Everything an agent should have installed. Keys go only with the
+    /// deployments that still need an install (the controller does not hold
+    /// them as installed), and each such release is audited before it is
+    /// returned; a resync of a settled agent releases nothing.
     pub async fn desired_state(&self, agent: String) -> Result<Vec<DesiredInstall>> {
         let now = self.now().unix_timestamp();
         let rows = self
             .store
             .call(
-                move |c| -> Result<Vec<(DeploymentInfo, store::CertRow, String)>> {
+                move |c| -> Result<Vec<(DeploymentInfo, store::CertRow, Option<String>)>> {
                     let tx = c.transaction()?;
                     let mut out = Vec::new();
                     for d in store::deployment_list(&tx, None, Some(&agent))? {
                         let cert = store::cert_get(&tx, &d.desired)?.ok_or_else(|| {
                             internal(format!("certificate {} vanished", d.desired))
                         })?;
-                        let root = store::issuer_get(&tx, &cert.info.issuer)?
-                            .ok_or_else(|| internal("issuer vanished"))?
-                            .root_pem;
-                        store::audit_insert(
-                            &tx,
-                            now,
-                            &AuditRecord {
-                                actor: &format!("agent:{agent}"),
-                                action: "key.release",
-                                target: &cert.info.id,
-                                outcome: "ok",
-                                detail: &format!("deployment={} target={}", d.id, d.target),
-                            },
-                        )?;
+                        let settled = d.status == DeploymentStatus::Installed
+                            && d.installed.as_deref() == Some(d.desired.as_str());
+                        let root = if settled {
+                            None
+                        } else {
+                            store::audit_insert(
+                                &tx,
+                                now,
+                                &AuditRecord {
+                                    actor: &format!("agent:{agent}"),
+                                    action: "key.release",
+                                    target: &cert.info.id,
+                                    outcome: "ok",
+                                    detail: &format!("deployment={} target={}", d.id, d.target),
+                                },
+                            )?;
+                            Some(
+                                store::issuer_get(&tx, &cert.info.issuer)?
+                                    .ok_or_else(|| internal("issuer vanished"))?
+                                    .root_pem,
+                            )
+                        };
                         out.push((d, cert, root));
                     }
                     tx.commit()?;
@@ -706,22 +716,29 @@ impl Service {
             .await?;
         let mut desired = Vec::new();
         for (d, cert, root_pem) in rows {
-            let key = self
-                .master
-                .open(&key_aad(&cert.info.id), &cert.key_sealed)
-                .map_err(internal)?;
+            let bundle = match root_pem {
+                Some(root_pem) => {
+                    let key = self
+                        .master
+                        .open(&key_aad(&cert.info.id), &cert.key_sealed)
+                        .map_err(internal)?;
+                    Some(certfleet_protocol::message::CertBundle {
+                        id: cert.info.id.clone(),
+                        leaf_pem: cert.info.leaf_pem.clone(),
+                        chain_pem: cert.info.chain_pem.clone(),
+                        root_pem,
+                        key: Secret::new(key.to_vec()),
+                    })
+                }
+                None => None,
+            };
             desired.push(DesiredInstall {
                 deployment: d.id,
                 target: d.target,
                 certificate: cert.info.id.clone(),
                 fingerprint: cert.info.fingerprint.clone(),
-                bundle: certfleet_protocol::message::CertBundle {
-                    id: cert.info.id,
-                    leaf_pem: cert.info.leaf_pem,
-                    chain_pem: cert.info.chain_pem,
-                    root_pem,
-                    key: Secret::new(key.to_vec()),
-                },
+                not_after: cert.info.not_after,
+                bundle,
             });
         }
         Ok(desired)
@@ -729,6 +746,8 @@ impl Service {
 
     pub async fn report(&self, agent: String, report: InstallReport) -> Result<()> {
         let now = self.now().unix_timestamp();
+        let missing = report.status == DeploymentStatus::Missing;
+        let agent_id = agent.clone();
         let applied = self
             .store
             .call(move |c| -> Result<bool> {
@@ -756,6 +775,10 @@ impl Service {
             .await?;
         if !applied {
             warn!("report for a deployment that has since changed; ignored");
+        }
+        if missing {
+            // The next fetch carries the bundle.
+            self.sessions.send(&agent_id, SessionEvent::Poke);
         }
         self.rollout_wake.notify_one();
         Ok(())

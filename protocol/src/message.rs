@@ -309,12 +309,15 @@ pub struct Crl {
 }
 
 named_enum!(
-    /// Where a deployment stands on its agent.
+    /// Where a deployment stands on its agent. `missing`: the agent was
+    /// told it holds a certificate it does not hold; the controller sends
+    /// the bundle with the next fetch.
     DeploymentStatus {
         Pending = "pending",
         Installed = "installed",
         RolledBack = "rolled_back",
         Failed = "failed",
+        Missing = "missing",
     }
 );
 
@@ -409,7 +412,11 @@ pub struct DesiredInstall {
     pub target: String,
     pub certificate: String,
     pub fingerprint: String,
-    pub bundle: CertBundle,
+    pub not_after: Timestamp,
+    /// The certificate and its key; left out when the controller already
+    /// holds the deployment as installed, so keys are released only when an
+    /// install is due.
+    pub bundle: Option<CertBundle>,
 }
 
 /// How an install went, reported by the agent.
@@ -1024,13 +1031,14 @@ mod tests {
                 target: "nginx".into(),
                 certificate: "c".into(),
                 fingerprint: "f".into(),
-                bundle: CertBundle {
+                not_after: Timestamp(3),
+                bundle: Some(CertBundle {
                     id: "c".into(),
                     leaf_pem: "l".into(),
                     chain_pem: "c".into(),
                     root_pem: "r".into(),
                     key: Secret::new(b"k".to_vec()),
-                },
+                }),
             }]),
             Response::Identity {
                 cert_pem: "c".into(),

@@ -542,3 +542,92 @@ fn an_agent_credential_cannot_be_used_as_admin() -> Result<()> {
     assert_eq!(ctl.inventory()?, before, "nothing changed");
     Ok(())
 }
+
+#[test]
+fn settled_agents_get_no_keys_and_lost_files_are_reinstalled() -> Result<()> {
+    let ctl = controller_with_issuer()?;
+    let (tok, pin) = token(&ctl, &["--labels", "role=web"])?;
+    let mut agent = files_agent(&ctl, "")?;
+    agent.enroll(&ctl, &tok, &pin)?;
+    agent.start()?;
+    let id = agent_id(&agent).to_owned();
+    wait_connected(&ctl, &id, true, WAIT)?;
+    let (cert, fp) = issue(&ctl)?;
+    deploy_all(&ctl, &cert, &format!("agent={id}"), "files")?;
+    let releases = |ctl: &Controller| -> Result<usize> {
+        Ok(ctl
+            .cli_json(&["audit", "list", "--limit", "1000"])?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["action"] == "key.release" && e["actor"] == format!("agent:{id}"))
+            .count())
+    };
+    let after_deploy = releases(&ctl)?;
+    ensure!(after_deploy >= 1, "the install released the key");
+
+    // A restart of a settled agent fetches its desired state again: no key.
+    let connects = |a: &Agent| a.log_text().matches(" connected ").count();
+    let wait_reconnect = |a: &Agent, before: usize| -> Result<()> {
+        let deadline = std::time::Instant::now() + WAIT;
+        while connects(a) <= before {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no reconnect: {}",
+                a.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Let the sync after connecting finish.
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(())
+    };
+    agent.kill();
+    let before = connects(&agent);
+    agent.start()?;
+    wait_reconnect(&agent, before)?;
+    assert_eq!(
+        releases(&ctl)?,
+        after_deploy,
+        "a settled resync released a key"
+    );
+
+    // The files vanish behind the agent's back: on its next sync it says so,
+    // gets the bundle and installs again.
+    agent.kill();
+    let fullchain = std::fs::read_to_string(&agent.config)
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("fullchain = \"")
+                    .map(|p| p.trim_end_matches('"').to_owned())
+            })
+        })
+        .ok_or_else(|| anyhow::anyhow!("no fullchain in the agent config"))?;
+    let key = fullchain.replace("fullchain.pem", "privkey.pem");
+    std::fs::remove_file(&fullchain)?;
+    std::fs::remove_file(&key)?;
+    agent.start()?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !std::path::Path::new(&fullchain).exists() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "not reinstalled: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        certfleet_tests::cert_fingerprint(std::path::Path::new(&fullchain))?,
+        fp
+    );
+    ensure_key_matches_cert(std::path::Path::new(&key), std::path::Path::new(&fullchain))?;
+    ensure!(
+        releases(&ctl)? > after_deploy,
+        "the reinstall released the key again"
+    );
+    let list = wait_deployments(&ctl, &cert, WAIT)?;
+    assert_eq!(list[0]["status"], "installed", "{list:?}");
+    Ok(())
+}

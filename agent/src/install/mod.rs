@@ -271,17 +271,19 @@ fn report(
     }
 }
 
-/// Run the whole pipeline for one desired install. Never panics on bad
-/// input; every failure becomes a report.
+/// Run the whole pipeline for one desired install, with `bundle` (the
+/// desired install's bundle, which the caller checked is there). Never
+/// panics on bad input; every failure becomes a report.
 pub async fn install(
     config: &Config,
     target: &Target,
     d: &DesiredInstall,
+    bundle: &CertBundle,
     now: i64,
 ) -> InstallReport {
     let start = Instant::now();
     // 1. validate
-    let valid = match validate(&d.bundle, target, now) {
+    let valid = match validate(bundle, target, now) {
         Ok(v) if v.fingerprint == d.fingerprint => v,
         Ok(v) => {
             return report(
@@ -300,7 +302,7 @@ pub async fn install(
     let old_fingerprint = live_fingerprint(target);
 
     // 2. stage and swap
-    let specs = match file_specs(target, &d.bundle) {
+    let specs = match file_specs(target, bundle) {
         Ok(s) => s,
         Err(e) => return report(d, DeploymentStatus::Failed, None, Some(e), start),
     };

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,13 @@ pub enum TargetKind {
     Nginx,
     /// Plain files; test, reload and verify only when configured.
     Files,
+    /// Apache httpd: test with `apachectl -t`, graceful reload.
+    Apache,
+    /// HAProxy: one combined PEM, test with `haproxy -c`, reload or
+    /// hitless update through the runtime API.
+    Haproxy,
+    /// A PKCS#12 keystore (Tomcat and other Java servers).
+    Pkcs12,
 }
 
 impl TargetKind {
@@ -44,6 +52,9 @@ impl TargetKind {
         match self {
             TargetKind::Nginx => "nginx",
             TargetKind::Files => "files",
+            TargetKind::Apache => "apache",
+            TargetKind::Haproxy => "haproxy",
+            TargetKind::Pkcs12 => "pkcs12",
         }
     }
 }
@@ -106,8 +117,16 @@ pub struct TargetConfig {
     pub cert: Option<PathBuf>,
     /// Intermediates only.
     pub chain: Option<PathBuf>,
-    /// Private key.
-    pub key: PathBuf,
+    /// Private key (every kind but haproxy and pkcs12).
+    pub key: Option<PathBuf>,
+    /// haproxy: the combined PEM (leaf, chain, key), as named in `crt`.
+    pub combined: Option<PathBuf>,
+    /// pkcs12: the keystore file.
+    pub keystore: Option<PathBuf>,
+    /// pkcs12: file holding the keystore password (read, never written).
+    pub password_file: Option<PathBuf>,
+    /// pkcs12: the key entry's alias (friendly name).
+    pub alias: Option<String>,
     /// Owner and group of the written files (names).
     pub owner: Option<String>,
     pub group: Option<String>,
@@ -124,13 +143,32 @@ pub struct TargetConfig {
     /// nginx: the binary and main config used for the default test command.
     pub nginx_binary: Option<PathBuf>,
     pub nginx_config: Option<PathBuf>,
-    /// nginx: master pid file for the default reload (SIGHUP).
+    /// Master pid file for the default reload: nginx SIGHUP, apache
+    /// SIGUSR1 (graceful), haproxy SIGUSR2 (master-worker reload).
     pub pid_file: Option<PathBuf>,
+    /// apache: the control script for the default test and reload.
+    pub apachectl: Option<PathBuf>,
+    /// haproxy: the binary and config used for the default test command.
+    pub haproxy_binary: Option<PathBuf>,
+    pub haproxy_config: Option<PathBuf>,
+    /// haproxy: `reload` (default) or `runtime` (hitless, via the runtime API).
+    pub reload_mode: Option<String>,
+    /// haproxy runtime mode: the admin-level runtime API socket.
+    pub runtime_socket: Option<PathBuf>,
+    /// haproxy runtime mode: `reload` (default) or `fail` when the socket
+    /// cannot be used.
+    pub runtime_fallback: Option<String>,
     /// Overrides of the kind's config test and reload (argv, no shell).
     pub test_command: Option<Vec<String>>,
     pub reload_command: Option<Vec<String>>,
     #[serde(default = "default_command_timeout")]
     pub command_timeout: String,
+    /// Commands run before the files are written and after the new
+    /// certificate is in service (argv, no shell).
+    pub pre_install: Option<Vec<String>>,
+    pub post_install: Option<Vec<String>>,
+    #[serde(default = "default_command_timeout")]
+    pub hook_timeout: String,
     /// Directory the web server serves for this target's domains over
     /// plain HTTP; ACME HTTP-01 challenges are written under
     /// `<webroot>/.well-known/acme-challenge/`.
@@ -146,9 +184,12 @@ pub struct Target {
     pub fullchain: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub chain: Option<PathBuf>,
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
+    pub combined: Option<PathBuf>,
+    pub pkcs12: Option<Pkcs12Settings>,
     pub owner: Option<String>,
     pub group: Option<String>,
+    /// Mode of the file holding the key (key, combined PEM or keystore).
     pub key_mode: u32,
     pub verify: Option<SocketAddr>,
     pub sni: Vec<String>,
@@ -157,15 +198,41 @@ pub struct Target {
     pub reload: Reload,
     pub command_timeout: Duration,
     pub webroot: Option<PathBuf>,
+    pub hooks: Hooks,
+}
+
+/// A pkcs12 target's keystore settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs12Settings {
+    pub keystore: PathBuf,
+    pub password_file: PathBuf,
+    pub alias: String,
+}
+
+/// `pre_install` / `post_install` commands of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hooks {
+    pub pre_install: Option<Vec<String>>,
+    pub post_install: Option<Vec<String>>,
+    pub timeout: Duration,
 }
 
 /// How a target's server is reloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reload {
     None,
-    /// SIGHUP to the pid in this file.
-    Signal(PathBuf),
+    /// A signal to the pid in this file.
+    Signal(PathBuf, Signal),
     Command(Vec<String>),
+    /// HAProxy's runtime API: the live combined PEM at `cert` is pushed
+    /// through `socket` (`set ssl cert` + `commit ssl cert`); when the
+    /// socket cannot be used, `fallback` runs instead, or the step fails
+    /// when there is none.
+    HaproxyRuntime {
+        socket: PathBuf,
+        cert: PathBuf,
+        fallback: Option<Box<Reload>>,
+    },
 }
 
 /// The whole checked configuration.
@@ -178,6 +245,103 @@ pub struct Config {
     pub labels: Vec<(String, String)>,
     pub allowed_dirs: Vec<PathBuf>,
     pub targets: Vec<Target>,
+}
+
+/// Which file keys a kind needs and which it refuses, and the keys that
+/// belong to one kind only. Returns the offending key and a message.
+fn check_kind_keys(t: &TargetConfig) -> Result<(), (&'static str, String)> {
+    let kind = t.kind.as_str();
+    let set = |k: &str| -> bool {
+        match k {
+            "key" => t.key.is_some(),
+            "fullchain" => t.fullchain.is_some(),
+            "cert" => t.cert.is_some(),
+            "chain" => t.chain.is_some(),
+            "combined" => t.combined.is_some(),
+            "keystore" => t.keystore.is_some(),
+            "password_file" => t.password_file.is_some(),
+            "alias" => t.alias.is_some(),
+            "apachectl" => t.apachectl.is_some(),
+            "haproxy_binary" => t.haproxy_binary.is_some(),
+            "haproxy_config" => t.haproxy_config.is_some(),
+            "reload_mode" => t.reload_mode.is_some(),
+            "runtime_socket" => t.runtime_socket.is_some(),
+            "runtime_fallback" => t.runtime_fallback.is_some(),
+            _ => false,
+        }
+    };
+    let (required, refused): (&[&'static str], &[&'static str]) = match t.kind {
+        TargetKind::Nginx | TargetKind::Files | TargetKind::Apache => (
+            &["key"],
+            &["combined", "keystore", "password_file", "alias"],
+        ),
+        TargetKind::Haproxy => (
+            &["combined"],
+            &[
+                "key",
+                "fullchain",
+                "cert",
+                "chain",
+                "keystore",
+                "password_file",
+                "alias",
+            ],
+        ),
+        TargetKind::Pkcs12 => (
+            &["keystore", "password_file"],
+            &["key", "fullchain", "cert", "chain", "combined"],
+        ),
+    };
+    for k in required {
+        if !set(k) {
+            let why = match *k {
+                "combined" => {
+                    "haproxy targets write one PEM file holding leaf, chain and key; \
+                               set `combined` to the path in HAProxy's `crt` line"
+                }
+                "password_file" => {
+                    "pkcs12 targets read the keystore password from a file the \
+                                    host's operator controls; set `password_file`"
+                }
+                "keystore" => "pkcs12 targets need the keystore path",
+                _ => "this key is required",
+            };
+            return Err((k, format!("missing for kind {kind:?}: {why}")));
+        }
+    }
+    for k in refused {
+        if set(k) {
+            return Err((k, format!("not used by kind {kind:?}; remove it")));
+        }
+    }
+    if matches!(
+        t.kind,
+        TargetKind::Nginx | TargetKind::Files | TargetKind::Apache
+    ) && t.fullchain.is_none()
+        && t.cert.is_none()
+    {
+        return Err((
+            "fullchain",
+            "a target needs `fullchain` or `cert` (or both)".into(),
+        ));
+    }
+    let own: &[(&'static str, TargetKind)] = &[
+        ("apachectl", TargetKind::Apache),
+        ("haproxy_binary", TargetKind::Haproxy),
+        ("haproxy_config", TargetKind::Haproxy),
+        ("reload_mode", TargetKind::Haproxy),
+        ("runtime_socket", TargetKind::Haproxy),
+        ("runtime_fallback", TargetKind::Haproxy),
+    ];
+    for (k, owner) in own {
+        if set(k) && t.kind != *owner {
+            return Err((
+                k,
+                format!("only used by kind {:?}; remove it", owner.as_str()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn lexically_clean(p: &Path) -> bool {
@@ -270,17 +434,14 @@ impl Config {
             if targets.iter().any(|o| o.name == t.name) {
                 return Err(invalid(key("name"), "two targets share this name".into()));
             }
-            if t.fullchain.is_none() && t.cert.is_none() {
-                return Err(invalid(
-                    key("fullchain"),
-                    "a target needs `fullchain` or `cert` (or both)".into(),
-                ));
-            }
+            check_kind_keys(t).map_err(|(k, m)| invalid(key(k), m))?;
             let files = [
-                ("key", Some(&t.key)),
+                ("key", t.key.as_ref()),
                 ("fullchain", t.fullchain.as_ref()),
                 ("cert", t.cert.as_ref()),
                 ("chain", t.chain.as_ref()),
+                ("combined", t.combined.as_ref()),
+                ("keystore", t.keystore.as_ref()),
             ];
             let mut seen: Vec<&PathBuf> = Vec::new();
             for (name, p) in files {
@@ -349,9 +510,24 @@ impl Config {
             };
             let verify_timeout = duration("verify_timeout", &t.verify_timeout)?;
             let command_timeout = duration("command_timeout", &t.command_timeout)?;
+            let hook_timeout = duration("hook_timeout", &t.hook_timeout)?;
+            for (k, d) in [
+                ("verify_timeout", verify_timeout),
+                ("command_timeout", command_timeout),
+                ("hook_timeout", hook_timeout),
+            ] {
+                if d.is_zero() || d > Duration::from_secs(3600) {
+                    return Err(invalid(
+                        key(k),
+                        "must be between 1ms and 1h, e.g. \"30s\"".into(),
+                    ));
+                }
+            }
             for (k, cmd) in [
                 ("test_command", &t.test_command),
                 ("reload_command", &t.reload_command),
+                ("pre_install", &t.pre_install),
+                ("post_install", &t.post_install),
             ] {
                 if let Some(cmd) = cmd {
                     if cmd.first().is_none_or(|c| c.is_empty()) {
@@ -381,17 +557,138 @@ impl Config {
                             t.pid_file
                                 .clone()
                                 .unwrap_or_else(|| PathBuf::from("/run/nginx.pid")),
+                            Signal::SIGHUP,
                         ),
                     };
                     (Some(test), reload)
                 }
-                TargetKind::Files => (
+                TargetKind::Files | TargetKind::Pkcs12 => (
                     t.test_command.clone(),
                     match &t.reload_command {
                         Some(c) => Reload::Command(c.clone()),
                         None => Reload::None,
                     },
                 ),
+                TargetKind::Apache => {
+                    let ctl = t
+                        .apachectl
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("apachectl"))
+                        .display()
+                        .to_string();
+                    let test = t
+                        .test_command
+                        .clone()
+                        .unwrap_or_else(|| vec![ctl.clone(), "-t".into()]);
+                    let reload = match (&t.reload_command, &t.pid_file) {
+                        (Some(c), _) => Reload::Command(c.clone()),
+                        // SIGUSR1 is Apache's graceful restart.
+                        (None, Some(p)) => Reload::Signal(p.clone(), Signal::SIGUSR1),
+                        (None, None) => Reload::Command(vec![ctl, "-k".into(), "graceful".into()]),
+                    };
+                    (Some(test), reload)
+                }
+                TargetKind::Haproxy => {
+                    let test = t.test_command.clone().unwrap_or_else(|| {
+                        vec![
+                            t.haproxy_binary
+                                .clone()
+                                .unwrap_or_else(|| PathBuf::from("haproxy"))
+                                .display()
+                                .to_string(),
+                            "-c".into(),
+                            "-q".into(),
+                            "-f".into(),
+                            t.haproxy_config
+                                .clone()
+                                .unwrap_or_else(|| PathBuf::from("/etc/haproxy/haproxy.cfg"))
+                                .display()
+                                .to_string(),
+                        ]
+                    });
+                    // SIGUSR2 to the master of a master-worker HAProxy
+                    // reloads it; old workers finish their connections.
+                    let signal_or_command = match &t.reload_command {
+                        Some(c) => Reload::Command(c.clone()),
+                        None => Reload::Signal(
+                            t.pid_file
+                                .clone()
+                                .unwrap_or_else(|| PathBuf::from("/run/haproxy.pid")),
+                            Signal::SIGUSR2,
+                        ),
+                    };
+                    let reload = match t.reload_mode.as_deref().unwrap_or("reload") {
+                        "reload" => signal_or_command,
+                        "runtime" => {
+                            let socket = t.runtime_socket.clone().ok_or_else(|| {
+                                invalid(
+                                    key("runtime_socket"),
+                                    "reload_mode = \"runtime\" needs the path of HAProxy's \
+                                     admin-level runtime API socket (`stats socket PATH level admin`)"
+                                        .into(),
+                                )
+                            })?;
+                            if !lexically_clean(&socket) {
+                                return Err(invalid(
+                                    key("runtime_socket"),
+                                    format!(
+                                        "{} must be absolute, without '.' or '..'",
+                                        socket.display()
+                                    ),
+                                ));
+                            }
+                            let fallback = match t.runtime_fallback.as_deref().unwrap_or("reload") {
+                                "reload" => Some(Box::new(signal_or_command)),
+                                "fail" => None,
+                                other => {
+                                    return Err(invalid(
+                                        key("runtime_fallback"),
+                                        format!("{other:?}: use \"reload\" or \"fail\""),
+                                    ))
+                                }
+                            };
+                            Reload::HaproxyRuntime {
+                                socket,
+                                // check_kind_keys made sure it is set.
+                                cert: t.combined.clone().unwrap_or_default(),
+                                fallback,
+                            }
+                        }
+                        other => {
+                            return Err(invalid(
+                                key("reload_mode"),
+                                format!("{other:?}: use \"reload\" or \"runtime\""),
+                            ))
+                        }
+                    };
+                    (Some(test), reload)
+                }
+            };
+            let pkcs12 = match (t.kind, &t.keystore, &t.password_file) {
+                (TargetKind::Pkcs12, Some(keystore), Some(password_file)) => {
+                    if !lexically_clean(password_file) {
+                        return Err(invalid(
+                            key("password_file"),
+                            format!(
+                                "{} must be absolute, without '.' or '..'",
+                                password_file.display()
+                            ),
+                        ));
+                    }
+                    let alias = t.alias.clone().unwrap_or_else(|| t.name.clone());
+                    if alias.is_empty() || alias.len() > 64 || alias.chars().any(char::is_control) {
+                        return Err(invalid(
+                            key("alias"),
+                            format!("{alias:?}: use 1-64 printable characters"),
+                        ));
+                    }
+                    Some(Pkcs12Settings {
+                        keystore: keystore.clone(),
+                        password_file: password_file.clone(),
+                        alias,
+                    })
+                }
+                _ => None,
             };
             if let Some(w) = &t.webroot {
                 if !lexically_clean(w) {
@@ -401,12 +698,18 @@ impl Config {
                     ));
                 }
             }
-            if t.kind == TargetKind::Nginx && verify.is_none() {
+            if matches!(
+                t.kind,
+                TargetKind::Nginx | TargetKind::Apache | TargetKind::Haproxy
+            ) && verify.is_none()
+            {
                 return Err(invalid(
                     key("verify"),
-                    "nginx targets need a verify address (host:port nginx serves TLS on) so \
-                     the agent can prove the new certificate is served"
-                        .into(),
+                    format!(
+                        "{} targets need a verify address (host:port the server serves TLS on) so \
+                         the agent can prove the new certificate is served",
+                        t.kind.as_str()
+                    ),
                 ));
             }
             targets.push(Target {
@@ -417,6 +720,8 @@ impl Config {
                 cert: t.cert.clone(),
                 chain: t.chain.clone(),
                 key: t.key.clone(),
+                combined: t.combined.clone(),
+                pkcs12,
                 owner: t.owner.clone(),
                 group: t.group.clone(),
                 key_mode,
@@ -427,6 +732,11 @@ impl Config {
                 reload,
                 command_timeout,
                 webroot: t.webroot.clone(),
+                hooks: Hooks {
+                    pre_install: t.pre_install.clone(),
+                    post_install: t.post_install.clone(),
+                    timeout: hook_timeout,
+                },
             });
         }
         Ok(Config {
@@ -474,7 +784,10 @@ verify = "127.0.0.1:443"
         let t = c.target("nginx").unwrap();
         assert_eq!(t.key_mode, 0o600);
         assert_eq!(t.sni, vec!["www.example.test".to_string()]);
-        assert_eq!(t.reload, Reload::Signal("/run/nginx.pid".into()));
+        assert_eq!(
+            t.reload,
+            Reload::Signal("/run/nginx.pid".into(), Signal::SIGHUP)
+        );
         assert_eq!(c.labels, vec![("role".into(), "web".into())]);
     }
 

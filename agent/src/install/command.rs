@@ -1,6 +1,10 @@
 //! Running the commands named in the agent's config: argv arrays, never a
 //! shell, with a timeout, and with output captured up to a cap so reports
 //! stay small.
+//!
+//! Each command runs in a process group of its own, and a timeout kills the
+//! whole group: a shell script that started `sleep` must not leave it
+//! holding the output pipe (and the agent) open.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -47,13 +51,29 @@ async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
     }
 }
 
-/// Run `argv` with a timeout; the child is killed when it runs over.
+/// How long to wait for the output pipes to close after the command has
+/// exited or been killed; a daemon it started may hold them forever.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Run `argv` with a timeout; the child's process group is killed when it
+/// runs over.
 pub async fn run(argv: &[String], timeout: Duration) -> std::io::Result<CommandOutput> {
+    run_with_env(argv, &[], timeout).await
+}
+
+/// [`run`] with extra environment variables.
+pub async fn run_with_env(
+    argv: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> std::io::Result<CommandOutput> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
     let mut child = tokio::process::Command::new(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -77,15 +97,33 @@ pub async fn run(argv: &[String], timeout: Duration) -> std::io::Result<CommandO
         Ok(Ok(s)) => (s.success(), s.to_string()),
         Ok(Err(e)) => return Err(e),
         Err(_) => {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                // The child leads its own group (process_group(0)).
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             let _ = child.kill().await;
             (
                 false,
-                format!("timed out after {}", humantime::format_duration(timeout)),
+                format!(
+                    "timed out after {} and was killed",
+                    humantime::format_duration(timeout)
+                ),
             )
         }
     };
-    let out = out_task.await.unwrap_or_default();
-    let err = err_task.await.unwrap_or_default();
+    let out = tokio::time::timeout(DRAIN_GRACE, out_task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let err = tokio::time::timeout(DRAIN_GRACE, err_task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let mut output = cap(&out);
     let err = cap(&err);
     if !err.is_empty() {
@@ -130,6 +168,37 @@ mod tests {
             .unwrap();
         assert!(!r.success && r.status.contains("timed out"));
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        let start = std::time::Instant::now();
+        // The shell's `sleep` child keeps stdout open unless it is killed too.
+        let r = run(
+            &argv(&["sh", "-c", "echo started; sleep 30; echo never"]),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+        assert!(!r.success && r.status.contains("timed out"), "{r:?}");
+        assert!(r.output.contains("started") && !r.output.contains("never"));
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn passes_environment() {
+        let r = run_with_env(
+            &argv(&["sh", "-c", "echo \"$CERTFLEET_X\""]),
+            &[("CERTFLEET_X".into(), "value".into())],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.output, "value");
     }
 
     #[tokio::test]

@@ -2,11 +2,12 @@
 //! target:
 //!
 //! 1. validate the bundle (parses, key matches, chain verifies, SANs cover
-//!    the target, currently valid);
+//!    the target, currently valid); run the `pre_install` hook;
 //! 2. stage and swap the files in with a journal (`files`), so the live set
 //!    is always the whole old or the whole new one;
 //! 3. test the server's config; on failure put the old files back;
-//! 4. reload; 5. verify the served leaf over TLS for each SNI name;
+//! 4. reload (or HAProxy's runtime API); 5. verify the served leaf over TLS
+//!    for each SNI name, then run the `post_install` hook;
 //! 6. on failure at 4 or 5, restore, reload, check the old certificate is
 //!    served again and report `rolled_back`;
 //! 7. report `installed` with the served fingerprint.
@@ -15,6 +16,9 @@
 
 pub mod command;
 pub mod files;
+pub mod haproxy;
+pub mod hooks;
+pub mod pkcs12;
 pub mod verify;
 
 use std::time::{Duration, Instant};
@@ -140,7 +144,14 @@ pub fn validate(bundle: &CertBundle, target: &Target, now: i64) -> Result<Valida
 
 /// Fingerprint of the first certificate in a live file, if readable.
 fn live_fingerprint(target: &Target) -> Option<String> {
-    let path = target.fullchain.as_ref().or(target.cert.as_ref())?;
+    if let Some(p12) = &target.pkcs12 {
+        return pkcs12::live_fingerprint(p12);
+    }
+    let path = target
+        .fullchain
+        .as_ref()
+        .or(target.cert.as_ref())
+        .or(target.combined.as_ref())?;
     let bytes = std::fs::read(path).ok()?;
     let der = CertificateDer::pem_slice_iter(&bytes).next()?.ok()?;
     Some(verify::fingerprint(&der))
@@ -160,8 +171,21 @@ fn file_specs(target: &Target, bundle: &CertBundle) -> Result<Vec<FileSpec>, Str
         uid,
         gid,
     };
+    if let Some(p) = &target.combined {
+        let pem = haproxy::combined_pem(bundle)?;
+        return Ok(vec![spec(p, pem.as_bytes(), target.key_mode)]);
+    }
+    if let Some(p12) = &target.pkcs12 {
+        let password = pkcs12::read_password(&p12.password_file)?;
+        let store = pkcs12::keystore(p12, bundle, &password)?;
+        return Ok(vec![spec(&p12.keystore, &store, target.key_mode)]);
+    }
+    let key = target
+        .key
+        .as_ref()
+        .ok_or("target has no key path (the config check requires one)")?;
     // Key first: a crash after it is recovered from the journal anyway.
-    let mut out = vec![spec(&target.key, key_pem.as_bytes(), target.key_mode)];
+    let mut out = vec![spec(key, key_pem.as_bytes(), target.key_mode)];
     if let Some(p) = &target.fullchain {
         let full = format!("{}{}", bundle.leaf_pem, bundle.chain_pem);
         out.push(spec(p, full.as_bytes(), 0o644));
@@ -191,9 +215,35 @@ async fn run_step(what: &str, argv: &[String], timeout: Duration) -> Result<(), 
 /// Step 4: reload the server the way the target's config says.
 pub async fn reload(target: &Target) -> Result<(), String> {
     match &target.reload {
+        Reload::HaproxyRuntime {
+            socket,
+            cert,
+            fallback,
+        } => match haproxy::runtime_update(socket, cert, target.command_timeout).await {
+            Ok(()) => Ok(()),
+            Err(e) => match fallback {
+                Some(f) => {
+                    warn!(target = %target.name, error = %e, "runtime API update failed; reloading instead");
+                    plain_reload(f, target)
+                        .await
+                        .map_err(|r| format!("{e}\nthe fallback reload failed too: {r}"))
+                }
+                None => Err(format!(
+                    "{e}\n(runtime_fallback = \"fail\": no reload was tried)"
+                )),
+            },
+        },
+        other => plain_reload(other, target).await,
+    }
+}
+
+/// A reload by signal or command.
+async fn plain_reload(how: &Reload, target: &Target) -> Result<(), String> {
+    match how {
         Reload::None => Ok(()),
+        Reload::HaproxyRuntime { .. } => Err("a runtime API update cannot be a fallback".into()),
         Reload::Command(argv) => run_step("reload", argv, target.command_timeout).await,
-        Reload::Signal(pid_file) => {
+        Reload::Signal(pid_file, signal) => {
             let text = std::fs::read_to_string(pid_file)
                 .map_err(|e| format!("cannot read pid file {}: {e}", pid_file.display()))?;
             let pid: i32 = text.trim().parse().ok().filter(|p| *p > 1).ok_or_else(|| {
@@ -203,11 +253,12 @@ pub async fn reload(target: &Target) -> Result<(), String> {
                     text.trim()
                 )
             })?;
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGHUP,
-            )
-            .map_err(|e| format!("cannot signal pid {pid} from {}: {e}", pid_file.display()))
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), *signal).map_err(|e| {
+                format!(
+                    "cannot send {signal} to pid {pid} from {}: {e}",
+                    pid_file.display()
+                )
+            })
         }
     }
 }
@@ -299,6 +350,12 @@ pub async fn install(
         }
         Err(e) => return report(d, DeploymentStatus::Failed, None, Some(e), start),
     };
+    if let Some(argv) = &target.hooks.pre_install {
+        if let Err(e) = hooks::run("pre_install", argv, target, d).await {
+            warn!(target = %target.name, error = %e, "pre_install hook failed; nothing was changed");
+            return report(d, DeploymentStatus::Failed, None, Some(e), start);
+        }
+    }
     let old_fingerprint = live_fingerprint(target);
 
     // 2. stage and swap
@@ -362,6 +419,12 @@ pub async fn install(
             verify_served(target, &valid.fingerprint).await
         }
         Err(e) => Err(e),
+    };
+    let outcome = match (outcome, &target.hooks.post_install) {
+        (Ok(served), Some(argv)) => hooks::run("post_install", argv, target, d)
+            .await
+            .map(|()| served),
+        (outcome, _) => outcome,
     };
     match outcome {
         Ok(served) => {

@@ -832,6 +832,156 @@ verify = "127.0.0.1:443"
         assert!(parse(&text).unwrap_err().to_string().contains("verify"));
     }
 
+    fn one_target(body: &str) -> Result<Config, ConfigError> {
+        parse(&format!(
+            "allowed_dirs = [\"/etc/tls\"]\n[[target]]\nname = \"t\"\n{body}"
+        ))
+    }
+
+    fn err(body: &str) -> String {
+        one_target(body).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn apache_defaults() {
+        let c = one_target(
+            "kind = \"apache\"\ncert = \"/etc/tls/c.pem\"\nchain = \"/etc/tls/ch.pem\"\n\
+             key = \"/etc/tls/k.pem\"\nverify = \"127.0.0.1:443\"\n",
+        )
+        .unwrap();
+        let t = &c.targets[0];
+        assert_eq!(t.test_command, Some(vec!["apachectl".into(), "-t".into()]));
+        assert_eq!(
+            t.reload,
+            Reload::Command(vec!["apachectl".into(), "-k".into(), "graceful".into()])
+        );
+        let c = one_target(
+            "kind = \"apache\"\nfullchain = \"/etc/tls/f.pem\"\nkey = \"/etc/tls/k.pem\"\n\
+             verify = \"127.0.0.1:443\"\npid_file = \"/run/apache2/apache2.pid\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.targets[0].reload,
+            Reload::Signal("/run/apache2/apache2.pid".into(), Signal::SIGUSR1)
+        );
+        let e =
+            err("kind = \"apache\"\nfullchain = \"/etc/tls/f.pem\"\nkey = \"/etc/tls/k.pem\"\n");
+        assert!(e.contains("(t).verify") && e.contains("apache"), "{e}");
+    }
+
+    const HAPROXY: &str = "kind = \"haproxy\"\ncombined = \"/etc/tls/site.pem\"\n\
+                           verify = \"127.0.0.1:443\"\nhaproxy_config = \"/etc/haproxy/h.cfg\"\n";
+
+    #[test]
+    fn haproxy_modes() {
+        let c = one_target(HAPROXY).unwrap();
+        let t = &c.targets[0];
+        assert_eq!(
+            t.reload,
+            Reload::Signal("/run/haproxy.pid".into(), Signal::SIGUSR2)
+        );
+        assert_eq!(
+            t.test_command.as_ref().unwrap()[1..],
+            ["-c", "-q", "-f", "/etc/haproxy/h.cfg"]
+        );
+        let c = one_target(&format!(
+            "{HAPROXY}reload_mode = \"runtime\"\nruntime_socket = \"/run/haproxy/admin.sock\"\n\
+             runtime_fallback = \"fail\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.targets[0].reload,
+            Reload::HaproxyRuntime {
+                socket: "/run/haproxy/admin.sock".into(),
+                cert: "/etc/tls/site.pem".into(),
+                fallback: None
+            }
+        );
+        let e = err(&format!("{HAPROXY}reload_mode = \"runtime\"\n"));
+        assert!(
+            e.contains("(t).runtime_socket") && e.contains("level admin"),
+            "{e}"
+        );
+        let e = err(&format!("{HAPROXY}reload_mode = \"hot\"\n"));
+        assert!(e.contains("(t).reload_mode"), "{e}");
+        let e = err(&format!(
+            "{HAPROXY}reload_mode = \"runtime\"\nruntime_socket = \"/s\"\nruntime_fallback = \"maybe\"\n"
+        ));
+        assert!(e.contains("(t).runtime_fallback"), "{e}");
+        let e = err(&format!("{HAPROXY}key = \"/etc/tls/k.pem\"\n"));
+        assert!(
+            e.contains("(t).key") && e.contains("not used by kind"),
+            "{e}"
+        );
+        let e = err("kind = \"haproxy\"\nverify = \"127.0.0.1:443\"\n");
+        assert!(e.contains("(t).combined") && e.contains("crt"), "{e}");
+        let e = err(
+            "kind = \"files\"\nfullchain = \"/etc/tls/f.pem\"\nkey = \"/etc/tls/k.pem\"\n\
+             runtime_socket = \"/s\"\n",
+        );
+        assert!(
+            e.contains("(t).runtime_socket") && e.contains("haproxy"),
+            "{e}"
+        );
+        let e = err(&HAPROXY.replace("/etc/tls/site.pem", "/srv/site.pem"));
+        assert!(e.contains("outside allowed_dirs"), "{e}");
+    }
+
+    #[test]
+    fn pkcs12_needs_a_password_file() {
+        let ok = "kind = \"pkcs12\"\nkeystore = \"/etc/tls/ks.p12\"\n\
+                  password_file = \"/etc/certfleet/ks.pass\"\n";
+        let c = one_target(ok).unwrap();
+        let p = c.targets[0].pkcs12.as_ref().unwrap();
+        assert_eq!(p.alias, "t");
+        assert_eq!(c.targets[0].reload, Reload::None);
+        let e = err("kind = \"pkcs12\"\nkeystore = \"/etc/tls/ks.p12\"\n");
+        assert!(
+            e.contains("agent.toml") && e.contains("(t).password_file"),
+            "{e}"
+        );
+        let e = err(&ok.replace("/etc/certfleet/ks.pass", "pass.txt"));
+        assert!(
+            e.contains("(t).password_file") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = err(&format!("{ok}key = \"/etc/tls/k.pem\"\n"));
+        assert!(e.contains("(t).key"), "{e}");
+        let e = err(&format!("{ok}alias = \"\"\n"));
+        assert!(e.contains("(t).alias"), "{e}");
+    }
+
+    #[test]
+    fn hooks_and_timeouts() {
+        let base = "kind = \"files\"\nfullchain = \"/etc/tls/f.pem\"\nkey = \"/etc/tls/k.pem\"\n";
+        let c = one_target(&format!(
+            "{base}pre_install = [\"/bin/true\"]\npost_install = [\"/bin/systemctl\", \"restart\", \"x\"]\n\
+             hook_timeout = \"5s\"\n"
+        ))
+        .unwrap();
+        let h = &c.targets[0].hooks;
+        assert_eq!(h.timeout, Duration::from_secs(5));
+        assert_eq!(h.post_install.as_ref().unwrap().len(), 3);
+        let e = err(&format!("{base}post_install = []\n"));
+        assert!(
+            e.contains("(t).post_install") && e.contains("non-empty argv"),
+            "{e}"
+        );
+        let e = err(&format!("{base}pre_install = [\"\"]\n"));
+        assert!(e.contains("(t).pre_install"), "{e}");
+        let e = err(&format!("{base}post_install = \"systemctl restart x\"\n"));
+        assert!(e.contains("post_install"), "{e}");
+        let e = err(&format!("{base}hook_timeout = \"soon\"\n"));
+        assert!(e.contains("(t).hook_timeout"), "{e}");
+        let e = err(&format!("{base}hook_timeout = \"0s\"\n"));
+        assert!(
+            e.contains("(t).hook_timeout") && e.contains("between"),
+            "{e}"
+        );
+        let e = err(&format!("{base}command_timeout = \"2h\"\n"));
+        assert!(e.contains("(t).command_timeout"), "{e}");
+    }
+
     #[test]
     fn shipped_configs_parse() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging");

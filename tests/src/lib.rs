@@ -28,6 +28,7 @@ use std::{
 
 pub mod acme;
 pub mod fleet;
+pub mod servers;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;

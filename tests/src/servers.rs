@@ -288,20 +288,27 @@ impl Haproxy {
     /// An agent config body with a `haproxy` target named "haproxy".
     pub fn target(&self, name: &str, extra: &str) -> Result<String> {
         Ok(format!(
-            "allowed_dirs = [\"{tls}\"]\n\
-             [labels]\nrole = \"web\"\n\
-             [[target]]\nname = \"haproxy\"\nkind = \"haproxy\"\n\
+            "allowed_dirs = [\"{}\"]\n[labels]\nrole = \"web\"\n{}",
+            self.tls_dir.display(),
+            self.target_section("haproxy", name, extra)
+        ))
+    }
+
+    /// A `[[target]]` section named `target` for this HAProxy serving
+    /// `name` (its `tls_dir` must be in the config's `allowed_dirs`).
+    pub fn target_section(&self, target: &str, name: &str, extra: &str) -> String {
+        format!(
+            "[[target]]\nname = \"{target}\"\nkind = \"haproxy\"\n\
              domains = [\"{name}\"]\n\
              combined = \"{pem}\"\nmode = \"0640\"\n\
              verify = \"127.0.0.1:{port}\"\nverify_timeout = \"10s\"\n\
              haproxy_binary = \"{HAPROXY}\"\nhaproxy_config = \"{conf}\"\n\
              pid_file = \"{pid}\"\n{extra}",
-            tls = self.tls_dir.display(),
             pem = self.pem.display(),
             port = self.port,
             conf = self.conf.display(),
             pid = self.pid_file.display(),
-        ))
+        )
     }
 
     /// One runtime API command on the admin socket.
@@ -383,9 +390,8 @@ impl KeepAlive {
     /// Send one request on the held connection and return the response
     /// head and body (the server answers "ok").
     pub fn request(&mut self) -> Result<String> {
-        self.stdin.write_all(
-            format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).as_bytes(),
-        )?;
+        self.stdin
+            .write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).as_bytes())?;
         self.stdin.flush()?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -456,7 +462,7 @@ pub fn deploy(
     let list = crate::fleet::wait_deployments(ctl, cert, Duration::from_secs(30))?;
     let d = list
         .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("no deployment of {cert}"))?;
+        .find(|d| d["target"] == target)
+        .ok_or_else(|| anyhow!("no deployment of {cert} to {target}"))?;
     Ok((out.status.success(), d))
 }

@@ -46,7 +46,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check a config file and exit.
+    /// Check a config file and exit: syntax, every key of every target
+    /// (kinds apache, haproxy, nginx, files, pkcs12), paths inside
+    /// `allowed_dirs`, hook argv and timeouts, and that each pkcs12
+    /// `password_file` is readable now. Errors name the file and the key.
     CheckConfig {
         #[arg(long, default_value = "/etc/certfleet/agent.toml")]
         config: PathBuf,

@@ -81,6 +81,10 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
+            let problems = certfleet_agent::install::pkcs12::check_password_files(&c);
+            if !problems.is_empty() {
+                anyhow::bail!("{}", problems.join("\n"));
+            }
             println!(
                 "{}: ok ({} target(s): {})",
                 config.display(),

@@ -83,7 +83,10 @@ fn keystore_reads_back_with_openssl_and_a_missing_password_file_writes_nothing()
         "leaf and intermediate: {all}"
     );
     let key_text = fs::read_to_string(&key)?;
-    ensure!(key_text.contains("friendlyName: tomcat"), "the key entry's alias: {key_text}");
+    ensure!(
+        key_text.contains("friendlyName: tomcat"),
+        "the key entry's alias: {key_text}"
+    );
     // Modern protection, no legacy RC2/3DES.
     let info = certfleet_tests::openssl(&[
         "pkcs12",
@@ -137,5 +140,70 @@ fn keystore_reads_back_with_openssl_and_a_missing_password_file_writes_nothing()
         .filter(|n| n.contains("nopass"))
         .collect();
     ensure!(leftovers.is_empty(), "{leftovers:?}");
+    Ok(())
+}
+
+#[test]
+fn check_config_names_the_file_and_key_of_each_problem() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let check = |body: &str| -> Result<(bool, String)> {
+        let config = dir.join("agent.toml");
+        fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}/state\"\nallowed_dirs = [\"{}\"]\n{body}",
+                dir.display(),
+                dir.display()
+            ),
+        )?;
+        let out = certfleet_tests::run_with_timeout(
+            std::process::Command::new(certfleet_tests::fleet::agent_bin()).args([
+                "check-config",
+                "--config",
+                utf8(&config)?,
+            ]),
+            std::time::Duration::from_secs(20),
+        )?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    };
+    let pass = dir.join("ks.pass");
+    let good = pkcs12_section("app", dir, &pass, "");
+    // The password file does not exist yet.
+    let (ok, text) = check(&good)?;
+    ensure!(
+        !ok && text.contains("agent.toml")
+            && text.contains("target[0] (app).password_file")
+            && text.contains("ks.pass"),
+        "{text}"
+    );
+    fs::write(&pass, "pw\n")?;
+    let (ok, text) = check(&good)?;
+    ensure!(ok && text.contains("ok (1 target(s): app)"), "{text}");
+    // Missing password_file, an empty hook, a bad timeout.
+    for (body, key) in [
+        (
+            good.replace(&format!("password_file = \"{}\"\n", pass.display()), ""),
+            "(app).password_file",
+        ),
+        (format!("{good}post_install = []\n"), "(app).post_install"),
+        (
+            format!("{good}hook_timeout = \"forever\"\n"),
+            "(app).hook_timeout",
+        ),
+    ] {
+        let (ok, text) = check(&body)?;
+        ensure!(
+            !ok && text.contains("agent.toml") && text.contains(key),
+            "{key}: {text}"
+        );
+    }
     Ok(())
 }

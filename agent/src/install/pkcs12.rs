@@ -63,6 +63,26 @@ pub fn read_password(path: &Path) -> Result<Zeroizing<String>, String> {
     Ok(Zeroizing::new(line.to_string()))
 }
 
+/// For `check-config`: every pkcs12 target's password file must be
+/// readable now. Each problem names the config file and the key.
+pub fn check_password_files(config: &crate::config::Config) -> Vec<String> {
+    config
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let p = t.pkcs12.as_ref()?;
+            read_password(&p.password_file).err().map(|e| {
+                format!(
+                    "config {}: target[{i}] ({}).password_file: {e}",
+                    config.path.display(),
+                    t.name
+                )
+            })
+        })
+        .collect()
+}
+
 /// The keystore bytes for `bundle`: one private-key entry named by the
 /// alias, holding the key, the leaf and the issuing chain.
 pub fn keystore(

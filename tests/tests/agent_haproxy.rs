@@ -121,7 +121,11 @@ fn runtime_socket_refusing_fails_clearly_and_missing_falls_back_to_reload() -> R
     assert_eq!(d["status"], "rolled_back", "{d}");
     let err = d["last_error"].as_str().unwrap_or_default();
     ensure!(
-        err.contains("refused `set ssl cert") && err.contains("runtime_fallback = \"fail\""),
+        err.contains("refused `set ssl cert")
+            && err.contains("Permission denied")
+            && err.contains("runtime_fallback = \"fail\"")
+            && err.contains("server was not changed")
+            && !err.contains("reload after restoring failed"),
         "{err}"
     );
     assert_eq!(served_fingerprint(refusing.port, NAME)?, original);

@@ -411,6 +411,10 @@ pub async fn install(
     }
 
     // 4. reload and 5. verify
+    // A failed runtime API update without fallback changed nothing in the
+    // server (uncommitted transactions are aborted), so a rollback needs
+    // no second update; any other failed reload leaves the server unknown.
+    let mut server_untouched = false;
     let outcome = match reload(target).await {
         Ok(()) => {
             if let Err(e) = swap.mark_reloaded() {
@@ -418,7 +422,11 @@ pub async fn install(
             }
             verify_served(target, &valid.fingerprint).await
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            server_untouched =
+                matches!(target.reload, Reload::HaproxyRuntime { fallback: None, .. });
+            Err(e)
+        }
     };
     let outcome = match (outcome, &target.hooks.post_install) {
         (Ok(served), Some(argv)) => hooks::run("post_install", argv, target, d)
@@ -447,7 +455,9 @@ pub async fn install(
                 Ok(Err(e)) => note.push_str(&format!("\nrestoring the previous files failed: {e}")),
                 Err(e) => note.push_str(&format!("\nrestoring the previous files failed: {e}")),
             }
-            if let Err(e) = reload(target).await {
+            if server_untouched {
+                note.push_str("\nthe server was not changed and serves the previous certificate");
+            } else if let Err(e) = reload(target).await {
                 note.push_str(&format!("\nreload after restoring failed: {e}"));
             } else if let Some(old) = &old_fingerprint {
                 match verify_served(target, old).await {

@@ -50,7 +50,8 @@ fn wait_up(port: u16, name: &str, log: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn argv_toml(argv: &[String]) -> String {
+/// An argv as a TOML array body.
+pub fn argv_toml(argv: &[String]) -> String {
     argv.iter()
         .map(|a| format!("{a:?}"))
         .collect::<Vec<_>>()
@@ -58,7 +59,9 @@ fn argv_toml(argv: &[String]) -> String {
 }
 
 /// A real Apache httpd (Debian's `apache2` binary with its own ServerRoot)
-/// serving TLS on 127.0.0.1:`port` from `tls_dir/{cert,chain,key}.pem`.
+/// serving TLS on 127.0.0.1:`port` from `tls_dir/{cert,chain,key}.pem`
+/// (or, started with [`Apache::start_fullchain`], `tls_dir/fullchain.pem`
+/// and `key.pem`).
 pub struct Apache {
     _root: TempDir,
     pub root: PathBuf,
@@ -72,6 +75,16 @@ pub struct Apache {
 impl Apache {
     /// Start Apache with a self-signed certificate for `name`.
     pub fn start(name: &str) -> Result<Apache> {
+        Self::start_with(name, false)
+    }
+
+    /// Start Apache serving `SSLCertificateFile tls/fullchain.pem` (leaf and
+    /// chain in one file, Apache 2.4.8+) with `key.pem`.
+    pub fn start_fullchain(name: &str) -> Result<Apache> {
+        Self::start_with(name, true)
+    }
+
+    fn start_with(name: &str, fullchain: bool) -> Result<Apache> {
         if !Path::new(APACHE).is_file() {
             bail!("apache2 is not installed at {APACHE}; run scripts/test.sh");
         }
@@ -84,7 +97,16 @@ impl Apache {
         self_signed(&tls_dir, name)?;
         fs::rename(tls_dir.join("fullchain.pem"), tls_dir.join("cert.pem"))?;
         fs::rename(tls_dir.join("privkey.pem"), tls_dir.join("key.pem"))?;
-        fs::copy(tls_dir.join("cert.pem"), tls_dir.join("chain.pem"))?;
+        let files = if fullchain {
+            fs::rename(tls_dir.join("cert.pem"), tls_dir.join("fullchain.pem"))?;
+            format!("SSLCertificateFile {}/fullchain.pem\n", tls_dir.display())
+        } else {
+            fs::copy(tls_dir.join("cert.pem"), tls_dir.join("chain.pem"))?;
+            format!(
+                "SSLCertificateFile {tls}/cert.pem\nSSLCertificateChainFile {tls}/chain.pem\n",
+                tls = tls_dir.display()
+            )
+        };
         let port = free_port()?;
         let pid_file = root.join("httpd.pid");
         let conf = root.join("httpd.conf");
@@ -115,8 +137,7 @@ impl Apache {
                  <VirtualHost 127.0.0.1:{port}>\n\
                    ServerName {name}\n\
                    SSLEngine on\n\
-                   SSLCertificateFile {tls}/cert.pem\n\
-                   SSLCertificateChainFile {tls}/chain.pem\n\
+                   {files}\
                    SSLCertificateKeyFile {tls}/key.pem\n\
                  </VirtualHost>\n",
                 root = root.display(),
@@ -148,7 +169,8 @@ impl Apache {
         Ok(apache)
     }
 
-    fn ctl(&self, args: &[&str]) -> Result<Vec<String>> {
+    /// The argv of `apache2 -f CONF ARGS…` for this server.
+    pub fn ctl(&self, args: &[&str]) -> Result<Vec<String>> {
         let mut argv = vec![APACHE.to_string(), "-f".into(), utf8(&self.conf)?.into()];
         argv.extend(args.iter().map(|a| a.to_string()));
         Ok(argv)
@@ -465,4 +487,23 @@ pub fn deploy(
         .find(|d| d["target"] == target)
         .ok_or_else(|| anyhow!("no deployment of {cert} to {target}"))?;
     Ok((out.status.success(), d))
+}
+
+/// How many certificates the server at 127.0.0.1:`port` sends for `sni`
+/// (leaf plus chain), as `openssl s_client -showcerts` sees them.
+pub fn served_chain_len(port: u16, sni: &str) -> Result<usize> {
+    let out = crate::run_with_timeout(
+        Command::new("openssl").args([
+            "s_client",
+            "-showcerts",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            sni,
+        ]),
+        Duration::from_secs(20),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .matches("-----BEGIN CERTIFICATE-----")
+        .count())
 }

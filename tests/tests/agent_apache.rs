@@ -6,7 +6,9 @@
 
 use anyhow::{ensure, Result};
 use certfleet_tests::fleet::served_fingerprint;
-use certfleet_tests::servers::{controller_with_issuer, deploy, issue, running_agent, Apache};
+use certfleet_tests::servers::{
+    argv_toml, controller_with_issuer, deploy, issue, running_agent, served_chain_len, Apache,
+};
 use certfleet_tests::{cert_fingerprint, ensure_key_matches_cert, file_mode, read_pem};
 
 const NAME: &str = "www.example.test";
@@ -57,5 +59,38 @@ fn apache_serves_the_deployed_certificate_and_a_failing_config_test_rolls_back()
     assert_ne!(fp1, fp2);
     assert_eq!(cert_fingerprint(&tls.join("cert.pem"))?, fp1);
     ensure_key_matches_cert(&tls.join("key.pem"), &tls.join("cert.pem"))?;
+    Ok(())
+}
+
+#[test]
+fn apache_fullchain_layout_reloads_by_signal_to_the_parent() -> Result<()> {
+    let ctl = controller_with_issuer()?;
+    let apache = Apache::start_fullchain(NAME)?;
+    let parent = apache.pid()?;
+    // No reload_command: `pid_file` makes the agent send SIGUSR1 (graceful).
+    let body = format!(
+        "allowed_dirs = [\"{tls}\"]\n[labels]\nrole = \"web\"\n\
+         [[target]]\nname = \"apache\"\nkind = \"apache\"\ndomains = [\"{NAME}\"]\n\
+         fullchain = \"{tls}/fullchain.pem\"\nkey = \"{tls}/key.pem\"\n\
+         verify = \"127.0.0.1:{port}\"\npid_file = \"{pid}\"\ntest_command = [{test}]\n",
+        tls = apache.tls_dir.display(),
+        port = apache.port,
+        pid = apache.pid_file.display(),
+        test = argv_toml(&apache.ctl(&["-t"])?),
+    );
+    let _agent = running_agent(&ctl, &body)?;
+    assert_eq!(served_chain_len(apache.port, NAME)?, 1);
+
+    let (cert, fp) = issue(&ctl, NAME)?;
+    let (ok, d) = deploy(&ctl, &cert, "apache")?;
+    ensure!(ok && d["status"] == "installed", "{d}");
+    assert_eq!(served_fingerprint(apache.port, NAME)?, fp);
+    // Leaf and intermediate, both from fullchain.pem; same parent process.
+    assert_eq!(served_chain_len(apache.port, NAME)?, 2);
+    assert_eq!(apache.pid()?, parent);
+    ensure_key_matches_cert(
+        &apache.tls_dir.join("key.pem"),
+        &apache.tls_dir.join("fullchain.pem"),
+    )?;
     Ok(())
 }

@@ -77,6 +77,9 @@ pub struct AgentConfig {
     pub allowed_dirs: Vec<PathBuf>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    /// Which certificates this host already uses (`[discovery]`).
+    #[serde(default)]
+    pub discovery: crate::discovery::DiscoveryConfig,
 }
 
 fn default_key_mode() -> String {
@@ -178,6 +181,7 @@ pub struct Config {
     pub labels: Vec<(String, String)>,
     pub allowed_dirs: Vec<PathBuf>,
     pub targets: Vec<Target>,
+    pub discovery: crate::discovery::Discovery,
 }
 
 fn lexically_clean(p: &Path) -> bool {
@@ -429,7 +433,10 @@ impl Config {
                 webroot: t.webroot.clone(),
             });
         }
+        let discovery = crate::discovery::Discovery::check(&raw.discovery, &targets)
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(Config {
+            discovery,
             path: path.to_owned(),
             controller: raw.controller,
             state_dir: raw.state_dir,

@@ -857,7 +857,14 @@ fn read_cert(path: &str, source: &str, site: Option<String>, max_bytes: u64) -> 
     if let Some(why) = unfollowable(path) {
         return ReadOutcome::Failed(why.to_string());
     }
-    let file = match std::fs::File::open(path) {
+    // Non-blocking, so a FIFO where a certificate should be cannot hang the
+    // scan; the type is checked on the open descriptor.
+    let file = match std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::fs::OpenOptions::new().read(true),
+        nix::libc::O_NONBLOCK,
+    )
+    .open(path)
+    {
         Ok(f) => f,
         Err(err) => return ReadOutcome::Failed(format!("cannot open: {err}")),
     };
@@ -1574,6 +1581,8 @@ listen admin
         )
         .unwrap();
         std::fs::write(d.join("huge.pem"), vec![b'x'; 100 * 1024]).unwrap();
+        nix::unistd::mkfifo(&d.join("pipe.pem"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/cert.pem", d.join("dangling.pem")).unwrap();
         let r = scan(
             &discovery(vec![format!("{}/*.pem", d.display())], 100),
             &[],
@@ -1602,6 +1611,16 @@ listen admin
             .unwrap()
             .contains("max_file_bytes"));
         assert!(!r.entries.iter().any(|e| e.path.ends_with("key-only.pem")));
+        assert!(by("pipe.pem")
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("not a regular file"));
+        assert!(by("dangling.pem")
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("cannot open"));
         assert!(r.problems.is_empty(), "{:?}", r.problems);
 
         for i in 0..30 {

@@ -427,7 +427,7 @@ impl NginxWalk<'_> {
         }
     }
 
-    fn directive(&mut self, d: &[String], stack: &mut Vec<String>, servers: &mut Vec<NginxServer>) {
+    fn directive(&mut self, d: &[String], stack: &[String], servers: &mut Vec<NginxServer>) {
         let Some((name, args)) = d.split_first() else {
             return;
         };
@@ -468,7 +468,7 @@ impl NginxWalk<'_> {
                     let tokens = nginx_tokens(text);
                     self.depth += 1;
                     // An included file continues the current block.
-                    let mut inner_stack = stack.clone();
+                    let mut inner_stack = stack.to_vec();
                     self.walk(&tokens, &mut inner_stack, servers);
                     self.depth -= 1;
                 }
@@ -1229,8 +1229,7 @@ fn scan_files(
                 continue;
             }
         };
-        let mut n = 0usize;
-        for p in paths {
+        for (n, p) in paths.enumerate() {
             if c.out_of_time() {
                 break;
             }
@@ -1242,7 +1241,6 @@ fn scan_files(
                 ));
                 break;
             }
-            n += 1;
             match p {
                 Ok(p) if p.is_dir() => {}
                 Ok(p) => c.glob_file(&p.display().to_string()),

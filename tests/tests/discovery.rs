@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use certfleet_tests::fleet::{
-    free_port, parse_rfc3339, served_fingerprint, token, wait_connected, wait_served, Agent, Nginx,
+    agent_bin, free_port, parse_rfc3339, served_fingerprint, token, wait_connected, wait_served,
+    Agent, Nginx,
 };
 use certfleet_tests::{
     cert_fingerprint, openssl_ok, run_with_timeout, str_field, utf8, Controller,
@@ -517,6 +518,28 @@ fn discovery_faults_are_reported_and_adopt_refuses_bad_input() -> Result<()> {
     let id = agent.id.clone().unwrap_or_default();
     wait_connected(&controller, &id, true, WAIT)?;
     controller.cli_ok(&["inventory", "scan", "web-1"])?;
+
+    // `certfleet-agent discover` shows the same, locally, without a controller.
+    let local = run_with_timeout(
+        std::process::Command::new(agent_bin()).args([
+            "discover",
+            "--json",
+            "--config",
+            utf8(&agent.config)?,
+        ]),
+        WAIT,
+    )?;
+    ensure!(local.status.success(), "certfleet-agent discover failed");
+    let local: Value = serde_json::from_slice(&local.stdout)?;
+    ensure!(
+        local["entries"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["path"] == utf8(&good).unwrap_or_default())),
+        "discover --json: {local:#}"
+    );
+    ensure!(local["problems"]
+        .to_string()
+        .contains("matched more than 50 files"));
 
     // adopt: unknown agent, unknown fingerprint, unreadable entry, no target.
     let err = controller.cli_err(&[

@@ -592,3 +592,85 @@ fn discovery_faults_are_reported_and_adopt_refuses_bad_input() -> Result<()> {
     ensure!(instances == serde_json::json!([]), "{instances:#}");
     Ok(())
 }
+
+/// The controller refuses an inventory report over the limits with a clear
+/// error and keeps the agent's previous snapshot; a report within them
+/// replaces it whole.
+#[test]
+fn oversized_inventory_report_is_refused_and_keeps_the_last_snapshot() -> Result<()> {
+    use certfleet_protocol::message::{InventoryEntry, InventoryReport, Request, Timestamp};
+
+    let controller = Controller::start()?;
+    let dir = TempDir::new()?;
+    let good = dir.path().join("good.pem");
+    make_cert(
+        &good,
+        &dir.path().join("good.key"),
+        &["kept.example.test"],
+        30,
+    )?;
+    let config = format!(
+        "name = \"web-1\"\n[discovery]\npaths = [\"{}\"]\n\
+         [discovery.nginx]\nenabled = false\n[discovery.apache]\nenabled = false\n\
+         [discovery.haproxy]\nenabled = false\n",
+        good.display()
+    );
+    let mut agent = start_agent(&controller, &config)?;
+    wait_item(&controller, &good)?;
+    agent.kill();
+
+    let entry = |path: &str| InventoryEntry {
+        path: path.into(),
+        source: "path".into(),
+        site: None,
+        target: None,
+        subject: "CN=x".into(),
+        sans: vec!["x.example.test".into()],
+        issuer: "CN=x".into(),
+        serial: "01".into(),
+        not_before: Some(Timestamp(0)),
+        not_after: Some(Timestamp(1)),
+        fingerprint: Some("00".repeat(32)),
+        error: None,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let state_dir = agent.state_dir.clone();
+    let listen = controller.listen();
+    let conn = runtime.block_on(async {
+        let id = certfleet_agent::identity::Identity::load(&state_dir)?;
+        certfleet_agent::transport::Conn::mtls(listen, &id).await
+    })?;
+    let send = |report: InventoryReport| {
+        runtime
+            .block_on(conn.call(&Request::InventoryReport(report)))
+            .map(|r| format!("{r:?}"))
+            .map_err(|e| e.to_string())
+    };
+    let refused = send(InventoryReport {
+        scanned_at: Timestamp(1),
+        entries: vec![entry("/x.pem"); InventoryReport::MAX_ENTRIES + 1],
+        problems: vec![],
+    });
+    let err = refused
+        .err()
+        .ok_or_else(|| anyhow!("an oversized report was accepted"))?;
+    ensure!(err.contains("at most 2000"), "{err}");
+    // The refused report changed nothing.
+    let kept = items(&inventory(&controller, &[])?);
+    ensure!(
+        kept.len() == 1 && kept[0]["entry"]["path"] == utf8(&good)?,
+        "{kept:#?}"
+    );
+    send(InventoryReport {
+        scanned_at: Timestamp(2),
+        entries: vec![entry("/replaced.pem")],
+        problems: vec![],
+    })
+    .map_err(|e| anyhow!("a report within the limits was refused: {e}"))?;
+    let now = items(&inventory(&controller, &[])?);
+    ensure!(
+        now.len() == 1 && now[0]["entry"]["path"] == "/replaced.pem",
+        "the snapshot should be replaced whole: {now:#?}"
+    );
+    Ok(())
+}

@@ -247,6 +247,34 @@ impl Discovery {
     }
 }
 
+impl Discovery {
+    /// One line saying what a scan looks at, for `check-config`.
+    pub fn summary(&self) -> String {
+        if !self.enabled {
+            return "discovery: disabled".into();
+        }
+        fn show<T>(name: &str, s: &Source<T>, f: impl Fn(&T) -> String) -> String {
+            match s {
+                Source::Off => format!("{name} off"),
+                Source::Default(t) => format!("{name} `{}` (default)", f(t)),
+                Source::Configured(t) => format!("{name} `{}`", f(t)),
+            }
+        }
+        format!(
+            "discovery every {}: {}; {}; {}; {} path pattern(s)",
+            humantime::format_duration(self.interval),
+            show("nginx", &self.nginx, |a| a.join(" ")),
+            show("apache", &self.apache, |a| a.join(" ")),
+            show("haproxy", &self.haproxy, |f| f
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")),
+            self.paths.len()
+        )
+    }
+}
+
 // ------------------------------------------------------------ references
 
 /// A certificate file a server config names, and where.

@@ -135,6 +135,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            println!("{}", c.discovery.summary());
             Ok(())
         }
     }

@@ -465,6 +465,18 @@ fn discovery_faults_are_reported_and_adopt_refuses_bad_input() -> Result<()> {
             broken.display()
         ),
     )?;
+    // Apache's own config test accepts a virtual host whose certificate
+    // does not parse (mod_ssl reads it only at start-up).
+    let apache_root = d.join("apache");
+    let apache_broken = d.join("apache-broken.pem");
+    fs::copy(&broken, &apache_broken)?;
+    make_cert(&d.join("unused.pem"), &d.join("apache.key"), &["x.test"], 1)?;
+    let apache_conf = apache_config(
+        &apache_root,
+        "broken.example.test",
+        &apache_broken,
+        &d.join("apache.key"),
+    )?;
 
     let config = format!(
         "name = \"web-1\"\n\
@@ -472,8 +484,9 @@ fn discovery_faults_are_reported_and_adopt_refuses_bad_input() -> Result<()> {
          paths = [\"{many}/*.pem\", \"{odd}/*.pem\"]\n\
          max_files = 50\n\
          [discovery.nginx]\ncommand = [\"/nonexistent/sbin/nginx\", \"-T\"]\n\
-         [discovery.apache]\nenabled = false\n\
+         [discovery.apache]\ncommand = [\"/usr/sbin/apache2\", \"-f\", \"{apache}\", \"-t\", \"-D\", \"DUMP_INCLUDES\"]\n\
          [discovery.haproxy]\nconfig = [\"{hap}\"]\n",
+        apache = apache_conf.display(),
         many = many.display(),
         odd = odd.display(),
         hap = hap_cfg.display(),
@@ -504,6 +517,8 @@ fn discovery_faults_are_reported_and_adopt_refuses_bad_input() -> Result<()> {
     ensure!(error_of(&dangling)?.contains("cannot open"));
     let broken_err = error_of(&broken)?;
     ensure!(broken_err.contains("does not parse"), "{broken_err}");
+    let apache_err = error_of(&apache_broken)?;
+    ensure!(apache_err.contains("does not parse"), "{apache_err}");
     // Only the first 50 of the 3000 files were looked at, and none of them
     // (no certificate inside) became an entry.
     let many_dir = utf8(&many)?;

@@ -103,6 +103,13 @@ pub async fn handle(config: &Config, command: AgentCommand) -> AgentCommandReply
     let (domain, token) = match &command {
         AgentCommand::PublishChallenge { domain, token, .. }
         | AgentCommand::RemoveChallenge { domain, token } => (domain.clone(), token.clone()),
+        // Handled by the session, which owns the connection the report goes on.
+        AgentCommand::Discover => {
+            return AgentCommandReply {
+                files: 0,
+                error: Some("discovery is not a challenge command".into()),
+            }
+        }
     };
     if !valid_token(&token) {
         warn!(%domain, "refusing a challenge token that is not base64url");
@@ -133,6 +140,7 @@ pub async fn handle(config: &Config, command: AgentCommand) -> AgentCommandReply
                 key_authorization, ..
             } => publish(w, &token, key_authorization.expose()).map(|()| true),
             AgentCommand::RemoveChallenge { .. } => remove(w, &token),
+            AgentCommand::Discover => Ok(false),
         };
         match r {
             Ok(true) => files += 1,

@@ -54,4 +54,14 @@ pub enum Command {
         #[arg(long, default_value = "/etc/certfleet/agent.toml")]
         config: PathBuf,
     },
+    /// Scan this host for certificates in use, as the running agent does
+    /// for `certfleet inventory` (the `[discovery]` section), and print what
+    /// it would report. Needs no controller.
+    Discover {
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }

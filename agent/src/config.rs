@@ -88,6 +88,9 @@ pub struct AgentConfig {
     pub allowed_dirs: Vec<PathBuf>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    /// Which certificates this host already uses (`[discovery]`).
+    #[serde(default)]
+    pub discovery: crate::discovery::DiscoveryConfig,
 }
 
 fn default_key_mode() -> String {
@@ -245,6 +248,7 @@ pub struct Config {
     pub labels: Vec<(String, String)>,
     pub allowed_dirs: Vec<PathBuf>,
     pub targets: Vec<Target>,
+    pub discovery: crate::discovery::Discovery,
 }
 
 /// Which file keys a kind needs and which it refuses, and the keys that
@@ -739,7 +743,10 @@ impl Config {
                 },
             });
         }
+        let discovery = crate::discovery::Discovery::check(&raw.discovery, &targets)
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(Config {
+            discovery,
             path: path.to_owned(),
             controller: raw.controller,
             state_dir: raw.state_dir,

@@ -7,6 +7,7 @@ pub mod challenge;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod discovery;
 pub mod identity;
 pub mod install;
 pub mod session;

@@ -79,6 +79,50 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Discover { config, json } => {
+            let config = Config::load(&config)?;
+            let report = certfleet_agent::discovery::scan(
+                &config.discovery,
+                &config.targets,
+                certfleet_agent::clock::now(),
+            )
+            .await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            for e in &report.entries {
+                let what = match &e.error {
+                    Some(err) => format!("error: {err}"),
+                    None => format!(
+                        "expires {} [{}] issuer {}",
+                        e.not_after.map(|t| t.to_string()).unwrap_or("-".into()),
+                        e.sans.join(", "),
+                        e.issuer
+                    ),
+                };
+                println!(
+                    "{} ({}{}{}): {what}",
+                    e.path,
+                    e.source,
+                    e.site
+                        .as_deref()
+                        .map(|s| format!(", {s}"))
+                        .unwrap_or_default(),
+                    e.target
+                        .as_deref()
+                        .map(|t| format!(", target {t}"))
+                        .unwrap_or_default(),
+                );
+            }
+            for p in &report.problems {
+                println!("problem: {p}");
+            }
+            if report.entries.is_empty() && report.problems.is_empty() {
+                println!("no certificates found");
+            }
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
             let problems = certfleet_agent::install::pkcs12::check_password_files(&c);
@@ -95,6 +139,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            println!("{}", c.discovery.summary());
             Ok(())
         }
     }

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -283,7 +284,7 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     let id = Identity::load(&config.state_dir)?;
     let addr = transport::resolve(&config.controller).await?;
     info!(controller = %addr, "connecting");
-    let conn = Conn::mtls(addr, &id).await?;
+    let conn = Arc::new(Conn::mtls(addr, &id).await?);
     *connected = true;
     info!(controller = %addr, agent = %id.agent, "connected");
     conn.call(&Request::AgentHello(hello(config))).await?;
@@ -293,11 +294,23 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     sync(config, &conn).await?;
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.tick().await;
+    // Discovery runs beside the session (a scan may take a while) and right
+    // away on connect: the first tick of the interval is immediate.
+    let scanning = Arc::new(tokio::sync::Mutex::new(()));
+    let mut rescan = tokio::time::interval(config.discovery.interval);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = rescan.tick(), if config.discovery.enabled => {
+                spawn_discovery(config, &conn, &scanning, None);
+            }
             bi = conn.conn.accept_bi() => {
                 let (mut send, mut recv) = bi.map_err(|e| anyhow!("connection lost: {e}"))?;
                 let reply = match frame::read::<AgentCommand, _>(&mut recv, DEFAULT_MAX_FRAME).await {
+                    Ok(AgentCommand::Discover) => {
+                        spawn_discovery(config, &conn, &scanning, Some(send));
+                        continue;
+                    }
                     Ok(command) => crate::challenge::handle(config, command).await,
                     Err(e) => AgentCommandReply {
                         files: 0,
@@ -324,6 +337,63 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Scan for certificates in use and send the report, beside the session.
+/// One scan at a time; `reply`, when the controller asked for the scan,
+/// gets the number of certificates reported once the report is sent.
+fn spawn_discovery(
+    config: &Config,
+    conn: &Arc<Conn>,
+    scanning: &Arc<tokio::sync::Mutex<()>>,
+    reply: Option<quinn::SendStream>,
+) {
+    let config = config.clone();
+    let conn = conn.clone();
+    let scanning = scanning.clone();
+    tokio::spawn(async move {
+        let answer = if !config.discovery.enabled {
+            AgentCommandReply {
+                files: 0,
+                error: Some(format!(
+                    "discovery is disabled in this agent's config ({})",
+                    config.path.display()
+                )),
+            }
+        } else {
+            let _one = scanning.lock().await;
+            let report = crate::discovery::scan(&config.discovery, &config.targets, now()).await;
+            for p in &report.problems {
+                warn!(problem = %p, "discovery");
+            }
+            let report = crate::discovery::fit(report, DEFAULT_MAX_FRAME / 2);
+            let n = report.entries.len();
+            match conn.call(&Request::InventoryReport(report)).await {
+                Ok(_) => {
+                    info!(certificates = n, "discovery report sent");
+                    AgentCommandReply {
+                        files: u32::try_from(n).unwrap_or(u32::MAX),
+                        error: None,
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "could not send the discovery report");
+                    AgentCommandReply {
+                        files: 0,
+                        error: Some(format!("could not send the discovery report: {e:#}")),
+                    }
+                }
+            }
+        };
+        if let Some(mut send) = reply {
+            if frame::write(&mut send, &answer, DEFAULT_MAX_FRAME)
+                .await
+                .is_ok()
+            {
+                let _ = send.finish();
+            }
+        }
+    });
 }
 
 /// Exponential backoff with jitter: `base * 2^attempt`, capped, ±50%.

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod fleet;
 pub mod identity;
+pub mod inventory;
 pub mod issuer;
 pub mod renewal;
 pub mod rollout;

@@ -705,6 +705,10 @@ impl Service {
                         started = true;
                     }
                 }
+                // An adopted certificate goes where the discovered one was.
+                if crate::inventory::on_issued(&tx, &app.id, &row.info.id, &row.lineage, at)? {
+                    started = true;
+                }
                 app.state = ApplicationState::Issued;
                 app.certificate = Some(row.info.id.clone());
                 app.last_error = None;

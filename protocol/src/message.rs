@@ -369,6 +369,8 @@ pub enum AgentCommand {
     },
     /// Remove what `PublishChallenge` wrote.
     RemoveChallenge { domain: String, token: String },
+    /// Scan for certificates in use now and send an inventory report.
+    Discover,
 }
 
 /// The agent's answer to an [`AgentCommand`].
@@ -550,6 +552,134 @@ pub struct RolloutCounts {
     pub halted: u32,
 }
 
+/// One certificate an agent found in use on its host (discovery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryEntry {
+    /// File the certificate was read from.
+    pub path: String,
+    /// What pointed at it: `nginx`, `apache`, `haproxy` or `path` (a
+    /// `discovery.paths` glob of the agent's config).
+    pub source: String,
+    /// Which site serves it: nginx `server_name`s, Apache `ServerName` /
+    /// `ServerAlias`, HAProxy frontend; `None` for `path` entries.
+    pub site: Option<String>,
+    /// The agent's own target whose `fullchain` or `cert` is this path.
+    pub target: Option<String>,
+    pub subject: String,
+    /// Subject alternative names (DNS names and IP addresses).
+    pub sans: Vec<String>,
+    pub issuer: String,
+    /// Serial number, upper-case hex.
+    pub serial: String,
+    pub not_before: Option<Timestamp>,
+    pub not_after: Option<Timestamp>,
+    /// SHA-256 of the leaf's DER (lower-case hex).
+    pub fingerprint: Option<String>,
+    /// Why the file could not be read or parsed; the other fields are
+    /// empty then.
+    pub error: Option<String>,
+}
+
+/// An agent's whole discovery snapshot; replaces the previous one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReport {
+    pub scanned_at: Timestamp,
+    pub entries: Vec<InventoryEntry>,
+    /// Problems not tied to one certificate: a server command that failed,
+    /// a pattern that matched more files than the cap.
+    pub problems: Vec<String>,
+}
+
+impl InventoryReport {
+    /// Most entries one report may carry; the agent stops scanning there.
+    pub const MAX_ENTRIES: usize = 2000;
+    /// Most problems one report may carry.
+    pub const MAX_PROBLEMS: usize = 100;
+    /// Longest text field (path, subject, error …) in bytes.
+    pub const MAX_FIELD: usize = 4096;
+    /// Most names listed per certificate.
+    pub const MAX_SANS: usize = 200;
+
+    /// Whether the report stays within the limits above.
+    pub fn check(&self) -> Result<(), String> {
+        if self.entries.len() > Self::MAX_ENTRIES {
+            return Err(format!(
+                "inventory report has {} entries; at most {} are accepted",
+                self.entries.len(),
+                Self::MAX_ENTRIES
+            ));
+        }
+        if self.problems.len() > Self::MAX_PROBLEMS {
+            return Err(format!(
+                "inventory report has {} problems; at most {} are accepted",
+                self.problems.len(),
+                Self::MAX_PROBLEMS
+            ));
+        }
+        let long = |s: &str| s.len() > Self::MAX_FIELD;
+        for e in &self.entries {
+            let texts = [
+                Some(&e.path),
+                Some(&e.source),
+                e.site.as_ref(),
+                e.target.as_ref(),
+                Some(&e.subject),
+                Some(&e.issuer),
+                Some(&e.serial),
+                e.fingerprint.as_ref(),
+                e.error.as_ref(),
+            ];
+            if texts.into_iter().flatten().any(|t| long(t))
+                || e.sans.len() > Self::MAX_SANS
+                || e.sans.iter().any(|t| long(t))
+            {
+                return Err(format!(
+                    "inventory entry for {:?} exceeds the field limits",
+                    e.path.chars().take(200).collect::<String>()
+                ));
+            }
+        }
+        if self.problems.iter().any(|p| long(p)) {
+            return Err("an inventory problem text exceeds the field limit".into());
+        }
+        Ok(())
+    }
+}
+
+/// A discovered certificate as the controller lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryItem {
+    pub agent: String,
+    pub agent_name: String,
+    pub scanned_at: Timestamp,
+    pub entry: InventoryEntry,
+    /// The certfleet certificate with this fingerprint, when certfleet
+    /// issued it.
+    pub managed: Option<String>,
+}
+
+/// `certfleet inventory list`: the certificates and each agent's problems.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryList {
+    pub items: Vec<InventoryItem>,
+    /// `(agent name, problem)` from the latest scans.
+    pub problems: Vec<(String, String)>,
+}
+
+/// What `certfleet inventory adopt` started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptionInfo {
+    pub agent: String,
+    pub agent_name: String,
+    pub target: String,
+    pub path: String,
+    /// Fingerprint of the discovered certificate being replaced.
+    pub fingerprint: String,
+    pub domains: Vec<String>,
+    pub instance: String,
+    pub application: ApplicationInfo,
+}
+
 /// A request on an admin connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -677,6 +807,25 @@ pub enum Request {
         domains: Vec<String>,
         challenge: Option<String>,
     },
+    // Discovery (agent identity): the whole snapshot, replacing the last.
+    InventoryReport(InventoryReport),
+    // Inventory (admin identity).
+    InventoryList {
+        expiring_within_secs: Option<i64>,
+        agent: Option<String>,
+    },
+    InventoryAdopt {
+        agent: String,
+        /// A discovered path or a fingerprint.
+        certificate: String,
+        issuer: String,
+        validity_days: Option<u32>,
+        key: KeyType,
+    },
+    /// Ask a connected agent to scan now.
+    InventoryScan {
+        agent: String,
+    },
 }
 
 /// Broad class of a failed request, so clients can choose exit codes.
@@ -727,6 +876,8 @@ pub enum Response {
     Rollout(RolloutInfo),
     Rollouts(Vec<RolloutInfo>),
     Status(FleetStatus),
+    Inventory(InventoryList),
+    Adoption(AdoptionInfo),
 }
 
 #[cfg(test)]
@@ -847,6 +998,57 @@ mod tests {
         }
     }
 
+    fn inventory_report() -> InventoryReport {
+        InventoryReport {
+            scanned_at: Timestamp(7),
+            entries: vec![
+                InventoryEntry {
+                    path: "/etc/nginx/tls/fullchain.pem".into(),
+                    source: "nginx".into(),
+                    site: Some("www.example.test".into()),
+                    target: Some("nginx".into()),
+                    subject: "CN=www.example.test".into(),
+                    sans: vec!["www.example.test".into(), "192.0.2.1".into()],
+                    issuer: "CN=Old CA".into(),
+                    serial: "0A".into(),
+                    not_before: Some(Timestamp(1)),
+                    not_after: Some(Timestamp(2)),
+                    fingerprint: Some("ab".repeat(32)),
+                    error: None,
+                },
+                InventoryEntry {
+                    path: "/etc/ssl/broken.pem".into(),
+                    source: "path".into(),
+                    site: None,
+                    target: None,
+                    subject: String::new(),
+                    sans: vec![],
+                    issuer: String::new(),
+                    serial: String::new(),
+                    not_before: None,
+                    not_after: None,
+                    fingerprint: None,
+                    error: Some("no certificate in the file".into()),
+                },
+            ],
+            problems: vec!["pattern /srv/*.pem matched more than 1000 files".into()],
+        }
+    }
+
+    #[test]
+    fn inventory_limits() {
+        let mut r = inventory_report();
+        assert!(r.check().is_ok());
+        r.entries[0].sans = vec!["a".into(); InventoryReport::MAX_SANS + 1];
+        assert!(r.check().is_err());
+        let mut r = inventory_report();
+        r.entries = vec![r.entries[1].clone(); InventoryReport::MAX_ENTRIES + 1];
+        assert!(r.check().unwrap_err().contains("entries"));
+        let mut r = inventory_report();
+        r.entries[1].error = Some("x".repeat(InventoryReport::MAX_FIELD + 1));
+        assert!(r.check().is_err());
+    }
+
     /// One value of every message type; a new variant must be added here.
     fn all_requests() -> Vec<Request> {
         vec![
@@ -953,6 +1155,21 @@ mod tests {
                 domains: vec!["a.test".into()],
                 challenge: Some("http-01".into()),
             },
+            Request::InventoryReport(inventory_report()),
+            Request::InventoryList {
+                expiring_within_secs: Some(86_400),
+                agent: Some("web-1".into()),
+            },
+            Request::InventoryAdopt {
+                agent: "web-1".into(),
+                certificate: "/etc/nginx/tls/fullchain.pem".into(),
+                issuer: "ca1".into(),
+                validity_days: None,
+                key: KeyType::EcdsaP256,
+            },
+            Request::InventoryScan {
+                agent: "web-1".into(),
+            },
         ]
     }
 
@@ -993,7 +1210,7 @@ mod tests {
             Response::Issuers(vec![issuer]),
             Response::Instance(instance.clone()),
             Response::Instances(vec![instance]),
-            Response::Application(app),
+            Response::Application(app.clone()),
             Response::Certificate(cert()),
             Response::Certificates(vec![cert(), cert()]),
             Response::Bundle(CertBundle {
@@ -1069,6 +1286,26 @@ mod tests {
             Response::Rollout(rollout()),
             Response::Rollouts(vec![rollout()]),
             Response::Status(FleetStatus::default()),
+            Response::Inventory(InventoryList {
+                items: vec![InventoryItem {
+                    agent: "agent-1".into(),
+                    agent_name: "web-1".into(),
+                    scanned_at: Timestamp(7),
+                    entry: inventory_report().entries[0].clone(),
+                    managed: Some("cert-1".into()),
+                }],
+                problems: vec![("web-1".into(), "nginx -T failed".into())],
+            }),
+            Response::Adoption(AdoptionInfo {
+                agent: "agent-1".into(),
+                agent_name: "web-1".into(),
+                target: "nginx".into(),
+                path: "/etc/nginx/tls/fullchain.pem".into(),
+                fingerprint: "ab".repeat(32),
+                domains: vec!["www.example.test".into()],
+                instance: "inst-1".into(),
+                application: app,
+            }),
         ]
     }
 
@@ -1093,6 +1330,7 @@ mod tests {
             domain: "a.test".into(),
             token: "tok".into(),
         });
+        round_trip(&AgentCommand::Discover);
         round_trip(&AgentCommandReply {
             files: 1,
             error: None,

@@ -12,6 +12,7 @@ macro_rules! expect_response {
 }
 
 mod download;
+mod inventory;
 mod output;
 mod rollout;
 
@@ -111,6 +112,10 @@ pub enum Command {
     /// The fleet on one screen: agents, certificates, expiries, renewals,
     /// rollouts.
     Status,
+    /// Certificates the agents found in use on their hosts, managed or not;
+    /// adopt them into certfleet.
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -765,6 +770,7 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             out.application(&expect_response!(r, Application))
         }
         Command::Rollout(cmd) => rollout::run(client, cmd, out).await,
+        Command::Inventory(cmd) => inventory::run(client, cmd, out).await,
         Command::Status => {
             let r = client.call(&Request::Status).await?;
             out.status(&expect_response!(r, Status))

@@ -16,7 +16,7 @@ pub(super) struct Output {
 }
 
 /// Columns padded to their widest cell.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -44,7 +44,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// `key: value` lines for one object.
-fn fields(pairs: &[(&str, String)]) -> String {
+pub(super) fn fields(pairs: &[(&str, String)]) -> String {
     let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     pairs
         .iter()
@@ -75,7 +75,7 @@ impl Output {
         self.format == Format::Table
     }
 
-    fn emit<T: Serialize + ?Sized>(
+    pub(super) fn emit<T: Serialize + ?Sized>(
         &self,
         value: &T,
         text: impl FnOnce() -> String,

@@ -308,6 +308,7 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
         Request::RolloutResume { id } => ("rollout.resume", id.clone()),
         Request::RolloutAbort { id } => ("rollout.abort", id.clone()),
         Request::RolloutRollback { id, .. } => ("rollout.rollback", id.clone()),
+        Request::InventoryAdopt { agent, .. } => ("inventory.adopt", agent.clone()),
         _ => return None,
     })
 }
@@ -462,7 +463,35 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             .deployment_list(certificate, agent)
             .await
             .map(Response::Deployments),
+        Request::InventoryList {
+            expiring_within_secs,
+            agent,
+        } => svc
+            .inventory_list(expiring_within_secs, agent)
+            .await
+            .map(Response::Inventory),
+        Request::InventoryScan { agent } => {
+            svc.inventory_scan(agent).await.map(Response::Inventory)
+        }
+        Request::InventoryAdopt {
+            agent,
+            certificate,
+            issuer,
+            validity_days,
+            key,
+        } => svc
+            .inventory_adopt(
+                actor.clone(),
+                agent,
+                certificate,
+                issuer,
+                validity_days,
+                key,
+            )
+            .await
+            .map(Response::Adoption),
         Request::Enroll { .. }
+        | Request::InventoryReport(_)
         | Request::AgentHello(_)
         | Request::DesiredState
         | Request::Report(_)
@@ -495,6 +524,10 @@ async fn agent_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
         Request::AgentHello(hello) => svc.agent_hello(agent, hello).await.map(|()| Response::Ack),
         Request::DesiredState => svc.desired_state(agent).await.map(Response::Desired),
         Request::Report(report) => svc.report(agent, report).await.map(|()| Response::Ack),
+        Request::InventoryReport(report) => svc
+            .inventory_report(agent, report)
+            .await
+            .map(|()| Response::Ack),
         Request::RenewIdentity { csr_pem } => svc
             .renew_identity(agent, csr_pem)
             .await

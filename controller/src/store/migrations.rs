@@ -208,4 +208,47 @@ ALTER TABLE applications ADD COLUMN retry_at INTEGER;
     r#"
 ALTER TABLE applications ADD COLUMN challenges_answered INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 6: certificates agents discovered in use (each agent's latest
+    // snapshot), and adoptions of discovered certificates waiting for
+    // their first issuance.
+    r#"
+CREATE TABLE inventory_scans (
+    agent       TEXT PRIMARY KEY REFERENCES agents(id),
+    scanned_at  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    problems    TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE inventory (
+    agent       TEXT NOT NULL REFERENCES agents(id),
+    position    INTEGER NOT NULL,
+    path        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    site        TEXT,
+    target      TEXT,
+    subject     TEXT NOT NULL,
+    sans        TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    not_before  INTEGER,
+    not_after   INTEGER,
+    fingerprint TEXT,
+    error       TEXT,
+    PRIMARY KEY (agent, position)
+) STRICT;
+
+CREATE INDEX inventory_not_after ON inventory(not_after);
+CREATE INDEX inventory_fingerprint ON inventory(fingerprint);
+
+CREATE TABLE adoptions (
+    application TEXT PRIMARY KEY REFERENCES applications(id),
+    agent       TEXT NOT NULL REFERENCES agents(id),
+    target      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    rollout     TEXT
+) STRICT;
+"#,
 ];

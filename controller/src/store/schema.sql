@@ -1,3 +1,14 @@
+CREATE TABLE adoptions (
+    application TEXT PRIMARY KEY REFERENCES applications(id),
+    agent       TEXT NOT NULL REFERENCES agents(id),
+    target      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    rollout     TEXT
+) STRICT;
+
 CREATE TABLE agents (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
@@ -97,6 +108,31 @@ CREATE TABLE instances (
     created_at    INTEGER NOT NULL
 , renew_before_secs INTEGER) STRICT;
 
+CREATE TABLE inventory (
+    agent       TEXT NOT NULL REFERENCES agents(id),
+    position    INTEGER NOT NULL,
+    path        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    site        TEXT,
+    target      TEXT,
+    subject     TEXT NOT NULL,
+    sans        TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    not_before  INTEGER,
+    not_after   INTEGER,
+    fingerprint TEXT,
+    error       TEXT,
+    PRIMARY KEY (agent, position)
+) STRICT;
+
+CREATE TABLE inventory_scans (
+    agent       TEXT PRIMARY KEY REFERENCES agents(id),
+    scanned_at  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    problems    TEXT NOT NULL
+) STRICT;
+
 CREATE TABLE issuers (
     name          TEXT PRIMARY KEY,
     kind          TEXT NOT NULL,
@@ -159,6 +195,10 @@ CREATE UNIQUE INDEX applications_one_in_flight
 CREATE INDEX certificates_not_after ON certificates(not_after);
 
 CREATE INDEX deployments_lineage ON deployments(lineage);
+
+CREATE INDEX inventory_fingerprint ON inventory(fingerprint);
+
+CREATE INDEX inventory_not_after ON inventory(not_after);
 
 CREATE UNIQUE INDEX rollouts_one_active_per_lineage
     ON rollouts(lineage) WHERE state IN ('running', 'paused');

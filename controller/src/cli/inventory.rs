@@ -1,0 +1,229 @@
+//! `certfleet inventory …`: the certificates agents found in use on their
+//! hosts, managed or not, and adopting them.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use certfleet_protocol::message::{AdoptionInfo, InventoryList, KeyType, Request, Response};
+use clap::Subcommand;
+
+use super::output::{fields, table, Output};
+use super::{parse_named, Format};
+use crate::client::Client;
+
+#[derive(Debug, Subcommand)]
+pub enum InventoryCmd {
+    /// Every certificate the agents found in use (nginx, Apache, HAProxy,
+    /// their `[discovery] paths`), managed by certfleet or not, soonest
+    /// expiry first. MANAGED names the certfleet certificate with the same
+    /// fingerprint; `-` marks one certfleet does not renew.
+    List {
+        /// Only certificates that expire within this period (e.g. 30d);
+        /// expired ones are included, unreadable ones are not.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expiring_within: Option<Duration>,
+        /// Only this agent (id or name).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Print JSON (same as --output json).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a connected agent to scan now, and show what it found.
+    Scan {
+        /// Agent id or name.
+        agent: String,
+    },
+    /// Bring a discovered certificate under management: certfleet applies
+    /// for the same names from --issuer and installs the result on the
+    /// agent's target whose `fullchain` or `cert` is the discovered path;
+    /// renewals replace it from then on. The agent must declare that target
+    /// in its own config.
+    Adopt {
+        /// Agent id or name.
+        agent: String,
+        /// The discovered certificate: its path on the agent, or its
+        /// SHA-256 fingerprint.
+        certificate: String,
+        /// Issuer to apply to (see `certfleet issuer list`).
+        #[arg(long)]
+        issuer: String,
+        /// Lifetime of the replacement [default: the discovered
+        /// certificate's].
+        #[arg(long)]
+        validity_days: Option<u32>,
+        /// Key type of the replacement.
+        #[arg(long, default_value = "ecdsa-p256", value_parser = parse_named::<KeyType>)]
+        key: KeyType,
+        /// Wait until the replacement is issued and installed.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn days_left(not_after: i64, now: i64) -> String {
+    let d = (not_after - now).div_euclid(86_400);
+    if not_after <= now {
+        "expired".into()
+    } else {
+        format!("{d}d")
+    }
+}
+
+fn show_list(out: &Output, list: &InventoryList) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    out.emit(list, || {
+        let mut text = table(
+            &[
+                "NOT AFTER",
+                "LEFT",
+                "AGENT",
+                "SOURCE",
+                "SITE",
+                "TARGET",
+                "MANAGED",
+                "PATH",
+                "NAMES",
+            ],
+            list.items
+                .iter()
+                .map(|i| {
+                    let e = &i.entry;
+                    vec![
+                        e.not_after.map(|t| t.to_string()).unwrap_or("-".into()),
+                        e.not_after
+                            .map(|t| days_left(t.0, now))
+                            .unwrap_or("-".into()),
+                        i.agent_name.clone(),
+                        e.source.clone(),
+                        e.site.clone().unwrap_or("-".into()),
+                        e.target.clone().unwrap_or("-".into()),
+                        i.managed.clone().unwrap_or("-".into()),
+                        e.path.clone(),
+                        match &e.error {
+                            Some(err) => format!("error: {err}"),
+                            None => e.sans.join(","),
+                        },
+                    ]
+                })
+                .collect(),
+        );
+        if !list.problems.is_empty() {
+            text.push_str("\nProblems reported by the agents' last scans:\n");
+            for (agent, p) in &list.problems {
+                text.push_str(&format!("  {agent}: {p}\n"));
+            }
+        }
+        text
+    })
+}
+
+fn show_adoption(out: &Output, a: &AdoptionInfo) -> anyhow::Result<()> {
+    out.emit(a, || {
+        fields(&[
+            ("agent", format!("{} ({})", a.agent_name, a.agent)),
+            ("target", a.target.clone()),
+            ("path", a.path.clone()),
+            ("replaces", a.fingerprint.clone()),
+            ("domains", a.domains.join(", ")),
+            ("instance", a.instance.clone()),
+            ("application", a.application.id.clone()),
+            ("state", a.application.state.to_string()),
+        ])
+    })
+}
+
+pub(super) async fn run(client: &Client, cmd: InventoryCmd, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        InventoryCmd::List {
+            expiring_within,
+            agent,
+            json,
+        } => {
+            let secs = expiring_within.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let r = client
+                .call(&Request::InventoryList {
+                    expiring_within_secs: secs,
+                    agent,
+                })
+                .await?;
+            let list = expect_response!(r, Inventory);
+            if json {
+                show_list(&Output::new(Format::Json), &list)
+            } else {
+                show_list(out, &list)
+            }
+        }
+        InventoryCmd::Scan { agent } => {
+            let r = client.call(&Request::InventoryScan { agent }).await?;
+            show_list(out, &expect_response!(r, Inventory))
+        }
+        InventoryCmd::Adopt {
+            agent,
+            certificate,
+            issuer,
+            validity_days,
+            key,
+            wait,
+            timeout,
+        } => {
+            let r = client
+                .call(&Request::InventoryAdopt {
+                    agent,
+                    certificate,
+                    issuer,
+                    validity_days,
+                    key,
+                })
+                .await?;
+            let adoption = expect_response!(r, Adoption);
+            if !wait {
+                return show_adoption(out, &adoption);
+            }
+            if out.is_table() {
+                show_adoption(out, &adoption)?;
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut app = adoption.application.clone();
+            while app.state.in_flight() {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!(
+                        "application {} is still {} after {}; follow it with \
+                         `certfleet application show {}`",
+                        app.id,
+                        app.state,
+                        humantime::format_duration(timeout),
+                        app.id
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let r = client
+                    .call(&Request::ApplicationShow { id: app.id.clone() })
+                    .await?;
+                app = expect_response!(r, Application);
+            }
+            let Some(cert) = app.certificate.clone() else {
+                bail!(
+                    "application {} failed: {}",
+                    app.id,
+                    app.last_error.as_deref().unwrap_or("no reason given")
+                );
+            };
+            let r = client.call(&Request::RolloutList).await?;
+            let rollouts = expect_response!(r, Rollouts);
+            let Some(rollout) = rollouts.iter().find(|r| r.certificate == cert) else {
+                bail!(
+                    "certificate {cert} was issued but no rollout to {} on {} was started; see \
+                     `certfleet rollout list` and the controller's log",
+                    adoption.target,
+                    adoption.agent_name
+                );
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            super::rollout::wait(client, &rollout.id, left, out).await
+        }
+    }
+}

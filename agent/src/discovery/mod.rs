@@ -113,6 +113,36 @@ pub struct Discovery {
     pub haproxy: Source<Vec<PathBuf>>,
 }
 
+/// The first apache target's config test (`… -t`) turned into the
+/// include dump discovery reads.
+fn apache_from_target(targets: &[Target]) -> Option<Vec<String>> {
+    let test = targets
+        .iter()
+        .filter(|t| t.kind == TargetKind::Apache)
+        .find_map(|t| t.test_command.as_ref())
+        .filter(|c| c.iter().any(|a| a == "-t"))?;
+    let mut argv: Vec<String> = test.iter().filter(|a| *a != "-q").cloned().collect();
+    argv.extend(["-D".to_string(), "DUMP_INCLUDES".to_string()]);
+    Some(argv)
+}
+
+/// The config files (`-f FILE`) of the haproxy targets' config tests.
+fn haproxy_from_targets(targets: &[Target]) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for t in targets.iter().filter(|t| t.kind == TargetKind::Haproxy) {
+        let Some(test) = &t.test_command else {
+            continue;
+        };
+        for pair in test.windows(2) {
+            let file = PathBuf::from(&pair[1]);
+            if pair[0] == "-f" && file.is_absolute() && !files.contains(&file) {
+                files.push(file);
+            }
+        }
+    }
+    files
+}
+
 fn first_existing(candidates: &[&str]) -> Option<String> {
     candidates
         .iter()
@@ -123,8 +153,10 @@ fn first_existing(candidates: &[&str]) -> Option<String> {
 impl Discovery {
     /// Check `[discovery]`; `Err((key, message))` names the bad key.
     /// Defaults: nginx from the first nginx target's test command (`-t`
-    /// becomes `-T`) or `nginx -T`; Apache from `apache2ctl`/`apachectl`;
-    /// HAProxy from `/etc/haproxy/haproxy.cfg` — each only where installed.
+    /// becomes `-T`) or `nginx -T`; Apache from the first apache target's
+    /// test command (with `-D DUMP_INCLUDES`) or `apache2ctl`/`apachectl`;
+    /// HAProxy from the haproxy targets' `-f` config files or
+    /// `/etc/haproxy/haproxy.cfg` — each only where installed.
     pub fn check(raw: &DiscoveryConfig, targets: &[Target]) -> Result<Discovery, (String, String)> {
         let duration = |key: &str, v: &Option<String>, default: &str| {
             let text = v.as_deref().unwrap_or(default);
@@ -204,15 +236,18 @@ impl Discovery {
                 argv_ok("apache", &Some(c.clone()))?;
                 Source::Configured(c.clone())
             }
-            _ => match first_existing(&[
-                "/usr/sbin/apache2ctl",
-                "/usr/sbin/apachectl",
-                "/usr/bin/apachectl",
-            ]) {
-                Some(bin) => {
-                    Source::Default(vec![bin, "-t".into(), "-D".into(), "DUMP_INCLUDES".into()])
-                }
-                None => Source::Off,
+            _ => match apache_from_target(targets) {
+                Some(c) => Source::Configured(c),
+                None => match first_existing(&[
+                    "/usr/sbin/apache2ctl",
+                    "/usr/sbin/apachectl",
+                    "/usr/bin/apachectl",
+                ]) {
+                    Some(bin) => {
+                        Source::Default(vec![bin, "-t".into(), "-D".into(), "DUMP_INCLUDES".into()])
+                    }
+                    None => Source::Off,
+                },
             },
         };
         let haproxy = match &raw.haproxy {
@@ -230,6 +265,9 @@ impl Discovery {
                     }
                 }
                 Source::Configured(files.clone())
+            }
+            _ if !haproxy_from_targets(targets).is_empty() => {
+                Source::Configured(haproxy_from_targets(targets))
             }
             _ => {
                 let default = Path::new("/etc/haproxy/haproxy.cfg");
@@ -1074,5 +1112,44 @@ mod tests {
             .0
             .contains("apache"));
         assert!(toml::from_str::<DiscoveryConfig>("bogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn apache_and_haproxy_sources_follow_the_targets() {
+        let text = r#"
+allowed_dirs = ["/srv/tls"]
+[[target]]
+name = "web"
+kind = "apache"
+domains = ["a.example"]
+cert = "/srv/tls/a/cert.pem"
+chain = "/srv/tls/a/chain.pem"
+key = "/srv/tls/a/key.pem"
+verify = "127.0.0.1:8443"
+test_command = ["/usr/sbin/apache2", "-f", "/srv/apache/httpd.conf", "-t"]
+reload_command = ["/usr/sbin/apache2", "-f", "/srv/apache/httpd.conf", "-k", "graceful"]
+[[target]]
+name = "lb"
+kind = "haproxy"
+domains = ["b.example"]
+combined = "/srv/tls/b/site.pem"
+haproxy_config = "/srv/haproxy/haproxy.cfg"
+verify = "127.0.0.1:9443"
+reload_command = ["/bin/true"]
+"#;
+        let config = crate::config::Config::parse(Path::new("agent.toml"), text).unwrap();
+        match &config.discovery.apache {
+            Source::Configured(argv) => assert_eq!(
+                argv.join(" "),
+                "/usr/sbin/apache2 -f /srv/apache/httpd.conf -t -D DUMP_INCLUDES"
+            ),
+            other => panic!("apache source {other:?}"),
+        }
+        match &config.discovery.haproxy {
+            Source::Configured(files) => {
+                assert_eq!(files, &vec![PathBuf::from("/srv/haproxy/haproxy.cfg")])
+            }
+            other => panic!("haproxy source {other:?}"),
+        }
     }
 }

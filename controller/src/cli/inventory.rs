@@ -8,7 +8,7 @@ use certfleet_protocol::message::{AdoptionInfo, InventoryList, KeyType, Request,
 use clap::Subcommand;
 
 use super::output::{fields, table, Output};
-use super::{parse_named, Format};
+use super::{parse_named, wait_application, Format};
 use crate::client::Client;
 
 #[derive(Debug, Subcommand)]
@@ -187,24 +187,8 @@ pub(super) async fn run(client: &Client, cmd: InventoryCmd, out: &Output) -> any
                 show_adoption(out, &adoption)?;
             }
             let deadline = tokio::time::Instant::now() + timeout;
-            let mut app = adoption.application.clone();
-            while app.state.in_flight() {
-                if tokio::time::Instant::now() >= deadline {
-                    bail!(
-                        "application {} is still {} after {}; follow it with \
-                         `certfleet application show {}`",
-                        app.id,
-                        app.state,
-                        humantime::format_duration(timeout),
-                        app.id
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let r = client
-                    .call(&Request::ApplicationShow { id: app.id.clone() })
-                    .await?;
-                app = expect_response!(r, Application);
-            }
+            let app =
+                wait_application(client, adoption.application.clone(), deadline, timeout).await?;
             let Some(cert) = app.certificate.clone() else {
                 bail!(
                     "application {} failed: {}",

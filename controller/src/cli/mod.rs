@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{
-    ApplicationState, InstanceSpec, IssuerKind, KeyType, Request, Response, RevocationReason,
-    ValidationType,
+    ApplicationInfo, ApplicationState, InstanceSpec, IssuerKind, KeyType, Request, Response,
+    RevocationReason, ValidationType,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -449,6 +449,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Poll an application until it is no longer in flight, or fail at
+/// `deadline` (`timeout` is what the message says was waited).
+async fn wait_application(
+    client: &Client,
+    mut app: ApplicationInfo,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> anyhow::Result<ApplicationInfo> {
+    while app.state.in_flight() {
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "application {} is still {} after {}; follow it with \
+                 `certfleet application show {}`",
+                app.id,
+                app.state,
+                humantime::format_duration(timeout),
+                app.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = client
+            .call(&Request::ApplicationShow { id: app.id.clone() })
+            .await?;
+        app = expect_response!(r, Application);
+    }
+    Ok(app)
+}
+
 async fn connect(controller: &str, credential: Option<&std::path::Path>) -> anyhow::Result<Client> {
     let Some(path) = credential else {
         bail!(
@@ -689,23 +717,7 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             let mut app = expect_response!(r, Application);
             if wait {
                 let deadline = tokio::time::Instant::now() + timeout;
-                while app.state.in_flight() {
-                    if tokio::time::Instant::now() >= deadline {
-                        bail!(
-                            "application {} is still {} after {}; follow it with \
-                             `certfleet application show {}`",
-                            app.id,
-                            app.state,
-                            humantime::format_duration(timeout),
-                            app.id
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let r = client
-                        .call(&Request::ApplicationShow { id: app.id.clone() })
-                        .await?;
-                    app = expect_response!(r, Application);
-                }
+                app = wait_application(client, app, deadline, timeout).await?;
             }
             out.application(&app)?;
             if app.state == ApplicationState::Failed {

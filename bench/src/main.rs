@@ -9,10 +9,15 @@
 //!   exchange) per second against a real controller.
 //! - `served`: time from `certfleet deploy` to nginx serving the new
 //!   certificate (one real agent, one real nginx), p50 over 20 deploys.
+//! - `acme`: sequential and 8-way concurrent ACME orders against a local
+//!   Pebble with HTTP-01 through a real agent, next to certbot against the
+//!   same Pebble (module `acme`).
 //!
 //! `issue` and `handshake` run the controller in this process; `served`
-//! drives the real binaries (build them first with
+//! and `acme` drive the real binaries (build them first with
 //! `cargo build --release --workspace --bins`).
+
+mod acme;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,6 +64,27 @@ enum Bench {
     Served {
         #[arg(long, default_value_t = 20)]
         deploys: usize,
+    },
+    /// ACME orders against local Pebble (HTTP-01 through an agent) vs certbot.
+    ///
+    /// Needs pebble, pebble-challtestsrv, nginx and certbot
+    /// (apt-get install pebble nginx certbot) and the release binaries
+    /// (cargo build --release --workspace --bins).
+    Acme {
+        /// Orders one at a time.
+        #[arg(long, default_value_t = 20)]
+        sequential: usize,
+        /// Orders spread over --concurrency clients.
+        #[arg(long, default_value_t = 40)]
+        concurrent: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Orders per breakdown variant (instant-acme straight to Pebble).
+        #[arg(long, default_value_t = 10)]
+        floor: usize,
+        /// Certificates certbot obtains (0: skip certbot).
+        #[arg(long, default_value_t = 5)]
+        certbot: usize,
     },
 }
 
@@ -332,6 +358,22 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.bench {
         Bench::Served { deploys } => bench_served(&cli.results, deploys),
+        Bench::Acme {
+            sequential,
+            concurrent,
+            concurrency,
+            floor,
+            certbot,
+        } => acme::run(
+            &cli.results,
+            acme::Options {
+                sequential,
+                concurrent,
+                concurrency,
+                floor,
+                certbot,
+            },
+        ),
         bench => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
@@ -343,7 +385,9 @@ fn main() -> Result<()> {
                         seconds,
                         concurrency,
                     } => bench_handshake(&cli.results, seconds, concurrency).await,
-                    Bench::Served { .. } => unreachable!("handled above"),
+                    Bench::Served { .. } | Bench::Acme { .. } => {
+                        unreachable!("handled above")
+                    }
                 }
             })
         }

@@ -7,7 +7,7 @@
 //! refused one changes nothing. Applications are processed by a background
 //! worker from their stored state, so a controller restart resumes them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use certfleet_protocol::message::{
@@ -20,7 +20,7 @@ use certfleet_protocol::Secret;
 use rusqlite::Connection;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::check;
 use crate::clock::Clock;
@@ -34,6 +34,10 @@ use crate::store::{self, AuditRecord, CertRow, IssuerRow, Store, StoreError};
 pub const MAX_VALIDITY_DAYS: u32 = 3650;
 /// Most names one instance may cover.
 pub const MAX_DOMAINS: u32 = 100;
+/// Most applications the issuing worker takes at once: enough to amortize a
+/// durable commit over many certificates, few enough that the first of a
+/// large wave is reported within a fraction of a second.
+const ISSUE_BATCH: usize = 256;
 /// Retries of a transient failure before an application fails.
 const TRANSIENT_RETRIES: u32 = 4;
 /// Agent clock skew beyond this is flagged.
@@ -168,7 +172,7 @@ impl Service {
     }
 
     fn crl_url(&self, issuer: &str) -> String {
-        format!("{}/crl/{issuer}.crl", self.crl_url_base)
+        crl_url(&self.crl_url_base, issuer)
     }
 
     /// Record an operator action that was refused or failed. Successful
@@ -467,6 +471,14 @@ impl Service {
         let _ = self.applications.send(id.to_string());
     }
 
+    /// How many applications are still in flight (pending or validating).
+    pub async fn applications_in_flight(&self) -> Result<usize> {
+        Ok(self
+            .store
+            .call(|c| store::applications_in_flight_count(c))
+            .await?)
+    }
+
     pub async fn application_show(&self, id: String) -> Result<ApplicationInfo> {
         self.store
             .call(move |c| {
@@ -480,18 +492,171 @@ impl Service {
 
     /// Process applications as they arrive, after resuming those a previous
     /// run left in flight.
+    ///
+    /// The worker takes every application waiting (up to [`ISSUE_BATCH`]) at
+    /// once: a renewal wave or a restart with a backlog is issued in batches
+    /// whose built-in signing runs on every core and whose certificates are
+    /// committed together (one durable commit per batch instead of one per
+    /// certificate). No application is reported issued before the commit
+    /// holding its certificate has reached the disk.
     pub async fn run_applications(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
         match self.store.call(|c| store::applications_in_flight(c)).await {
             Ok(apps) => {
-                for a in apps {
+                for a in &apps {
                     info!(application = %a.id, state = %a.state, "resuming application");
-                    self.process_application(&a.id).await;
+                }
+                let ids: Vec<String> = apps.into_iter().map(|a| a.id).collect();
+                for chunk in ids.chunks(ISSUE_BATCH) {
+                    self.process_batch(chunk.to_vec()).await;
                 }
             }
             Err(e) => warn!(error = %e, "could not list applications to resume"),
         }
         while let Some(id) = rx.recv().await {
+            let mut batch = vec![id];
+            while batch.len() < ISSUE_BATCH {
+                match rx.try_recv() {
+                    Ok(id) => batch.push(id),
+                    Err(_) => break,
+                }
+            }
+            self.process_batch(batch).await;
+        }
+    }
+
+    /// Issue a batch of applications: built-in ones together (claimed in one
+    /// transaction, signed in parallel, stored in one transaction), the
+    /// others (ACME, which wait on a remote CA) one at a time as before.
+    async fn process_batch(&self, ids: Vec<String>) {
+        let now = self.now();
+        let started = std::time::Instant::now();
+        let claimed = {
+            let ids = ids.clone();
+            self.store
+                .call(move |c| claim_builtin(c, ids, now.unix_timestamp()))
+                .await
+        };
+        let (builtin, others) = match claimed {
+            Ok(split) => split,
+            Err(e) => {
+                // Let the one-at-a-time path retry and record each outcome.
+                warn!(error = %e.to_rpc().message, "could not claim a batch of applications");
+                (Vec::new(), ids)
+            }
+        };
+        if !builtin.is_empty() {
+            let count = builtin.len();
+            let claimed_at = started.elapsed();
+            let issued = self.issue_builtin_batch(builtin, now).await;
+            let signed_at = started.elapsed();
+            let mut rows = Vec::with_capacity(issued.len());
+            for (app, result) in issued {
+                match result {
+                    Ok(row) => rows.push(row),
+                    Err(e) => self.record_failure(&app, e).await,
+                }
+            }
+            self.persist_batch(rows, now.unix_timestamp()).await;
+            debug!(
+                count,
+                claim_ms = claimed_at.as_secs_f64() * 1e3,
+                sign_ms = (signed_at - claimed_at).as_secs_f64() * 1e3,
+                store_ms = (started.elapsed() - signed_at).as_secs_f64() * 1e3,
+                "issued a batch of built-in applications"
+            );
+        }
+        for id in others {
             self.process_application(&id).await;
+        }
+    }
+
+    /// Sign, check and seal a claimed batch on every core. The results come
+    /// back in the order of `claimed`.
+    async fn issue_builtin_batch(
+        &self,
+        claimed: Vec<Claimed>,
+        now: OffsetDateTime,
+    ) -> Vec<(String, Result<CertRow>)> {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(claimed.len())
+            .max(1);
+        let per = claimed.len().div_ceil(workers);
+        let mut claimed = claimed;
+        let mut chunks = Vec::with_capacity(workers);
+        while !claimed.is_empty() {
+            let rest = claimed.split_off(per.min(claimed.len()));
+            chunks.push(std::mem::replace(&mut claimed, rest));
+        }
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let master = self.master.clone();
+                let crl_base = self.crl_url_base.clone();
+                tokio::task::spawn_blocking(move || issue_chunk(&master, &crl_base, chunk, now))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            match h.await {
+                Ok(results) => out.extend(results),
+                Err(e) => warn!(error = %e, "issuing thread failed"),
+            }
+        }
+        out
+    }
+
+    /// Store issued certificates in one transaction (a savepoint each, so
+    /// one refused row does not take the others with it).
+    async fn persist_batch(&self, rows: Vec<CertRow>, at: i64) {
+        if rows.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.application.clone()).collect();
+        let stored = self
+            .store
+            .call(
+                move |c| -> Result<Vec<(String, String, String, Result<Option<bool>>)>> {
+                    let mut tx = c.transaction()?;
+                    let mut out = Vec::with_capacity(rows.len());
+                    for mut row in rows {
+                        let sp = tx.savepoint()?;
+                        let r = persist_issued(&sp, &mut row, at);
+                        if r.is_ok() {
+                            sp.commit()?;
+                        }
+                        out.push((row.application, row.info.id, row.info.serial, r));
+                    }
+                    tx.commit()?;
+                    Ok(out)
+                },
+            )
+            .await;
+        match stored {
+            Ok(results) => {
+                let mut wake = false;
+                for (app, cert, serial, r) in results {
+                    match r {
+                        Ok(Some(started)) => {
+                            info!(certificate = %cert, %serial, application = %app, "certificate issued");
+                            wake |= started;
+                        }
+                        Ok(None) => {}
+                        Err(e) => self.record_failure(&app, e).await,
+                    }
+                }
+                if wake {
+                    self.rollout_wake.notify_one();
+                }
+            }
+            Err(e) => {
+                let message = e.to_rpc().message;
+                for app in ids {
+                    self.record_failure(&app, ServiceError::Internal(message.clone()))
+                        .await;
+                }
+            }
         }
     }
 
@@ -513,71 +678,77 @@ impl Service {
             }
         };
         if let Err(e) = result {
-            let message = e.to_rpc().message;
-            warn!(application = %id, error = %message, "application failed");
-            let app_id = id.to_string();
-            let now = self.now().unix_timestamp();
-            let r = self
-                .store
-                .call(move |c| -> Result<()> {
-                    let tx = c.transaction()?;
-                    let Some(mut app) = store::application_get(&tx, &app_id)? else {
-                        return Ok(());
-                    };
-                    if !app.state.in_flight() {
-                        return Ok(());
-                    }
-                    app.state = ApplicationState::Failed;
-                    app.last_error = Some(message.clone());
-                    app.updated_at = Timestamp(now);
-                    store::application_update(&tx, &app)?;
-                    store::instance_update(
-                        &tx,
-                        &app.instance,
-                        InstanceState::Unused,
-                        Some(&app.id),
-                        None,
-                    )?;
-                    store::audit_insert(
-                        &tx,
-                        now,
-                        &AuditRecord {
-                            actor: "controller",
-                            action: "cert.issue",
-                            target: &app.instance,
-                            outcome: "failed",
-                            detail: &format!("application={} error={message}", app.id),
-                        },
-                    )?;
-                    if let Some(old_id) = store::application_renews(&tx, &app.id)? {
-                        if let Some(old) = store::cert_get(&tx, &old_id)? {
-                            let attempts = old.renewal_attempts + 1;
-                            let mut delay = crate::renewal::policy::retry_delay(
-                                attempts,
-                                now,
-                                old.info.not_after.0,
-                            );
-                            if message.contains("rate limiting") {
-                                // The CA's limits run over hours; don't knock sooner.
-                                delay = delay.max(crate::renewal::policy::RATE_LIMIT_BACKOFF_SECS);
-                            }
-                            store::cert_set_renewal(
-                                &tx,
-                                &old_id,
-                                Some(&message),
-                                attempts,
-                                Some(now + delay),
-                                None,
-                            )?;
+            self.record_failure(id, e).await;
+        }
+    }
+
+    /// Mark an application failed, free its instance, audit, and schedule
+    /// the next attempt of the renewal it was, if any.
+    async fn record_failure(&self, id: &str, e: ServiceError) {
+        let message = e.to_rpc().message;
+        warn!(application = %id, error = %message, "application failed");
+        let app_id = id.to_string();
+        let now = self.now().unix_timestamp();
+        let r = self
+            .store
+            .call(move |c| -> Result<()> {
+                let tx = c.transaction()?;
+                let Some(mut app) = store::application_get(&tx, &app_id)? else {
+                    return Ok(());
+                };
+                if !app.state.in_flight() {
+                    return Ok(());
+                }
+                app.state = ApplicationState::Failed;
+                app.last_error = Some(message.clone());
+                app.updated_at = Timestamp(now);
+                store::application_update(&tx, &app)?;
+                store::instance_update(
+                    &tx,
+                    &app.instance,
+                    InstanceState::Unused,
+                    Some(&app.id),
+                    None,
+                )?;
+                store::audit_insert(
+                    &tx,
+                    now,
+                    &AuditRecord {
+                        actor: "controller",
+                        action: "cert.issue",
+                        target: &app.instance,
+                        outcome: "failed",
+                        detail: &format!("application={} error={message}", app.id),
+                    },
+                )?;
+                if let Some(old_id) = store::application_renews(&tx, &app.id)? {
+                    if let Some(old) = store::cert_get(&tx, &old_id)? {
+                        let attempts = old.renewal_attempts + 1;
+                        let mut delay = crate::renewal::policy::retry_delay(
+                            attempts,
+                            now,
+                            old.info.not_after.0,
+                        );
+                        if message.contains("rate limiting") {
+                            // The CA's limits run over hours; don't knock sooner.
+                            delay = delay.max(crate::renewal::policy::RATE_LIMIT_BACKOFF_SECS);
                         }
+                        store::cert_set_renewal(
+                            &tx,
+                            &old_id,
+                            Some(&message),
+                            attempts,
+                            Some(now + delay),
+                            None,
+                        )?;
                     }
-                    tx.commit()?;
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = r {
-                warn!(application = %id, error = %e, "could not record application failure");
-            }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(application = %id, error = %e, "could not record application failure");
         }
     }
 
@@ -614,180 +785,55 @@ impl Service {
             return Ok(());
         };
 
-        let names: Vec<SubjectName> = app
-            .domains
-            .iter()
-            .map(|d| name::parse(d).map_err(|e| internal(e.to_string())))
-            .collect::<Result<_>>()?;
-        let (leaf_pem, chain_pem, checked, key) = if issuer.acme.is_some() {
-            self.issue_acme(&app, &instance, &issuer, &names).await?
-        } else {
-            self.issue_builtin(&instance, &issuer, &names, now).await?
-        };
-
-        let cert_id = store::new_id("cert");
-        let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
-        let key_sealed = self
-            .master
-            .seal(&key_aad(&cert_id), key_pem.as_bytes())
-            .map_err(internal)?;
-        let row = CertRow {
-            info: CertInfo {
-                id: cert_id,
-                instance: instance.id.clone(),
-                issuer: issuer.name.clone(),
-                domains: app.domains.clone(),
-                serial: checked.serial,
-                fingerprint: checked.fingerprint,
-                key: instance.spec.key,
-                not_before: Timestamp(checked.not_before),
-                not_after: Timestamp(checked.not_after),
-                state: CertState::Active,
-                renews: None,
-                revoked_at: None,
-                revocation_reason: None,
+        let mut row = if issuer.acme.is_some() {
+            let names = parse_names(&app.domains)?;
+            let (leaf_pem, chain_pem, checked, key) =
+                self.issue_acme(&app, &instance, &issuer, &names).await?;
+            cert_row(
+                &self.master,
+                &app,
+                &instance,
+                &issuer.name,
                 leaf_pem,
                 chain_pem,
-                renewal: None,
-            },
-            application: app.id.clone(),
-            key_sealed,
-            lineage: String::new(),
-            renewal_error: None,
-            renewal_attempts: 0,
-            renewal_next_at: None,
-            renewal_blocked: None,
+                checked,
+                &key,
+            )?
+        } else {
+            let master = self.master.clone();
+            let crl_base = self.crl_url_base.clone();
+            let claimed = Claimed {
+                app,
+                instance,
+                issuer: Arc::new(issuer),
+            };
+            let mut results = tokio::task::spawn_blocking(move || {
+                issue_chunk(&master, &crl_base, vec![claimed], now)
+            })
+            .await
+            .map_err(internal)?;
+            results
+                .pop()
+                .map(|(_, r)| r)
+                .unwrap_or_else(|| Err(internal("issuing thread returned nothing")))?
         };
         let at = now.unix_timestamp();
-        let mut row = row;
         let started = self
             .store
-            .call(move |c| -> Result<bool> {
+            .call(move |c| -> Result<Option<bool>> {
                 let tx = c.transaction()?;
-                let Some(mut app) = store::application_get(&tx, &row.application)? else {
-                    return Ok(false);
-                };
-                if !app.state.in_flight() {
-                    // Cancelled meanwhile: discard the certificate.
-                    return Ok(false);
-                }
-                let renews = store::application_renews(&tx, &app.id)?;
-                let old = match &renews {
-                    Some(old_id) => store::cert_get(&tx, old_id)?,
-                    None => None,
-                };
-                row.lineage = old
-                    .as_ref()
-                    .map(|o| o.lineage.clone())
-                    .unwrap_or_else(|| row.info.id.clone());
-                row.info.renews = old.as_ref().map(|o| o.info.id.clone());
-                store::cert_insert(&tx, &row, at)?;
-                let mut started = false;
-                if let Some(old) = &old {
-                    if old.info.state == CertState::Active {
-                        store::cert_set_state(&tx, &old.info.id, CertState::Superseded)?;
-                    }
-                    store::cert_set_renewal(&tx, &old.info.id, None, 0, None, None)?;
-                    let targets = store::lineage_deployments(&tx, &row.lineage)?;
-                    if !targets.is_empty() {
-                        crate::rollout::create(
-                            &tx,
-                            "renewal",
-                            &row.lineage,
-                            &row.info.id,
-                            Some(&old.info.id),
-                            targets,
-                            &crate::rollout::policy::Strategy::default(),
-                            true,
-                            "controller",
-                            at,
-                        )?;
-                        started = true;
-                    }
-                }
-                app.state = ApplicationState::Issued;
-                app.certificate = Some(row.info.id.clone());
-                app.last_error = None;
-                app.updated_at = Timestamp(at);
-                store::application_update(&tx, &app)?;
-                store::instance_update(
-                    &tx,
-                    &app.instance,
-                    InstanceState::Issued,
-                    Some(&app.id),
-                    Some(&row.info.id),
-                )?;
-                store::audit_insert(
-                    &tx,
-                    at,
-                    &AuditRecord {
-                        actor: "controller",
-                        action: "cert.issue",
-                        target: &row.info.id,
-                        outcome: "ok",
-                        detail: &format!(
-                            "application={} serial={} not_after={}",
-                            app.id, row.info.serial, row.info.not_after
-                        ),
-                    },
-                )?;
+                let started = persist_issued(&tx, &mut row, at)?;
                 tx.commit()?;
-                info!(certificate = %row.info.id, serial = %row.info.serial, renews = ?row.info.renews, "certificate issued");
+                if started.is_some() {
+                    info!(certificate = %row.info.id, serial = %row.info.serial, renews = ?row.info.renews, "certificate issued");
+                }
                 Ok(started)
             })
             .await?;
-        if started {
+        if started == Some(true) {
             self.rollout_wake.notify_one();
         }
         Ok(())
-    }
-
-    /// Sign a leaf with a built-in issuer and check it.
-    async fn issue_builtin(
-        &self,
-        instance: &InstanceInfo,
-        issuer: &IssuerRow,
-        names: &[SubjectName],
-        now: OffsetDateTime,
-    ) -> Result<(String, String, check::Checked, rcgen::KeyPair)> {
-        let ca_key = self
-            .master
-            .open(&issuer_key_aad(&issuer.name), &issuer.ca_key_sealed)
-            .map_err(internal)?;
-        let crl_url = self.crl_url(&issuer.name);
-        let spec = instance.spec.clone();
-        let issuer_for_issue = issuer.clone();
-        let names_for_issue = names.to_vec();
-        let (leaf, key) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let ca = BuiltinCa::load(issuer_for_issue.key, &issuer_for_issue.ca_pem, &ca_key)
-                .map_err(internal)?;
-            let key = generate_key(spec.key).map_err(internal)?;
-            let leaf = ca
-                .issue(
-                    &names_for_issue,
-                    &key,
-                    Duration::days(i64::from(spec.validity_days)),
-                    &crl_url,
-                    now,
-                )
-                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
-            Ok((leaf, key))
-        })
-        .await
-        .map_err(internal)??;
-        let ca_der = pem_to_der(&issuer.ca_pem).ok_or_else(|| internal("stored CA unreadable"))?;
-        let root_der =
-            pem_to_der(&issuer.root_pem).ok_or_else(|| internal("stored root unreadable"))?;
-        let checked = check::check_issued(
-            &leaf.der,
-            std::slice::from_ref(&ca_der),
-            &root_der,
-            &key,
-            names,
-            now.unix_timestamp(),
-        )
-        .map_err(|e| internal(format!("issued certificate failed its checks: {e}")))?;
-        Ok((leaf.pem, issuer.ca_pem.clone(), checked, key))
     }
 
     // ------------------------------------------------------------ certificates
@@ -1192,6 +1238,285 @@ pub(crate) fn apply_in_tx(
         },
     )?;
     Ok(app)
+}
+
+/// An application the worker has claimed (moved to `validating`), with what
+/// issuing it needs.
+struct Claimed {
+    app: ApplicationInfo,
+    instance: InstanceInfo,
+    issuer: Arc<IssuerRow>,
+}
+
+/// Claim the built-in-issuer applications among `ids` in one transaction.
+/// Returns them, and the ids left for the one-at-a-time path (ACME issuers,
+/// or rows that vanished, whose error that path records).
+fn claim_builtin(
+    conn: &mut Connection,
+    ids: Vec<String>,
+    now: i64,
+) -> Result<(Vec<Claimed>, Vec<String>)> {
+    let tx = conn.transaction()?;
+    let mut issuers: HashMap<String, Option<Arc<IssuerRow>>> = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut claimed = Vec::new();
+    let mut others = Vec::new();
+    for id in ids {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(mut app) = store::application_get(&tx, &id)? else {
+            continue;
+        };
+        if !app.state.in_flight() {
+            continue;
+        }
+        let Some(instance) = store::instance_get(&tx, &app.instance)? else {
+            others.push(id);
+            continue;
+        };
+        let issuer = match issuers.get(&instance.spec.issuer) {
+            Some(i) => i.clone(),
+            None => {
+                let i = store::issuer_get(&tx, &instance.spec.issuer)?.map(Arc::new);
+                issuers.insert(instance.spec.issuer.clone(), i.clone());
+                i
+            }
+        };
+        let Some(issuer) = issuer.filter(|i| i.acme.is_none()) else {
+            others.push(id);
+            continue;
+        };
+        app.state = ApplicationState::Validating;
+        app.attempts += 1;
+        app.updated_at = Timestamp(now);
+        store::application_update(&tx, &app)?;
+        claimed.push(Claimed {
+            app,
+            instance,
+            issuer,
+        });
+    }
+    tx.commit()?;
+    Ok((claimed, others))
+}
+
+/// A built-in issuing CA opened for signing, with its chain.
+struct LoadedCa {
+    ca: BuiltinCa,
+    ca_der: rustls_pki_types::CertificateDer<'static>,
+    root_der: rustls_pki_types::CertificateDer<'static>,
+    crl_url: String,
+}
+
+fn crl_url(base: &str, issuer: &str) -> String {
+    format!("{base}/crl/{issuer}.crl")
+}
+
+fn load_ca(master: &MasterKey, crl_base: &str, issuer: &IssuerRow) -> Result<LoadedCa> {
+    let ca_key = master
+        .open(&issuer_key_aad(&issuer.name), &issuer.ca_key_sealed)
+        .map_err(internal)?;
+    Ok(LoadedCa {
+        ca: BuiltinCa::load(issuer.key, &issuer.ca_pem, &ca_key).map_err(internal)?,
+        ca_der: pem_to_der(&issuer.ca_pem).ok_or_else(|| internal("stored CA unreadable"))?,
+        root_der: pem_to_der(&issuer.root_pem).ok_or_else(|| internal("stored root unreadable"))?,
+        crl_url: crl_url(crl_base, &issuer.name),
+    })
+}
+
+/// Issue every application of `chunk` on this (blocking) thread: key,
+/// signature, the checks every certificate must pass, sealed key. Each CA is
+/// opened once per chunk.
+fn issue_chunk(
+    master: &MasterKey,
+    crl_base: &str,
+    chunk: Vec<Claimed>,
+    now: OffsetDateTime,
+) -> Vec<(String, Result<CertRow>)> {
+    let mut cas: HashMap<String, std::result::Result<LoadedCa, String>> = HashMap::new();
+    chunk
+        .into_iter()
+        .map(|c| {
+            let ca = cas
+                .entry(c.issuer.name.clone())
+                .or_insert_with(|| load_ca(master, crl_base, &c.issuer).map_err(|e| e.to_string()));
+            let r = match ca {
+                Ok(ca) => issue_one(master, ca, &c, now),
+                Err(e) => Err(internal(e.clone())),
+            };
+            (c.app.id, r)
+        })
+        .collect()
+}
+
+fn parse_names(domains: &[String]) -> Result<Vec<SubjectName>> {
+    domains
+        .iter()
+        .map(|d| name::parse(d).map_err(|e| internal(e.to_string())))
+        .collect()
+}
+
+/// Sign a leaf with a built-in issuer, check it, and seal its key.
+fn issue_one(
+    master: &MasterKey,
+    ca: &LoadedCa,
+    c: &Claimed,
+    now: OffsetDateTime,
+) -> Result<CertRow> {
+    let names = parse_names(&c.app.domains)?;
+    let key = generate_key(c.instance.spec.key).map_err(internal)?;
+    let leaf = ca
+        .ca
+        .issue(
+            &names,
+            &key,
+            Duration::days(i64::from(c.instance.spec.validity_days)),
+            &ca.crl_url,
+            now,
+        )
+        .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+    let checked = check::check_issued(
+        &leaf.der,
+        std::slice::from_ref(&ca.ca_der),
+        &ca.root_der,
+        &key,
+        &names,
+        now.unix_timestamp(),
+    )
+    .map_err(|e| internal(format!("issued certificate failed its checks: {e}")))?;
+    cert_row(
+        master,
+        &c.app,
+        &c.instance,
+        &c.issuer.name,
+        leaf.pem,
+        c.issuer.ca_pem.clone(),
+        checked,
+        &key,
+    )
+}
+
+/// The row of a new certificate, its key sealed to the new id.
+#[allow(clippy::too_many_arguments)]
+fn cert_row(
+    master: &MasterKey,
+    app: &ApplicationInfo,
+    instance: &InstanceInfo,
+    issuer: &str,
+    leaf_pem: String,
+    chain_pem: String,
+    checked: check::Checked,
+    key: &rcgen::KeyPair,
+) -> Result<CertRow> {
+    let cert_id = store::new_id("cert");
+    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+    let key_sealed = master
+        .seal(&key_aad(&cert_id), key_pem.as_bytes())
+        .map_err(internal)?;
+    Ok(CertRow {
+        info: CertInfo {
+            id: cert_id,
+            instance: instance.id.clone(),
+            issuer: issuer.to_string(),
+            domains: app.domains.clone(),
+            serial: checked.serial,
+            fingerprint: checked.fingerprint,
+            key: instance.spec.key,
+            not_before: Timestamp(checked.not_before),
+            not_after: Timestamp(checked.not_after),
+            state: CertState::Active,
+            renews: None,
+            revoked_at: None,
+            revocation_reason: None,
+            leaf_pem,
+            chain_pem,
+            renewal: None,
+        },
+        application: app.id.clone(),
+        key_sealed,
+        lineage: String::new(),
+        renewal_error: None,
+        renewal_attempts: 0,
+        renewal_next_at: None,
+        renewal_blocked: None,
+    })
+}
+
+/// Store an issued certificate inside the caller's transaction: the
+/// certificate, its application and instance moved to `issued`, the audit
+/// record, and — for a renewal — the old certificate superseded and a
+/// rollout to its deployments. `None` when the application is no longer in
+/// flight (cancelled meanwhile: the certificate is discarded); otherwise
+/// whether a rollout was started.
+fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<bool>> {
+    let Some(mut app) = store::application_get(tx, &row.application)? else {
+        return Ok(None);
+    };
+    if !app.state.in_flight() {
+        return Ok(None);
+    }
+    let renews = store::application_renews(tx, &app.id)?;
+    let old = match &renews {
+        Some(old_id) => store::cert_get(tx, old_id)?,
+        None => None,
+    };
+    row.lineage = old
+        .as_ref()
+        .map(|o| o.lineage.clone())
+        .unwrap_or_else(|| row.info.id.clone());
+    row.info.renews = old.as_ref().map(|o| o.info.id.clone());
+    store::cert_insert(tx, row, at)?;
+    let mut started = false;
+    if let Some(old) = &old {
+        if old.info.state == CertState::Active {
+            store::cert_set_state(tx, &old.info.id, CertState::Superseded)?;
+        }
+        store::cert_set_renewal(tx, &old.info.id, None, 0, None, None)?;
+        let targets = store::lineage_deployments(tx, &row.lineage)?;
+        if !targets.is_empty() {
+            crate::rollout::create(
+                tx,
+                "renewal",
+                &row.lineage,
+                &row.info.id,
+                Some(&old.info.id),
+                targets,
+                &crate::rollout::policy::Strategy::default(),
+                true,
+                "controller",
+                at,
+            )?;
+            started = true;
+        }
+    }
+    app.state = ApplicationState::Issued;
+    app.certificate = Some(row.info.id.clone());
+    app.last_error = None;
+    app.updated_at = Timestamp(at);
+    store::application_update(tx, &app)?;
+    store::instance_update(
+        tx,
+        &app.instance,
+        InstanceState::Issued,
+        Some(&app.id),
+        Some(&row.info.id),
+    )?;
+    store::audit_insert(
+        tx,
+        at,
+        &AuditRecord {
+            actor: "controller",
+            action: "cert.issue",
+            target: &row.info.id,
+            outcome: "ok",
+            detail: &format!(
+                "application={} serial={} not_after={}",
+                app.id, row.info.serial, row.info.not_after
+            ),
+        },
+    )?;
+    Ok(Some(started))
 }
 
 /// A certificate's public description with its renewal state filled in.

@@ -156,9 +156,15 @@ CREATE TABLE rollouts (
 CREATE UNIQUE INDEX applications_one_in_flight
     ON applications(instance) WHERE state IN ('pending', 'validating');
 
+CREATE INDEX applications_renews ON applications(renews);
+
 CREATE INDEX certificates_not_after ON certificates(not_after);
 
+CREATE INDEX certificates_renews ON certificates(renews);
+
 CREATE INDEX deployments_lineage ON deployments(lineage);
+
+CREATE INDEX instances_unused ON instances(issuer, created_at) WHERE state = 'unused';
 
 CREATE UNIQUE INDEX rollouts_one_active_per_lineage
     ON rollouts(lineage) WHERE state IN ('running', 'paused');

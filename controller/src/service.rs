@@ -616,22 +616,20 @@ impl Service {
         let ids: Vec<String> = rows.iter().map(|r| r.application.clone()).collect();
         let stored = self
             .store
-            .call(
-                move |c| -> Result<Vec<(String, String, String, Result<Option<bool>>)>> {
-                    let mut tx = c.transaction()?;
-                    let mut out = Vec::with_capacity(rows.len());
-                    for mut row in rows {
-                        let sp = tx.savepoint()?;
-                        let r = persist_issued(&sp, &mut row, at);
-                        if r.is_ok() {
-                            sp.commit()?;
-                        }
-                        out.push((row.application, row.info.id, row.info.serial, r));
+            .call(move |c| -> Result<Vec<Persisted>> {
+                let mut tx = c.transaction()?;
+                let mut out = Vec::with_capacity(rows.len());
+                for mut row in rows {
+                    let sp = tx.savepoint()?;
+                    let r = persist_issued(&sp, &mut row, at);
+                    if r.is_ok() {
+                        sp.commit()?;
                     }
-                    tx.commit()?;
-                    Ok(out)
-                },
-            )
+                    out.push((row.application, row.info.id, row.info.serial, r));
+                }
+                tx.commit()?;
+                Ok(out)
+            })
             .await;
         match stored {
             Ok(results) => {
@@ -1239,6 +1237,10 @@ pub(crate) fn apply_in_tx(
     )?;
     Ok(app)
 }
+
+/// What storing one issued certificate came to: application, certificate,
+/// serial, and [`persist_issued`]'s answer.
+type Persisted = (String, String, String, Result<Option<bool>>);
 
 /// An application the worker has claimed (moved to `validating`), with what
 /// issuing it needs.

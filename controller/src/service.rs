@@ -1337,6 +1337,7 @@ fn issue_chunk(
     now: OffsetDateTime,
 ) -> Vec<(String, Result<CertRow>)> {
     let mut cas: HashMap<String, std::result::Result<LoadedCa, String>> = HashMap::new();
+    let memo = check::VerifyMemo::default();
     chunk
         .into_iter()
         .map(|c| {
@@ -1344,7 +1345,7 @@ fn issue_chunk(
                 .entry(c.issuer.name.clone())
                 .or_insert_with(|| load_ca(master, crl_base, &c.issuer).map_err(|e| e.to_string()));
             let r = match ca {
-                Ok(ca) => issue_one(master, ca, &c, now),
+                Ok(ca) => issue_one(master, ca, &memo, &c, now),
                 Err(e) => Err(internal(e.clone())),
             };
             (c.app.id, r)
@@ -1363,6 +1364,7 @@ fn parse_names(domains: &[String]) -> Result<Vec<SubjectName>> {
 fn issue_one(
     master: &MasterKey,
     ca: &LoadedCa,
+    memo: &check::VerifyMemo,
     c: &Claimed,
     now: OffsetDateTime,
 ) -> Result<CertRow> {
@@ -1378,13 +1380,14 @@ fn issue_one(
             now,
         )
         .map_err(|e| ServiceError::Invalid(e.to_string()))?;
-    let checked = check::check_issued(
+    let checked = check::check_issued_memo(
         &leaf.der,
         std::slice::from_ref(&ca.ca_der),
         &ca.root_der,
         &key,
         &names,
         now.unix_timestamp(),
+        memo,
     )
     .map_err(|e| internal(format!("issued certificate failed its checks: {e}")))?;
     cert_row(

@@ -497,77 +497,125 @@ impl Service {
     /// once: a renewal wave or a restart with a backlog is issued in batches
     /// whose built-in signing runs on every core and whose certificates are
     /// committed together (one durable commit per batch instead of one per
-    /// certificate). No application is reported issued before the commit
+    /// certificate). While one batch is being signed, the one before it is
+    /// being stored. No application is reported issued before the commit
     /// holding its certificate has reached the disk.
     pub async fn run_applications(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
+        let mut backlog = std::collections::VecDeque::new();
         match self.store.call(|c| store::applications_in_flight(c)).await {
             Ok(apps) => {
-                for a in &apps {
+                for a in apps {
                     info!(application = %a.id, state = %a.state, "resuming application");
-                }
-                let ids: Vec<String> = apps.into_iter().map(|a| a.id).collect();
-                for chunk in ids.chunks(ISSUE_BATCH) {
-                    self.process_batch(chunk.to_vec()).await;
+                    backlog.push_back(a.id);
                 }
             }
             Err(e) => warn!(error = %e, "could not list applications to resume"),
         }
-        while let Some(id) = rx.recv().await {
-            let mut batch = vec![id];
-            while batch.len() < ISSUE_BATCH {
+        // A batch that is signed but not yet stored.
+        let mut signed: Option<Signed> = None;
+        loop {
+            let mut ids: Vec<String> = Vec::new();
+            while ids.len() < ISSUE_BATCH {
+                match backlog.pop_front() {
+                    Some(id) => ids.push(id),
+                    None => break,
+                }
+            }
+            while ids.len() < ISSUE_BATCH {
                 match rx.try_recv() {
-                    Ok(id) => batch.push(id),
+                    Ok(id) => ids.push(id),
                     Err(_) => break,
                 }
             }
-            self.process_batch(batch).await;
+            if ids.is_empty() {
+                // Nothing else is waiting: store what is signed, then wait.
+                if let Some(s) = signed.take() {
+                    self.store_signed(s).await;
+                }
+                match rx.recv().await {
+                    Some(id) => backlog.push_back(id),
+                    None => break,
+                }
+                continue;
+            }
+            let now = self.now();
+            let started = std::time::Instant::now();
+            let (builtin, others) = self.claim(ids, now).await;
+            // Store the previous batch while this one is signed: the store
+            // works on one core, signing on all of them.
+            let storing = signed.take().map(|s| {
+                let me = self.clone();
+                tokio::spawn(async move { me.store_signed(s).await })
+            });
+            if !builtin.is_empty() {
+                let count = builtin.len();
+                let claim = started.elapsed();
+                let issued = self.issue_builtin_batch(builtin, now).await;
+                signed = Some(Signed {
+                    issued,
+                    at: now.unix_timestamp(),
+                    count,
+                    claim,
+                    sign: started.elapsed() - claim,
+                });
+            }
+            if let Some(h) = storing {
+                if let Err(e) = h.await {
+                    warn!(error = %e, "storing a batch of certificates failed");
+                }
+            }
+            if !others.is_empty() {
+                // ACME orders wait on a remote CA: store what is signed first.
+                if let Some(s) = signed.take() {
+                    self.store_signed(s).await;
+                }
+                for id in others {
+                    self.process_application(&id).await;
+                }
+            }
+        }
+        if let Some(s) = signed.take() {
+            self.store_signed(s).await;
         }
     }
 
-    /// Issue a batch of applications: built-in ones together (claimed in one
-    /// transaction, signed in parallel, stored in one transaction), the
-    /// others (ACME, which wait on a remote CA) one at a time as before.
-    async fn process_batch(&self, ids: Vec<String>) {
-        let now = self.now();
-        let started = std::time::Instant::now();
+    /// Claim a batch: the built-in ones to sign together, and the ids left
+    /// for the one-at-a-time path.
+    async fn claim(&self, ids: Vec<String>, now: OffsetDateTime) -> (Vec<Claimed>, Vec<String>) {
         let claimed = {
             let ids = ids.clone();
             self.store
                 .call(move |c| claim_builtin(c, ids, now.unix_timestamp()))
                 .await
         };
-        let (builtin, others) = match claimed {
+        match claimed {
             Ok(split) => split,
             Err(e) => {
                 // Let the one-at-a-time path retry and record each outcome.
                 warn!(error = %e.to_rpc().message, "could not claim a batch of applications");
                 (Vec::new(), ids)
             }
-        };
-        if !builtin.is_empty() {
-            let count = builtin.len();
-            let claimed_at = started.elapsed();
-            let issued = self.issue_builtin_batch(builtin, now).await;
-            let signed_at = started.elapsed();
-            let mut rows = Vec::with_capacity(issued.len());
-            for (app, result) in issued {
-                match result {
-                    Ok(row) => rows.push(row),
-                    Err(e) => self.record_failure(&app, e).await,
-                }
+        }
+    }
+
+    /// Record the failures of a signed batch and store its certificates.
+    async fn store_signed(&self, s: Signed) {
+        let started = std::time::Instant::now();
+        let mut rows = Vec::with_capacity(s.issued.len());
+        for (app, result) in s.issued {
+            match result {
+                Ok(row) => rows.push(row),
+                Err(e) => self.record_failure(&app, e).await,
             }
-            self.persist_batch(rows, now.unix_timestamp()).await;
-            debug!(
-                count,
-                claim_ms = claimed_at.as_secs_f64() * 1e3,
-                sign_ms = (signed_at - claimed_at).as_secs_f64() * 1e3,
-                store_ms = (started.elapsed() - signed_at).as_secs_f64() * 1e3,
-                "issued a batch of built-in applications"
-            );
         }
-        for id in others {
-            self.process_application(&id).await;
-        }
+        self.persist_batch(rows, s.at).await;
+        debug!(
+            count = s.count,
+            claim_ms = s.claim.as_secs_f64() * 1e3,
+            sign_ms = s.sign.as_secs_f64() * 1e3,
+            store_ms = started.elapsed().as_secs_f64() * 1e3,
+            "issued a batch of built-in applications"
+        );
     }
 
     /// Sign, check and seal a claimed batch on every core. The results come
@@ -1241,6 +1289,15 @@ pub(crate) fn apply_in_tx(
 /// What storing one issued certificate came to: application, certificate,
 /// serial, and [`persist_issued`]'s answer.
 type Persisted = (String, String, String, Result<Option<bool>>);
+
+/// A batch signed by the worker, waiting to be stored.
+struct Signed {
+    issued: Vec<(String, Result<CertRow>)>,
+    at: i64,
+    count: usize,
+    claim: std::time::Duration,
+    sign: std::time::Duration,
+}
 
 /// An application the worker has claimed (moved to `validating`), with what
 /// issuing it needs.

@@ -1610,3 +1610,128 @@ fn regenerate_crl(
     store::issuer_set_crl(conn, issuer, number, &der, now.unix_timestamp())?;
     Ok(der)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::server::{self, ServeOptions, DB_FILE};
+    use certfleet_protocol::message::ValidationType;
+    use rcgen::PublicKeyData;
+
+    fn spec(validity_days: u32) -> InstanceSpec {
+        InstanceSpec {
+            issuer: "ca".into(),
+            validation: ValidationType::Dv,
+            max_domains: 1,
+            wildcard: false,
+            validity_days,
+            key: KeyType::EcdsaP256,
+            renew_before_days: None,
+        }
+    }
+
+    /// A backlog issued as one batch: every certificate is checked, sealed
+    /// and on disk once the batch is stored; the application the CA refuses
+    /// fails alone, with a clear error, and frees its instance.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_issued_together_and_a_refused_application_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let opts = ServeOptions {
+            state_dir: state_dir.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            crl_listen: "127.0.0.1:0".parse().unwrap(),
+            crl_url_base: None,
+            master_key_file: None,
+        };
+        let running = server::start(opts, Arc::new(SystemClock)).await.unwrap();
+        let svc = running.service.clone();
+        svc.issuer_add(
+            "t".into(),
+            "ca".into(),
+            IssuerKind::Builtin,
+            KeyType::EcdsaP256,
+        )
+        .await
+        .unwrap();
+        // Twenty ordinary instances, and one whose validity would outlive
+        // the issuing CA (which the built-in CA refuses).
+        let mut instances = Vec::new();
+        for i in 0..21 {
+            let days = if i == 7 { MAX_VALIDITY_DAYS } else { 90 };
+            instances.push(
+                svc.instance_create("t".into(), spec(days))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        // Store the applications without handing them to the running
+        // worker, then put them through the worker's stages as one batch.
+        let now = svc.now();
+        let ids = {
+            let instances = instances.clone();
+            svc.store
+                .call(move |c| -> Result<Vec<String>> {
+                    let tx = c.transaction()?;
+                    let mut ids = Vec::new();
+                    for (i, inst) in instances.iter().enumerate() {
+                        let domains = [format!("host{i}.batch.test")];
+                        let app =
+                            apply_in_tx(&tx, "t", inst, &domains, None, now.unix_timestamp())?;
+                        ids.push(app.id);
+                    }
+                    tx.commit()?;
+                    Ok(ids)
+                })
+                .await
+                .unwrap()
+        };
+        let (claimed, others) = svc.claim(ids.clone(), now).await;
+        assert_eq!((claimed.len(), others.len()), (21, 0));
+        let issued = svc.issue_builtin_batch(claimed, now).await;
+        assert_eq!(issued.len(), 21);
+        svc.store_signed(Signed {
+            issued,
+            at: now.unix_timestamp(),
+            count: 21,
+            claim: std::time::Duration::ZERO,
+            sign: std::time::Duration::ZERO,
+        })
+        .await;
+
+        let mut serials = BTreeSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let app = svc.application_show(id.clone()).await.unwrap();
+            if i == 7 {
+                assert_eq!(app.state, ApplicationState::Failed);
+                let err = app.last_error.unwrap();
+                assert!(err.contains("shorten --validity-days"), "{err}");
+                let inst = svc.instance_show(instances[i].clone()).await.unwrap();
+                assert_eq!(inst.state, InstanceState::Unused);
+                continue;
+            }
+            assert_eq!(app.state, ApplicationState::Issued, "{:?}", app.last_error);
+            let cert = svc.cert_show(app.certificate.unwrap()).await.unwrap();
+            assert_eq!(cert.domains, vec![format!("host{i}.batch.test")]);
+            serials.insert(cert.serial.clone());
+            // The released key is the one the certificate certifies.
+            let bundle = svc
+                .cert_download("t".into(), cert.id.clone())
+                .await
+                .unwrap();
+            let key = rcgen::KeyPair::from_pem(bundle.key.expose_str().unwrap()).unwrap();
+            let leaf = pem_to_der(&bundle.leaf_pem).unwrap();
+            let (_, x) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+            assert_eq!(x.public_key().raw, key.subject_public_key_info().as_slice());
+        }
+        assert_eq!(serials.len(), 20, "every certificate has its own serial");
+        running.stop().await;
+
+        // Committed, not merely cached: the database on disk holds them.
+        let store = Store::open(&state_dir.join(DB_FILE)).unwrap();
+        let on_disk = store.call_blocking(|c| store::cert_list(c, None)).unwrap();
+        assert_eq!(on_disk.len(), 20);
+    }
+}

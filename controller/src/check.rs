@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
 use certfleet_protocol::name::SubjectName;
-use rcgen::{KeyPair, PublicKeyData};
+use rcgen::PublicKeyData;
 use rustls_pki_types::{
     AlgorithmIdentifier, CertificateDer, InvalidSignature, SignatureVerificationAlgorithm, UnixTime,
 };
@@ -75,7 +75,7 @@ pub fn check_issued(
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     root: &CertificateDer<'_>,
-    key: &KeyPair,
+    key: &impl PublicKeyData,
     requested: &[SubjectName],
     now: i64,
 ) -> Result<Checked, CheckError> {
@@ -100,7 +100,7 @@ pub fn check_issued_memo(
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     root: &CertificateDer<'_>,
-    key: &KeyPair,
+    key: &impl PublicKeyData,
     requested: &[SubjectName],
     now: i64,
     memo: &VerifyMemo,
@@ -198,7 +198,7 @@ fn check_with(
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     root: &CertificateDer<'_>,
-    key: &KeyPair,
+    key: &impl PublicKeyData,
     requested: &[SubjectName],
     now: i64,
     algs: &[&dyn SignatureVerificationAlgorithm],

@@ -843,7 +843,7 @@ impl Service {
                 leaf_pem,
                 chain_pem,
                 checked,
-                &key,
+                &zeroize::Zeroizing::new(key.serialize_pem()),
             )?
         } else {
             let master = self.master.clone();
@@ -1426,7 +1426,7 @@ fn issue_one(
     now: OffsetDateTime,
 ) -> Result<CertRow> {
     let names = parse_names(&c.app.domains)?;
-    let key = generate_key(c.instance.spec.key).map_err(internal)?;
+    let key = LeafKey::generate(c.instance.spec.key)?;
     let leaf = ca
         .ca
         .issue(
@@ -1455,8 +1455,79 @@ fn issue_one(
         leaf.pem,
         c.issuer.ca_pem.clone(),
         checked,
-        &key,
+        &key.pkcs8_pem,
     )
+}
+
+/// A new leaf key: the public half goes into the certificate, the private
+/// half (PKCS#8 PEM) is sealed.
+struct LeafKey {
+    public: Vec<u8>,
+    algorithm: &'static rcgen::SignatureAlgorithm,
+    pkcs8_pem: zeroize::Zeroizing<String>,
+}
+
+impl LeafKey {
+    /// EC keys come straight from the provider: rcgen's generator would
+    /// serialize the new key and parse it back, re-validating it with a
+    /// scalar multiplication that costs about as much as the signature.
+    fn generate(key: KeyType) -> Result<LeafKey> {
+        use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, KeyPair as _};
+        let ec = match key {
+            KeyType::EcdsaP256 => Some(&sig::ECDSA_P256_SHA256_ASN1_SIGNING),
+            KeyType::EcdsaP384 => Some(&sig::ECDSA_P384_SHA384_ASN1_SIGNING),
+            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => None,
+        };
+        let algorithm = crate::issuer::signature_algorithm(key);
+        match ec {
+            Some(alg) => {
+                let pair =
+                    EcdsaKeyPair::generate(alg).map_err(|_| internal("EC key generation failed"))?;
+                let pkcs8 = pair
+                    .to_pkcs8v1()
+                    .map_err(|_| internal("EC key serialization failed"))?;
+                Ok(LeafKey {
+                    public: pair.public_key().as_ref().to_vec(),
+                    algorithm,
+                    pkcs8_pem: private_key_pem(pkcs8.as_ref()),
+                })
+            }
+            None => {
+                let pair = generate_key(key).map_err(internal)?;
+                Ok(LeafKey {
+                    public: rcgen::PublicKeyData::der_bytes(&pair).to_vec(),
+                    algorithm,
+                    pkcs8_pem: zeroize::Zeroizing::new(pair.serialize_pem()),
+                })
+            }
+        }
+    }
+}
+
+impl rcgen::PublicKeyData for LeafKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.algorithm
+    }
+}
+
+/// PKCS#8 DER as a `PRIVATE KEY` PEM block (64-column lines, as rcgen
+/// writes it).
+fn private_key_pem(der: &[u8]) -> zeroize::Zeroizing<String> {
+    use base64::Engine;
+    let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
+    let mut pem = zeroize::Zeroizing::new(String::with_capacity(b64.len() + 64));
+    pem.push_str("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
 }
 
 /// The row of a new certificate, its key sealed to the new id.
@@ -1469,10 +1540,9 @@ fn cert_row(
     leaf_pem: String,
     chain_pem: String,
     checked: check::Checked,
-    key: &rcgen::KeyPair,
+    key_pem: &str,
 ) -> Result<CertRow> {
     let cert_id = store::new_id("cert");
-    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
     let key_sealed = master
         .seal(&key_aad(&cert_id), key_pem.as_bytes())
         .map_err(internal)?;
@@ -1628,6 +1698,23 @@ mod tests {
             validity_days,
             key: KeyType::EcdsaP256,
             renew_before_days: None,
+        }
+    }
+
+    #[test]
+    fn leaf_keys_are_pkcs8_pem_of_the_public_key_they_carry() {
+        for kt in [KeyType::EcdsaP256, KeyType::EcdsaP384] {
+            let key = LeafKey::generate(kt).unwrap();
+            let pem: &str = &key.pkcs8_pem;
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{kt}");
+            assert!(pem.lines().all(|l| l.len() <= 64));
+            let parsed = rcgen::KeyPair::from_pem(pem).unwrap();
+            assert_eq!(
+                parsed.subject_public_key_info(),
+                key.subject_public_key_info(),
+                "{kt}"
+            );
+            assert_eq!(parsed.algorithm(), crate::issuer::signature_algorithm(kt));
         }
     }
 

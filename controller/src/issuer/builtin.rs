@@ -11,7 +11,7 @@ use certfleet_protocol::name::SubjectName;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
     DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
-    KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+    KeyUsagePurpose, PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -107,7 +107,7 @@ impl BuiltinCa {
     pub fn issue(
         &self,
         names: &[SubjectName],
-        public_key: &KeyPair,
+        public_key: &impl PublicKeyData,
         validity: Duration,
         crl_url: &str,
         now: OffsetDateTime,

@@ -1481,8 +1481,8 @@ impl LeafKey {
         let algorithm = crate::issuer::signature_algorithm(key);
         match ec {
             Some(alg) => {
-                let pair =
-                    EcdsaKeyPair::generate(alg).map_err(|_| internal("EC key generation failed"))?;
+                let pair = EcdsaKeyPair::generate(alg)
+                    .map_err(|_| internal("EC key generation failed"))?;
                 let pkcs8 = pair
                     .to_pkcs8v1()
                     .map_err(|_| internal("EC key serialization failed"))?;

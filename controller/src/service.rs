@@ -7,7 +7,7 @@
 //! refused one changes nothing. Applications are processed by a background
 //! worker from their stored state, so a controller restart resumes them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use certfleet_protocol::message::{
@@ -20,7 +20,7 @@ use certfleet_protocol::Secret;
 use rusqlite::Connection;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::check;
 use crate::clock::Clock;
@@ -34,6 +34,10 @@ use crate::store::{self, AuditRecord, CertRow, IssuerRow, Store, StoreError};
 pub const MAX_VALIDITY_DAYS: u32 = 3650;
 /// Most names one instance may cover.
 pub const MAX_DOMAINS: u32 = 100;
+/// Most applications the issuing worker takes at once: enough to amortize a
+/// durable commit over many certificates, few enough that the first of a
+/// large wave is reported within a fraction of a second.
+const ISSUE_BATCH: usize = 256;
 /// Retries of a transient failure before an application fails.
 const TRANSIENT_RETRIES: u32 = 4;
 /// Agent clock skew beyond this is flagged.
@@ -168,7 +172,7 @@ impl Service {
     }
 
     fn crl_url(&self, issuer: &str) -> String {
-        format!("{}/crl/{issuer}.crl", self.crl_url_base)
+        crl_url(&self.crl_url_base, issuer)
     }
 
     /// Record an operator action that was refused or failed. Successful
@@ -467,6 +471,14 @@ impl Service {
         let _ = self.applications.send(id.to_string());
     }
 
+    /// How many applications are still in flight (pending or validating).
+    pub async fn applications_in_flight(&self) -> Result<usize> {
+        Ok(self
+            .store
+            .call(|c| store::applications_in_flight_count(c))
+            .await?)
+    }
+
     pub async fn application_show(&self, id: String) -> Result<ApplicationInfo> {
         self.store
             .call(move |c| {
@@ -480,18 +492,217 @@ impl Service {
 
     /// Process applications as they arrive, after resuming those a previous
     /// run left in flight.
+    ///
+    /// The worker takes every application waiting (up to [`ISSUE_BATCH`]) at
+    /// once: a renewal wave or a restart with a backlog is issued in batches
+    /// whose built-in signing runs on every core and whose certificates are
+    /// committed together (one durable commit per batch instead of one per
+    /// certificate). While one batch is being signed, the one before it is
+    /// being stored. No application is reported issued before the commit
+    /// holding its certificate has reached the disk.
     pub async fn run_applications(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
+        let mut backlog = std::collections::VecDeque::new();
         match self.store.call(|c| store::applications_in_flight(c)).await {
             Ok(apps) => {
                 for a in apps {
                     info!(application = %a.id, state = %a.state, "resuming application");
-                    self.process_application(&a.id).await;
+                    backlog.push_back(a.id);
                 }
             }
             Err(e) => warn!(error = %e, "could not list applications to resume"),
         }
-        while let Some(id) = rx.recv().await {
-            self.process_application(&id).await;
+        // A batch that is signed but not yet stored.
+        let mut signed: Option<Signed> = None;
+        loop {
+            let mut ids: Vec<String> = Vec::new();
+            while ids.len() < ISSUE_BATCH {
+                match backlog.pop_front() {
+                    Some(id) => ids.push(id),
+                    None => break,
+                }
+            }
+            while ids.len() < ISSUE_BATCH {
+                match rx.try_recv() {
+                    Ok(id) => ids.push(id),
+                    Err(_) => break,
+                }
+            }
+            if ids.is_empty() {
+                // Nothing else is waiting: store what is signed, then wait.
+                if let Some(s) = signed.take() {
+                    self.store_signed(s).await;
+                }
+                match rx.recv().await {
+                    Some(id) => backlog.push_back(id),
+                    None => break,
+                }
+                continue;
+            }
+            let now = self.now();
+            let started = std::time::Instant::now();
+            let (builtin, others) = self.claim(ids, now).await;
+            // Store the previous batch while this one is signed: the store
+            // works on one core, signing on all of them.
+            let storing = signed.take().map(|s| {
+                let me = self.clone();
+                tokio::spawn(async move { me.store_signed(s).await })
+            });
+            if !builtin.is_empty() {
+                let count = builtin.len();
+                let claim = started.elapsed();
+                let issued = self.issue_builtin_batch(builtin, now).await;
+                signed = Some(Signed {
+                    issued,
+                    at: now.unix_timestamp(),
+                    count,
+                    claim,
+                    sign: started.elapsed() - claim,
+                });
+            }
+            if let Some(h) = storing {
+                if let Err(e) = h.await {
+                    warn!(error = %e, "storing a batch of certificates failed");
+                }
+            }
+            if !others.is_empty() {
+                // ACME orders wait on a remote CA: store what is signed first.
+                if let Some(s) = signed.take() {
+                    self.store_signed(s).await;
+                }
+                for id in others {
+                    self.process_application(&id).await;
+                }
+            }
+        }
+        if let Some(s) = signed.take() {
+            self.store_signed(s).await;
+        }
+    }
+
+    /// Claim a batch: the built-in ones to sign together, and the ids left
+    /// for the one-at-a-time path.
+    async fn claim(&self, ids: Vec<String>, now: OffsetDateTime) -> (Vec<Claimed>, Vec<String>) {
+        let claimed = {
+            let ids = ids.clone();
+            self.store
+                .call(move |c| claim_builtin(c, ids, now.unix_timestamp()))
+                .await
+        };
+        match claimed {
+            Ok(split) => split,
+            Err(e) => {
+                // Let the one-at-a-time path retry and record each outcome.
+                warn!(error = %e.to_rpc().message, "could not claim a batch of applications");
+                (Vec::new(), ids)
+            }
+        }
+    }
+
+    /// Record the failures of a signed batch and store its certificates.
+    async fn store_signed(&self, s: Signed) {
+        let started = std::time::Instant::now();
+        let mut rows = Vec::with_capacity(s.issued.len());
+        for (app, result) in s.issued {
+            match result {
+                Ok(row) => rows.push(row),
+                Err(e) => self.record_failure(&app, e).await,
+            }
+        }
+        self.persist_batch(rows, s.at).await;
+        debug!(
+            count = s.count,
+            claim_ms = s.claim.as_secs_f64() * 1e3,
+            sign_ms = s.sign.as_secs_f64() * 1e3,
+            store_ms = started.elapsed().as_secs_f64() * 1e3,
+            "issued a batch of built-in applications"
+        );
+    }
+
+    /// Sign, check and seal a claimed batch on every core. The results come
+    /// back in the order of `claimed`.
+    async fn issue_builtin_batch(
+        &self,
+        claimed: Vec<Claimed>,
+        now: OffsetDateTime,
+    ) -> Vec<(String, Result<CertRow>)> {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(claimed.len())
+            .max(1);
+        let per = claimed.len().div_ceil(workers);
+        let mut claimed = claimed;
+        let mut chunks = Vec::with_capacity(workers);
+        while !claimed.is_empty() {
+            let rest = claimed.split_off(per.min(claimed.len()));
+            chunks.push(std::mem::replace(&mut claimed, rest));
+        }
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let master = self.master.clone();
+                let crl_base = self.crl_url_base.clone();
+                tokio::task::spawn_blocking(move || issue_chunk(&master, &crl_base, chunk, now))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            match h.await {
+                Ok(results) => out.extend(results),
+                Err(e) => warn!(error = %e, "issuing thread failed"),
+            }
+        }
+        out
+    }
+
+    /// Store issued certificates in one transaction (a savepoint each, so
+    /// one refused row does not take the others with it).
+    async fn persist_batch(&self, rows: Vec<CertRow>, at: i64) {
+        if rows.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.application.clone()).collect();
+        let stored = self
+            .store
+            .call(move |c| -> Result<Vec<Persisted>> {
+                let mut tx = c.transaction()?;
+                let mut out = Vec::with_capacity(rows.len());
+                for mut row in rows {
+                    let sp = tx.savepoint()?;
+                    let r = persist_issued(&sp, &mut row, at);
+                    if r.is_ok() {
+                        sp.commit()?;
+                    }
+                    out.push((row.application, row.info.id, row.info.serial, r));
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await;
+        match stored {
+            Ok(results) => {
+                let mut wake = false;
+                for (app, cert, serial, r) in results {
+                    match r {
+                        Ok(Some(started)) => {
+                            info!(certificate = %cert, %serial, application = %app, "certificate issued");
+                            wake |= started;
+                        }
+                        Ok(None) => {}
+                        Err(e) => self.record_failure(&app, e).await,
+                    }
+                }
+                if wake {
+                    self.rollout_wake.notify_one();
+                }
+            }
+            Err(e) => {
+                let message = e.to_rpc().message;
+                for app in ids {
+                    self.record_failure(&app, ServiceError::Internal(message.clone()))
+                        .await;
+                }
+            }
         }
     }
 
@@ -513,71 +724,77 @@ impl Service {
             }
         };
         if let Err(e) = result {
-            let message = e.to_rpc().message;
-            warn!(application = %id, error = %message, "application failed");
-            let app_id = id.to_string();
-            let now = self.now().unix_timestamp();
-            let r = self
-                .store
-                .call(move |c| -> Result<()> {
-                    let tx = c.transaction()?;
-                    let Some(mut app) = store::application_get(&tx, &app_id)? else {
-                        return Ok(());
-                    };
-                    if !app.state.in_flight() {
-                        return Ok(());
-                    }
-                    app.state = ApplicationState::Failed;
-                    app.last_error = Some(message.clone());
-                    app.updated_at = Timestamp(now);
-                    store::application_update(&tx, &app)?;
-                    store::instance_update(
-                        &tx,
-                        &app.instance,
-                        InstanceState::Unused,
-                        Some(&app.id),
-                        None,
-                    )?;
-                    store::audit_insert(
-                        &tx,
-                        now,
-                        &AuditRecord {
-                            actor: "controller",
-                            action: "cert.issue",
-                            target: &app.instance,
-                            outcome: "failed",
-                            detail: &format!("application={} error={message}", app.id),
-                        },
-                    )?;
-                    if let Some(old_id) = store::application_renews(&tx, &app.id)? {
-                        if let Some(old) = store::cert_get(&tx, &old_id)? {
-                            let attempts = old.renewal_attempts + 1;
-                            let mut delay = crate::renewal::policy::retry_delay(
-                                attempts,
-                                now,
-                                old.info.not_after.0,
-                            );
-                            if message.contains("rate limiting") {
-                                // The CA's limits run over hours; don't knock sooner.
-                                delay = delay.max(crate::renewal::policy::RATE_LIMIT_BACKOFF_SECS);
-                            }
-                            store::cert_set_renewal(
-                                &tx,
-                                &old_id,
-                                Some(&message),
-                                attempts,
-                                Some(now + delay),
-                                None,
-                            )?;
+            self.record_failure(id, e).await;
+        }
+    }
+
+    /// Mark an application failed, free its instance, audit, and schedule
+    /// the next attempt of the renewal it was, if any.
+    async fn record_failure(&self, id: &str, e: ServiceError) {
+        let message = e.to_rpc().message;
+        warn!(application = %id, error = %message, "application failed");
+        let app_id = id.to_string();
+        let now = self.now().unix_timestamp();
+        let r = self
+            .store
+            .call(move |c| -> Result<()> {
+                let tx = c.transaction()?;
+                let Some(mut app) = store::application_get(&tx, &app_id)? else {
+                    return Ok(());
+                };
+                if !app.state.in_flight() {
+                    return Ok(());
+                }
+                app.state = ApplicationState::Failed;
+                app.last_error = Some(message.clone());
+                app.updated_at = Timestamp(now);
+                store::application_update(&tx, &app)?;
+                store::instance_update(
+                    &tx,
+                    &app.instance,
+                    InstanceState::Unused,
+                    Some(&app.id),
+                    None,
+                )?;
+                store::audit_insert(
+                    &tx,
+                    now,
+                    &AuditRecord {
+                        actor: "controller",
+                        action: "cert.issue",
+                        target: &app.instance,
+                        outcome: "failed",
+                        detail: &format!("application={} error={message}", app.id),
+                    },
+                )?;
+                if let Some(old_id) = store::application_renews(&tx, &app.id)? {
+                    if let Some(old) = store::cert_get(&tx, &old_id)? {
+                        let attempts = old.renewal_attempts + 1;
+                        let mut delay = crate::renewal::policy::retry_delay(
+                            attempts,
+                            now,
+                            old.info.not_after.0,
+                        );
+                        if message.contains("rate limiting") {
+                            // The CA's limits run over hours; don't knock sooner.
+                            delay = delay.max(crate::renewal::policy::RATE_LIMIT_BACKOFF_SECS);
                         }
+                        store::cert_set_renewal(
+                            &tx,
+                            &old_id,
+                            Some(&message),
+                            attempts,
+                            Some(now + delay),
+                            None,
+                        )?;
                     }
-                    tx.commit()?;
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = r {
-                warn!(application = %id, error = %e, "could not record application failure");
-            }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(application = %id, error = %e, "could not record application failure");
         }
     }
 
@@ -614,184 +831,55 @@ impl Service {
             return Ok(());
         };
 
-        let names: Vec<SubjectName> = app
-            .domains
-            .iter()
-            .map(|d| name::parse(d).map_err(|e| internal(e.to_string())))
-            .collect::<Result<_>>()?;
-        let (leaf_pem, chain_pem, checked, key) = if issuer.acme.is_some() {
-            self.issue_acme(&app, &instance, &issuer, &names).await?
-        } else {
-            self.issue_builtin(&instance, &issuer, &names, now).await?
-        };
-
-        let cert_id = store::new_id("cert");
-        let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
-        let key_sealed = self
-            .master
-            .seal(&key_aad(&cert_id), key_pem.as_bytes())
-            .map_err(internal)?;
-        let row = CertRow {
-            info: CertInfo {
-                id: cert_id,
-                instance: instance.id.clone(),
-                issuer: issuer.name.clone(),
-                domains: app.domains.clone(),
-                serial: checked.serial,
-                fingerprint: checked.fingerprint,
-                key: instance.spec.key,
-                not_before: Timestamp(checked.not_before),
-                not_after: Timestamp(checked.not_after),
-                state: CertState::Active,
-                renews: None,
-                revoked_at: None,
-                revocation_reason: None,
+        let mut row = if issuer.acme.is_some() {
+            let names = parse_names(&app.domains)?;
+            let (leaf_pem, chain_pem, checked, key) =
+                self.issue_acme(&app, &instance, &issuer, &names).await?;
+            cert_row(
+                &self.master,
+                &app,
+                &instance,
+                &issuer.name,
                 leaf_pem,
                 chain_pem,
-                renewal: None,
-            },
-            application: app.id.clone(),
-            key_sealed,
-            lineage: String::new(),
-            renewal_error: None,
-            renewal_attempts: 0,
-            renewal_next_at: None,
-            renewal_blocked: None,
+                checked,
+                &zeroize::Zeroizing::new(key.serialize_pem()),
+            )?
+        } else {
+            let master = self.master.clone();
+            let crl_base = self.crl_url_base.clone();
+            let claimed = Claimed {
+                app,
+                instance,
+                issuer: Arc::new(issuer),
+            };
+            let mut results = tokio::task::spawn_blocking(move || {
+                issue_chunk(&master, &crl_base, vec![claimed], now)
+            })
+            .await
+            .map_err(internal)?;
+            results
+                .pop()
+                .map(|(_, r)| r)
+                .unwrap_or_else(|| Err(internal("issuing thread returned nothing")))?
         };
         let at = now.unix_timestamp();
-        let mut row = row;
         let started = self
             .store
-            .call(move |c| -> Result<bool> {
+            .call(move |c| -> Result<Option<bool>> {
                 let tx = c.transaction()?;
-                let Some(mut app) = store::application_get(&tx, &row.application)? else {
-                    return Ok(false);
-                };
-                if !app.state.in_flight() {
-                    // Cancelled meanwhile: discard the certificate.
-                    return Ok(false);
-                }
-                let renews = store::application_renews(&tx, &app.id)?;
-                let old = match &renews {
-                    Some(old_id) => store::cert_get(&tx, old_id)?,
-                    None => None,
-                };
-                row.lineage = old
-                    .as_ref()
-                    .map(|o| o.lineage.clone())
-                    .unwrap_or_else(|| row.info.id.clone());
-                row.info.renews = old.as_ref().map(|o| o.info.id.clone());
-                store::cert_insert(&tx, &row, at)?;
-                let mut started = false;
-                if let Some(old) = &old {
-                    if old.info.state == CertState::Active {
-                        store::cert_set_state(&tx, &old.info.id, CertState::Superseded)?;
-                    }
-                    store::cert_set_renewal(&tx, &old.info.id, None, 0, None, None)?;
-                    let targets = store::lineage_deployments(&tx, &row.lineage)?;
-                    if !targets.is_empty() {
-                        crate::rollout::create(
-                            &tx,
-                            "renewal",
-                            &row.lineage,
-                            &row.info.id,
-                            Some(&old.info.id),
-                            targets,
-                            &crate::rollout::policy::Strategy::default(),
-                            true,
-                            "controller",
-                            at,
-                        )?;
-                        started = true;
-                    }
-                }
-                // An adopted certificate goes where the discovered one was.
-                if crate::inventory::on_issued(&tx, &app.id, &row.info.id, &row.lineage, at)? {
-                    started = true;
-                }
-                app.state = ApplicationState::Issued;
-                app.certificate = Some(row.info.id.clone());
-                app.last_error = None;
-                app.updated_at = Timestamp(at);
-                store::application_update(&tx, &app)?;
-                store::instance_update(
-                    &tx,
-                    &app.instance,
-                    InstanceState::Issued,
-                    Some(&app.id),
-                    Some(&row.info.id),
-                )?;
-                store::audit_insert(
-                    &tx,
-                    at,
-                    &AuditRecord {
-                        actor: "controller",
-                        action: "cert.issue",
-                        target: &row.info.id,
-                        outcome: "ok",
-                        detail: &format!(
-                            "application={} serial={} not_after={}",
-                            app.id, row.info.serial, row.info.not_after
-                        ),
-                    },
-                )?;
+                let started = persist_issued(&tx, &mut row, at)?;
                 tx.commit()?;
-                info!(certificate = %row.info.id, serial = %row.info.serial, renews = ?row.info.renews, "certificate issued");
+                if started.is_some() {
+                    info!(certificate = %row.info.id, serial = %row.info.serial, renews = ?row.info.renews, "certificate issued");
+                }
                 Ok(started)
             })
             .await?;
-        if started {
+        if started == Some(true) {
             self.rollout_wake.notify_one();
         }
         Ok(())
-    }
-
-    /// Sign a leaf with a built-in issuer and check it.
-    async fn issue_builtin(
-        &self,
-        instance: &InstanceInfo,
-        issuer: &IssuerRow,
-        names: &[SubjectName],
-        now: OffsetDateTime,
-    ) -> Result<(String, String, check::Checked, rcgen::KeyPair)> {
-        let ca_key = self
-            .master
-            .open(&issuer_key_aad(&issuer.name), &issuer.ca_key_sealed)
-            .map_err(internal)?;
-        let crl_url = self.crl_url(&issuer.name);
-        let spec = instance.spec.clone();
-        let issuer_for_issue = issuer.clone();
-        let names_for_issue = names.to_vec();
-        let (leaf, key) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let ca = BuiltinCa::load(issuer_for_issue.key, &issuer_for_issue.ca_pem, &ca_key)
-                .map_err(internal)?;
-            let key = generate_key(spec.key).map_err(internal)?;
-            let leaf = ca
-                .issue(
-                    &names_for_issue,
-                    &key,
-                    Duration::days(i64::from(spec.validity_days)),
-                    &crl_url,
-                    now,
-                )
-                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
-            Ok((leaf, key))
-        })
-        .await
-        .map_err(internal)??;
-        let ca_der = pem_to_der(&issuer.ca_pem).ok_or_else(|| internal("stored CA unreadable"))?;
-        let root_der =
-            pem_to_der(&issuer.root_pem).ok_or_else(|| internal("stored root unreadable"))?;
-        let checked = check::check_issued(
-            &leaf.der,
-            std::slice::from_ref(&ca_der),
-            &root_der,
-            &key,
-            names,
-            now.unix_timestamp(),
-        )
-        .map_err(|e| internal(format!("issued certificate failed its checks: {e}")))?;
-        Ok((leaf.pem, issuer.ca_pem.clone(), checked, key))
     }
 
     // ------------------------------------------------------------ certificates
@@ -1198,6 +1286,375 @@ pub(crate) fn apply_in_tx(
     Ok(app)
 }
 
+/// What storing one issued certificate came to: application, certificate,
+/// serial, and [`persist_issued`]'s answer.
+type Persisted = (String, String, String, Result<Option<bool>>);
+
+/// A batch signed by the worker, waiting to be stored.
+struct Signed {
+    issued: Vec<(String, Result<CertRow>)>,
+    at: i64,
+    count: usize,
+    claim: std::time::Duration,
+    sign: std::time::Duration,
+}
+
+/// An application the worker has claimed (moved to `validating`), with what
+/// issuing it needs.
+struct Claimed {
+    app: ApplicationInfo,
+    instance: InstanceInfo,
+    issuer: Arc<IssuerRow>,
+}
+
+/// Claim the built-in-issuer applications among `ids` in one transaction.
+/// Returns them, and the ids left for the one-at-a-time path (ACME issuers,
+/// or rows that vanished, whose error that path records).
+fn claim_builtin(
+    conn: &mut Connection,
+    ids: Vec<String>,
+    now: i64,
+) -> Result<(Vec<Claimed>, Vec<String>)> {
+    let tx = conn.transaction()?;
+    let mut issuers: HashMap<String, Option<Arc<IssuerRow>>> = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut claimed = Vec::new();
+    let mut others = Vec::new();
+    for id in ids {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(mut app) = store::application_get(&tx, &id)? else {
+            continue;
+        };
+        if !app.state.in_flight() {
+            continue;
+        }
+        let Some(instance) = store::instance_get(&tx, &app.instance)? else {
+            others.push(id);
+            continue;
+        };
+        let issuer = match issuers.get(&instance.spec.issuer) {
+            Some(i) => i.clone(),
+            None => {
+                let i = store::issuer_get(&tx, &instance.spec.issuer)?.map(Arc::new);
+                issuers.insert(instance.spec.issuer.clone(), i.clone());
+                i
+            }
+        };
+        let Some(issuer) = issuer.filter(|i| i.acme.is_none()) else {
+            others.push(id);
+            continue;
+        };
+        app.state = ApplicationState::Validating;
+        app.attempts += 1;
+        app.updated_at = Timestamp(now);
+        store::application_update(&tx, &app)?;
+        claimed.push(Claimed {
+            app,
+            instance,
+            issuer,
+        });
+    }
+    tx.commit()?;
+    Ok((claimed, others))
+}
+
+/// A built-in issuing CA opened for signing, with its chain.
+struct LoadedCa {
+    ca: BuiltinCa,
+    ca_der: rustls_pki_types::CertificateDer<'static>,
+    root_der: rustls_pki_types::CertificateDer<'static>,
+    crl_url: String,
+}
+
+fn crl_url(base: &str, issuer: &str) -> String {
+    format!("{base}/crl/{issuer}.crl")
+}
+
+fn load_ca(master: &MasterKey, crl_base: &str, issuer: &IssuerRow) -> Result<LoadedCa> {
+    let ca_key = master
+        .open(&issuer_key_aad(&issuer.name), &issuer.ca_key_sealed)
+        .map_err(internal)?;
+    Ok(LoadedCa {
+        ca: BuiltinCa::load(issuer.key, &issuer.ca_pem, &ca_key).map_err(internal)?,
+        ca_der: pem_to_der(&issuer.ca_pem).ok_or_else(|| internal("stored CA unreadable"))?,
+        root_der: pem_to_der(&issuer.root_pem).ok_or_else(|| internal("stored root unreadable"))?,
+        crl_url: crl_url(crl_base, &issuer.name),
+    })
+}
+
+/// Issue every application of `chunk` on this (blocking) thread: key,
+/// signature, the checks every certificate must pass, sealed key. Each CA is
+/// opened once per chunk.
+fn issue_chunk(
+    master: &MasterKey,
+    crl_base: &str,
+    chunk: Vec<Claimed>,
+    now: OffsetDateTime,
+) -> Vec<(String, Result<CertRow>)> {
+    let mut cas: HashMap<String, std::result::Result<LoadedCa, String>> = HashMap::new();
+    let memo = check::VerifyMemo::default();
+    chunk
+        .into_iter()
+        .map(|c| {
+            let ca = cas
+                .entry(c.issuer.name.clone())
+                .or_insert_with(|| load_ca(master, crl_base, &c.issuer).map_err(|e| e.to_string()));
+            let r = match ca {
+                Ok(ca) => issue_one(master, ca, &memo, &c, now),
+                Err(e) => Err(internal(e.clone())),
+            };
+            (c.app.id, r)
+        })
+        .collect()
+}
+
+fn parse_names(domains: &[String]) -> Result<Vec<SubjectName>> {
+    domains
+        .iter()
+        .map(|d| name::parse(d).map_err(|e| internal(e.to_string())))
+        .collect()
+}
+
+/// Sign a leaf with a built-in issuer, check it, and seal its key.
+fn issue_one(
+    master: &MasterKey,
+    ca: &LoadedCa,
+    memo: &check::VerifyMemo,
+    c: &Claimed,
+    now: OffsetDateTime,
+) -> Result<CertRow> {
+    let names = parse_names(&c.app.domains)?;
+    let key = LeafKey::generate(c.instance.spec.key)?;
+    let leaf = ca
+        .ca
+        .issue(
+            &names,
+            &key,
+            Duration::days(i64::from(c.instance.spec.validity_days)),
+            &ca.crl_url,
+            now,
+        )
+        .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+    let checked = check::check_issued_memo(
+        &leaf.der,
+        std::slice::from_ref(&ca.ca_der),
+        &ca.root_der,
+        &key,
+        &names,
+        now.unix_timestamp(),
+        memo,
+    )
+    .map_err(|e| internal(format!("issued certificate failed its checks: {e}")))?;
+    cert_row(
+        master,
+        &c.app,
+        &c.instance,
+        &c.issuer.name,
+        leaf.pem,
+        c.issuer.ca_pem.clone(),
+        checked,
+        &key.pkcs8_pem,
+    )
+}
+
+/// A new leaf key: the public half goes into the certificate, the private
+/// half (PKCS#8 PEM) is sealed.
+struct LeafKey {
+    public: Vec<u8>,
+    algorithm: &'static rcgen::SignatureAlgorithm,
+    pkcs8_pem: zeroize::Zeroizing<String>,
+}
+
+impl LeafKey {
+    /// EC keys come straight from the provider: rcgen's generator would
+    /// serialize the new key and parse it back, re-validating it with a
+    /// scalar multiplication that costs about as much as the signature.
+    fn generate(key: KeyType) -> Result<LeafKey> {
+        use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, KeyPair as _};
+        let ec = match key {
+            KeyType::EcdsaP256 => Some(&sig::ECDSA_P256_SHA256_ASN1_SIGNING),
+            KeyType::EcdsaP384 => Some(&sig::ECDSA_P384_SHA384_ASN1_SIGNING),
+            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => None,
+        };
+        let algorithm = crate::issuer::signature_algorithm(key);
+        match ec {
+            Some(alg) => {
+                let pair = EcdsaKeyPair::generate(alg)
+                    .map_err(|_| internal("EC key generation failed"))?;
+                let pkcs8 = pair
+                    .to_pkcs8v1()
+                    .map_err(|_| internal("EC key serialization failed"))?;
+                Ok(LeafKey {
+                    public: pair.public_key().as_ref().to_vec(),
+                    algorithm,
+                    pkcs8_pem: private_key_pem(pkcs8.as_ref()),
+                })
+            }
+            None => {
+                let pair = generate_key(key).map_err(internal)?;
+                Ok(LeafKey {
+                    public: rcgen::PublicKeyData::der_bytes(&pair).to_vec(),
+                    algorithm,
+                    pkcs8_pem: zeroize::Zeroizing::new(pair.serialize_pem()),
+                })
+            }
+        }
+    }
+}
+
+impl rcgen::PublicKeyData for LeafKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.algorithm
+    }
+}
+
+/// PKCS#8 DER as a `PRIVATE KEY` PEM block (64-column lines, as rcgen
+/// writes it).
+fn private_key_pem(der: &[u8]) -> zeroize::Zeroizing<String> {
+    use base64::Engine;
+    let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
+    let mut pem = zeroize::Zeroizing::new(String::with_capacity(b64.len() + 64));
+    pem.push_str("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
+}
+
+/// The row of a new certificate, its key sealed to the new id.
+#[allow(clippy::too_many_arguments)]
+fn cert_row(
+    master: &MasterKey,
+    app: &ApplicationInfo,
+    instance: &InstanceInfo,
+    issuer: &str,
+    leaf_pem: String,
+    chain_pem: String,
+    checked: check::Checked,
+    key_pem: &str,
+) -> Result<CertRow> {
+    let cert_id = store::new_id("cert");
+    let key_sealed = master
+        .seal(&key_aad(&cert_id), key_pem.as_bytes())
+        .map_err(internal)?;
+    Ok(CertRow {
+        info: CertInfo {
+            id: cert_id,
+            instance: instance.id.clone(),
+            issuer: issuer.to_string(),
+            domains: app.domains.clone(),
+            serial: checked.serial,
+            fingerprint: checked.fingerprint,
+            key: instance.spec.key,
+            not_before: Timestamp(checked.not_before),
+            not_after: Timestamp(checked.not_after),
+            state: CertState::Active,
+            renews: None,
+            revoked_at: None,
+            revocation_reason: None,
+            leaf_pem,
+            chain_pem,
+            renewal: None,
+        },
+        application: app.id.clone(),
+        key_sealed,
+        lineage: String::new(),
+        renewal_error: None,
+        renewal_attempts: 0,
+        renewal_next_at: None,
+        renewal_blocked: None,
+    })
+}
+
+/// Store an issued certificate inside the caller's transaction: the
+/// certificate, its application and instance moved to `issued`, the audit
+/// record, and — for a renewal — the old certificate superseded and a
+/// rollout to its deployments. `None` when the application is no longer in
+/// flight (cancelled meanwhile: the certificate is discarded); otherwise
+/// whether a rollout was started.
+fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<bool>> {
+    let Some(mut app) = store::application_get(tx, &row.application)? else {
+        return Ok(None);
+    };
+    if !app.state.in_flight() {
+        return Ok(None);
+    }
+    let renews = store::application_renews(tx, &app.id)?;
+    let old = match &renews {
+        Some(old_id) => store::cert_get(tx, old_id)?,
+        None => None,
+    };
+    row.lineage = old
+        .as_ref()
+        .map(|o| o.lineage.clone())
+        .unwrap_or_else(|| row.info.id.clone());
+    row.info.renews = old.as_ref().map(|o| o.info.id.clone());
+    store::cert_insert(tx, row, at)?;
+    let mut started = false;
+    if let Some(old) = &old {
+        if old.info.state == CertState::Active {
+            store::cert_set_state(tx, &old.info.id, CertState::Superseded)?;
+        }
+        store::cert_set_renewal(tx, &old.info.id, None, 0, None, None)?;
+        let targets = store::lineage_deployments(tx, &row.lineage)?;
+        if !targets.is_empty() {
+            crate::rollout::create(
+                tx,
+                "renewal",
+                &row.lineage,
+                &row.info.id,
+                Some(&old.info.id),
+                targets,
+                &crate::rollout::policy::Strategy::default(),
+                true,
+                "controller",
+                at,
+            )?;
+            started = true;
+        }
+    }
+    // An adopted certificate goes where the discovered one was.
+    if crate::inventory::on_issued(tx, &app.id, &row.info.id, &row.lineage, at)? {
+        started = true;
+    }
+    app.state = ApplicationState::Issued;
+    app.certificate = Some(row.info.id.clone());
+    app.last_error = None;
+    app.updated_at = Timestamp(at);
+    store::application_update(tx, &app)?;
+    store::instance_update(
+        tx,
+        &app.instance,
+        InstanceState::Issued,
+        Some(&app.id),
+        Some(&row.info.id),
+    )?;
+    store::audit_insert(
+        tx,
+        at,
+        &AuditRecord {
+            actor: "controller",
+            action: "cert.issue",
+            target: &row.info.id,
+            outcome: "ok",
+            detail: &format!(
+                "application={} serial={} not_after={}",
+                app.id, row.info.serial, row.info.not_after
+            ),
+        },
+    )?;
+    Ok(Some(started))
+}
+
 /// A certificate's public description with its renewal state filled in.
 fn with_renewal(conn: &Connection, row: CertRow) -> Result<CertInfo> {
     let renewal = crate::renewal::info(conn, &row)?;
@@ -1226,4 +1683,146 @@ fn regenerate_crl(
     let der = ca.crl(&revoked, number, now).map_err(internal)?;
     store::issuer_set_crl(conn, issuer, number, &der, now.unix_timestamp())?;
     Ok(der)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::server::{self, ServeOptions, DB_FILE};
+    use certfleet_protocol::message::ValidationType;
+    use rcgen::PublicKeyData;
+
+    fn spec(validity_days: u32) -> InstanceSpec {
+        InstanceSpec {
+            issuer: "ca".into(),
+            validation: ValidationType::Dv,
+            max_domains: 1,
+            wildcard: false,
+            validity_days,
+            key: KeyType::EcdsaP256,
+            renew_before_days: None,
+        }
+    }
+
+    #[test]
+    fn leaf_keys_are_pkcs8_pem_of_the_public_key_they_carry() {
+        for kt in [KeyType::EcdsaP256, KeyType::EcdsaP384] {
+            let key = LeafKey::generate(kt).unwrap();
+            let pem: &str = &key.pkcs8_pem;
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{kt}");
+            assert!(pem.lines().all(|l| l.len() <= 64));
+            let parsed = rcgen::KeyPair::from_pem(pem).unwrap();
+            assert_eq!(
+                parsed.subject_public_key_info(),
+                key.subject_public_key_info(),
+                "{kt}"
+            );
+            assert_eq!(parsed.algorithm(), crate::issuer::signature_algorithm(kt));
+        }
+    }
+
+    /// A backlog issued as one batch: every certificate is checked, sealed
+    /// and on disk once the batch is stored; the application the CA refuses
+    /// fails alone, with a clear error, and frees its instance.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_issued_together_and_a_refused_application_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let opts = ServeOptions {
+            state_dir: state_dir.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            crl_listen: "127.0.0.1:0".parse().unwrap(),
+            crl_url_base: None,
+            master_key_file: None,
+        };
+        let running = server::start(opts, Arc::new(SystemClock)).await.unwrap();
+        let svc = running.service.clone();
+        svc.issuer_add(
+            "t".into(),
+            "ca".into(),
+            IssuerKind::Builtin,
+            KeyType::EcdsaP256,
+        )
+        .await
+        .unwrap();
+        // Twenty ordinary instances, and one whose validity would outlive
+        // the issuing CA (which the built-in CA refuses).
+        let mut instances = Vec::new();
+        for i in 0..21 {
+            let days = if i == 7 { MAX_VALIDITY_DAYS } else { 90 };
+            instances.push(
+                svc.instance_create("t".into(), spec(days))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        // Store the applications without handing them to the running
+        // worker, then put them through the worker's stages as one batch.
+        let now = svc.now();
+        let ids = {
+            let instances = instances.clone();
+            svc.store
+                .call(move |c| -> Result<Vec<String>> {
+                    let tx = c.transaction()?;
+                    let mut ids = Vec::new();
+                    for (i, inst) in instances.iter().enumerate() {
+                        let domains = [format!("host{i}.batch.test")];
+                        let app =
+                            apply_in_tx(&tx, "t", inst, &domains, None, now.unix_timestamp())?;
+                        ids.push(app.id);
+                    }
+                    tx.commit()?;
+                    Ok(ids)
+                })
+                .await
+                .unwrap()
+        };
+        let (claimed, others) = svc.claim(ids.clone(), now).await;
+        assert_eq!((claimed.len(), others.len()), (21, 0));
+        let issued = svc.issue_builtin_batch(claimed, now).await;
+        assert_eq!(issued.len(), 21);
+        svc.store_signed(Signed {
+            issued,
+            at: now.unix_timestamp(),
+            count: 21,
+            claim: std::time::Duration::ZERO,
+            sign: std::time::Duration::ZERO,
+        })
+        .await;
+
+        let mut serials = BTreeSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let app = svc.application_show(id.clone()).await.unwrap();
+            if i == 7 {
+                assert_eq!(app.state, ApplicationState::Failed);
+                let err = app.last_error.unwrap();
+                assert!(err.contains("shorten --validity-days"), "{err}");
+                let inst = svc.instance_show(instances[i].clone()).await.unwrap();
+                assert_eq!(inst.state, InstanceState::Unused);
+                continue;
+            }
+            assert_eq!(app.state, ApplicationState::Issued, "{:?}", app.last_error);
+            let cert = svc.cert_show(app.certificate.unwrap()).await.unwrap();
+            assert_eq!(cert.domains, vec![format!("host{i}.batch.test")]);
+            serials.insert(cert.serial.clone());
+            // The released key is the one the certificate certifies.
+            let bundle = svc
+                .cert_download("t".into(), cert.id.clone())
+                .await
+                .unwrap();
+            let key = rcgen::KeyPair::from_pem(bundle.key.expose_str().unwrap()).unwrap();
+            let leaf = pem_to_der(&bundle.leaf_pem).unwrap();
+            let (_, x) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+            assert_eq!(x.public_key().raw, key.subject_public_key_info().as_slice());
+        }
+        assert_eq!(serials.len(), 20, "every certificate has its own serial");
+        running.stop().await;
+
+        // Committed, not merely cached: the database on disk holds them.
+        let store = Store::open(&state_dir.join(DB_FILE)).unwrap();
+        let on_disk = store.call_blocking(|c| store::cert_list(c, None)).unwrap();
+        assert_eq!(on_disk.len(), 20);
+    }
 }

@@ -11,7 +11,7 @@ use certfleet_protocol::name::SubjectName;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
     DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
-    KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+    KeyUsagePurpose, PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -86,8 +86,8 @@ pub struct Leaf {
 
 /// The loaded intermediate that signs leaves and CRLs.
 pub struct BuiltinCa {
-    ca_der: CertificateDer<'static>,
-    ca_key: KeyPair,
+    /// The intermediate's certificate, parsed once, with its key.
+    issuer: Issuer<'static, KeyPair>,
     ca_not_after: OffsetDateTime,
 }
 
@@ -98,21 +98,16 @@ impl BuiltinCa {
             x509_parser::parse_x509_certificate(&ca_der).map_err(|_| BuiltinError::Corrupt)?;
         let ca_not_after = x509.validity().not_after.to_datetime();
         Ok(BuiltinCa {
-            ca_key: load_key(key, ca_key_pkcs8)?,
-            ca_der,
+            issuer: Issuer::from_ca_cert_der(&ca_der, load_key(key, ca_key_pkcs8)?)?,
             ca_not_after,
         })
-    }
-
-    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, BuiltinError> {
-        Ok(Issuer::from_ca_cert_der(&self.ca_der, &self.ca_key)?)
     }
 
     /// Sign a leaf for `names` over `public_key`.
     pub fn issue(
         &self,
         names: &[SubjectName],
-        public_key: &KeyPair,
+        public_key: &impl PublicKeyData,
         validity: Duration,
         crl_url: &str,
         now: OffsetDateTime,
@@ -152,7 +147,7 @@ impl BuiltinCa {
         params.not_before = now - Duration::minutes(5);
         params.not_after = not_after;
         params.serial_number = Some(random_serial());
-        let cert = params.signed_by(public_key, &self.issuer()?)?;
+        let cert = params.signed_by(public_key, &self.issuer)?;
         Ok(Leaf {
             der: cert.der().clone(),
             pem: cert.pem(),
@@ -188,7 +183,7 @@ impl BuiltinCa {
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        Ok(params.signed_by(&self.issuer()?)?.der().to_vec())
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
     }
 }
 

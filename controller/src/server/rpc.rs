@@ -72,10 +72,20 @@ async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<Peer
         return Ok(None);
     };
     let peer = peer_identity(leaf).map_err(|e| e.to_string())?;
+    // One trip to the store answers both questions: is the credential
+    // known and not revoked, and (for an agent) is the agent not removed.
     let serial = peer.serial.clone();
-    let row = ctx
+    let agent = (peer.role == Role::Agent).then(|| peer.subject.clone());
+    let (row, agent_active) = ctx
         .store
-        .call(move |c| store::credential_get(c, &serial))
+        .call(move |c| -> Result<_, store::StoreError> {
+            let row = store::credential_get(c, &serial)?;
+            let active = match agent {
+                Some(id) => store::agent_get(c, &id)?.is_some_and(|a| a.removed_at.is_none()),
+                None => true,
+            };
+            Ok((row, active))
+        })
         .await
         .map_err(|e| format!("store: {e}"))?;
     match row {
@@ -89,13 +99,7 @@ async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<Peer
         Some(r) if r.role == peer.role.as_str() && r.subject == peer.subject => {}
         _ => return Err("credential is not known to this controller".into()),
     }
-    if peer.role == Role::Agent
-        && !ctx
-            .service
-            .agent_active(peer.subject.clone())
-            .await
-            .map_err(|e| e.to_rpc().message)?
-    {
+    if !agent_active {
         return Err("agent has been removed".into());
     }
     Ok(Some(peer))

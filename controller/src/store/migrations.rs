@@ -251,4 +251,13 @@ CREATE TABLE adoptions (
     rollout     TEXT
 ) STRICT;
 "#,
+    // 7: indexes the renewal pass needs so that a wave of N due certificates
+    // costs N index lookups, not N table scans: "is this certificate already
+    // renewed" (certificates.renews), "is its renewal in flight"
+    // (applications.renews), and "an unused instance of this spec".
+    r#"
+CREATE INDEX certificates_renews ON certificates(renews);
+CREATE INDEX applications_renews ON applications(renews);
+CREATE INDEX instances_unused ON instances(issuer, created_at) WHERE state = 'unused';
+"#,
 ];

@@ -56,6 +56,8 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Hot statements are prepared once (`prepare_cached`) and reused.
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -208,8 +210,10 @@ pub fn credential_get(
     serial: &str,
 ) -> Result<Option<CredentialRow>, StoreError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT serial, role, subject, not_after, revoked_at FROM credentials WHERE serial = ?1",
+        )?
+        .query_row(
             [serial],
             |r| {
                 Ok(CredentialRow {
@@ -318,11 +322,10 @@ pub fn issuer_insert(conn: &Connection, i: &IssuerRow) -> Result<(), StoreError>
 
 pub fn issuer_get(conn: &Connection, name: &str) -> Result<Option<IssuerRow>, StoreError> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {ISSUER_COLS} FROM issuers WHERE name = ?1"),
-            [name],
-            issuer_from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {ISSUER_COLS} FROM issuers WHERE name = ?1"
+        ))?
+        .query_row([name], issuer_from_row)
         .optional()?)
 }
 
@@ -371,33 +374,33 @@ fn instance_from_row(r: &Row<'_>) -> Result<InstanceInfo, rusqlite::Error> {
 }
 
 pub fn instance_insert(conn: &Connection, i: &InstanceInfo) -> Result<(), StoreError> {
-    conn.execute(
-        &format!("INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
-        params![
-            i.id,
-            i.spec.issuer,
-            i.spec.validation.as_str(),
-            i.spec.max_domains,
-            i.spec.wildcard,
-            i.spec.validity_days,
-            i.spec.key.as_str(),
-            i.state.as_str(),
-            i.application,
-            i.certificate,
-            i.created_at.0,
-            i.spec.renew_before_days.map(|d| i64::from(d) * 86_400)
-        ],
-    )?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO instances ({INSTANCE_COLS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ))?
+    .execute(params![
+        i.id,
+        i.spec.issuer,
+        i.spec.validation.as_str(),
+        i.spec.max_domains,
+        i.spec.wildcard,
+        i.spec.validity_days,
+        i.spec.key.as_str(),
+        i.state.as_str(),
+        i.application,
+        i.certificate,
+        i.created_at.0,
+        i.spec.renew_before_days.map(|d| i64::from(d) * 86_400)
+    ])?;
     Ok(())
 }
 
 pub fn instance_get(conn: &Connection, id: &str) -> Result<Option<InstanceInfo>, StoreError> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = ?1"),
-            [id],
-            instance_from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {INSTANCE_COLS} FROM instances WHERE id = ?1"
+        ))?
+        .query_row([id], instance_from_row)
         .optional()?)
 }
 
@@ -416,10 +419,10 @@ pub fn instance_update(
     application: Option<&str>,
     certificate: Option<&str>,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE instances SET state = ?2, application = ?3, certificate = ?4 WHERE id = ?1",
-        params![id, state.as_str(), application, certificate],
-    )?;
+    )?
+    .execute(params![id, state.as_str(), application, certificate])?;
     Ok(())
 }
 
@@ -443,46 +446,45 @@ fn application_from_row(r: &Row<'_>) -> Result<ApplicationInfo, rusqlite::Error>
 }
 
 pub fn application_insert(conn: &Connection, a: &ApplicationInfo) -> Result<(), StoreError> {
-    conn.execute(
-        &format!("INSERT INTO applications ({APPLICATION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-        params![
-            a.id,
-            a.instance,
-            to_json(&a.domains),
-            a.state.as_str(),
-            a.attempts,
-            a.last_error,
-            a.certificate,
-            a.created_at.0,
-            a.updated_at.0
-        ],
-    )?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO applications ({APPLICATION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
+    .execute(params![
+        a.id,
+        a.instance,
+        to_json(&a.domains),
+        a.state.as_str(),
+        a.attempts,
+        a.last_error,
+        a.certificate,
+        a.created_at.0,
+        a.updated_at.0
+    ])?;
     Ok(())
 }
 
 pub fn application_get(conn: &Connection, id: &str) -> Result<Option<ApplicationInfo>, StoreError> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {APPLICATION_COLS} FROM applications WHERE id = ?1"),
-            [id],
-            application_from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {APPLICATION_COLS} FROM applications WHERE id = ?1"
+        ))?
+        .query_row([id], application_from_row)
         .optional()?)
 }
 
 pub fn application_update(conn: &Connection, a: &ApplicationInfo) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE applications SET state = ?2, attempts = ?3, last_error = ?4, certificate = ?5,
          updated_at = ?6 WHERE id = ?1",
-        params![
-            a.id,
-            a.state.as_str(),
-            a.attempts,
-            a.last_error,
-            a.certificate,
-            a.updated_at.0
-        ],
-    )?;
+    )?
+    .execute(params![
+        a.id,
+        a.state.as_str(),
+        a.attempts,
+        a.last_error,
+        a.certificate,
+        a.updated_at.0
+    ])?;
     Ok(())
 }
 
@@ -493,6 +495,16 @@ pub fn applications_in_flight(conn: &Connection) -> Result<Vec<ApplicationInfo>,
     ))?;
     let rows = stmt.query_map([], application_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The number of applications in flight.
+pub fn applications_in_flight_count(conn: &Connection) -> Result<usize, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM applications WHERE state IN ('pending', 'validating')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n.max(0) as usize)
 }
 
 // ---------------------------------------------------------------- certificates
@@ -553,48 +565,45 @@ fn cert_from_row(r: &Row<'_>) -> Result<CertRow, rusqlite::Error> {
 
 pub fn cert_insert(conn: &Connection, c: &CertRow, now: i64) -> Result<(), StoreError> {
     let i = &c.info;
-    conn.execute(
-        &format!(
-            "INSERT INTO certificates ({CERT_COLS}, created_at)
+    conn.prepare_cached(&format!(
+        "INSERT INTO certificates ({CERT_COLS}, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                      ?18, ?19, ?20, ?21, ?22, ?23)"
-        ),
-        params![
-            i.id,
-            i.instance,
-            i.issuer,
-            to_json(&i.domains),
-            i.serial,
-            i.fingerprint,
-            i.key.as_str(),
-            i.not_before.0,
-            i.not_after.0,
-            i.state.as_str(),
-            i.renews,
-            i.revoked_at.map(|t| t.0),
-            i.revocation_reason.map(|r| r.as_str()),
-            i.leaf_pem,
-            i.chain_pem,
-            c.application,
-            c.key_sealed,
-            c.lineage,
-            c.renewal_error,
-            c.renewal_attempts,
-            c.renewal_next_at,
-            c.renewal_blocked,
-            now
-        ],
-    )?;
+    ))?
+    .execute(params![
+        i.id,
+        i.instance,
+        i.issuer,
+        to_json(&i.domains),
+        i.serial,
+        i.fingerprint,
+        i.key.as_str(),
+        i.not_before.0,
+        i.not_after.0,
+        i.state.as_str(),
+        i.renews,
+        i.revoked_at.map(|t| t.0),
+        i.revocation_reason.map(|r| r.as_str()),
+        i.leaf_pem,
+        i.chain_pem,
+        c.application,
+        c.key_sealed,
+        c.lineage,
+        c.renewal_error,
+        c.renewal_attempts,
+        c.renewal_next_at,
+        c.renewal_blocked,
+        now
+    ])?;
     Ok(())
 }
 
 pub fn cert_get(conn: &Connection, id: &str) -> Result<Option<CertRow>, StoreError> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {CERT_COLS} FROM certificates WHERE id = ?1"),
-            [id],
-            cert_from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {CERT_COLS} FROM certificates WHERE id = ?1"
+        ))?
+        .query_row([id], cert_from_row)
         .optional()?)
 }
 
@@ -715,11 +724,10 @@ pub fn agent_insert(conn: &Connection, a: &AgentRow) -> Result<(), StoreError> {
 
 pub fn agent_get(conn: &Connection, id: &str) -> Result<Option<AgentRow>, StoreError> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {AGENT_COLS} FROM agents a WHERE a.id = ?1"),
-            [id],
-            agent_from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {AGENT_COLS} FROM agents a WHERE a.id = ?1"
+        ))?
+        .query_row([id], agent_from_row)
         .optional()?)
 }
 
@@ -922,10 +930,8 @@ pub fn deployment_report(
 // ---------------------------------------------------------------- renewal
 
 pub fn cert_set_state(conn: &Connection, id: &str, state: CertState) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE certificates SET state = ?2 WHERE id = ?1",
-        params![id, state.as_str()],
-    )?;
+    conn.prepare_cached("UPDATE certificates SET state = ?2 WHERE id = ?1")?
+        .execute(params![id, state.as_str()])?;
     Ok(())
 }
 
@@ -938,11 +944,11 @@ pub fn cert_set_renewal(
     next_at: Option<i64>,
     blocked: Option<&str>,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE certificates SET renewal_error = ?2, renewal_attempts = ?3, renewal_next_at = ?4,
          renewal_blocked = ?5 WHERE id = ?1",
-        params![id, error, attempts, next_at, blocked],
-    )?;
+    )?
+    .execute(params![id, error, attempts, next_at, blocked])?;
     Ok(())
 }
 
@@ -964,11 +970,10 @@ pub fn renewal_candidates(conn: &Connection) -> Result<Vec<CertRow>, StoreError>
 /// The in-flight application renewing `cert`, if any.
 pub fn renewal_in_flight(conn: &Connection, cert: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT id FROM applications WHERE renews = ?1 AND state IN ('pending', 'validating')",
-            [cert],
-            |r| r.get(0),
-        )
+        )?
+        .query_row([cert], |r| r.get(0))
         .optional()?)
 }
 
@@ -977,10 +982,8 @@ pub fn application_set_renews(
     app: &str,
     renews: &str,
 ) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE applications SET renews = ?2 WHERE id = ?1",
-        params![app, renews],
-    )?;
+    conn.prepare_cached("UPDATE applications SET renews = ?2 WHERE id = ?1")?
+        .execute(params![app, renews])?;
     Ok(())
 }
 
@@ -1038,11 +1041,8 @@ pub fn application_set_acme(
 
 pub fn application_renews(conn: &Connection, app: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row(
-            "SELECT renews FROM applications WHERE id = ?1",
-            [app],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT renews FROM applications WHERE id = ?1")?
+        .query_row([app], |r| r.get(0))
         .optional()?
         .flatten())
 }
@@ -1053,10 +1053,12 @@ pub fn instance_from_pool(
     spec: &InstanceSpec,
 ) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT id FROM instances WHERE state = 'unused' AND issuer = ?1 AND validation = ?2
              AND max_domains = ?3 AND wildcard = ?4 AND validity_days = ?5 AND key_type = ?6
              ORDER BY created_at LIMIT 1",
+        )?
+        .query_row(
             params![
                 spec.issuer,
                 spec.validation.as_str(),
@@ -1272,7 +1274,7 @@ pub fn lineage_deployments(
     conn: &Connection,
     lineage: &str,
 ) -> Result<Vec<(String, String, String)>, StoreError> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT d.agent, a.name, d.target FROM deployments d JOIN agents a ON a.id = d.agent
          WHERE d.lineage = ?1 AND a.removed_at IS NULL ORDER BY a.name, d.target",
     )?;
@@ -1339,11 +1341,13 @@ pub struct AuditRecord<'a> {
 }
 
 pub fn audit_insert(conn: &Connection, at: i64, a: &AuditRecord<'_>) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit (at, actor, action, target, outcome, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![at, a.actor, a.action, a.target, a.outcome, a.detail],
-    )?;
+    )?
+    .execute(params![
+        at, a.actor, a.action, a.target, a.outcome, a.detail
+    ])?;
     Ok(())
 }
 

@@ -192,9 +192,15 @@ CREATE TABLE rollouts (
 CREATE UNIQUE INDEX applications_one_in_flight
     ON applications(instance) WHERE state IN ('pending', 'validating');
 
+CREATE INDEX applications_renews ON applications(renews);
+
 CREATE INDEX certificates_not_after ON certificates(not_after);
 
+CREATE INDEX certificates_renews ON certificates(renews);
+
 CREATE INDEX deployments_lineage ON deployments(lineage);
+
+CREATE INDEX instances_unused ON instances(issuer, created_at) WHERE state = 'unused';
 
 CREATE INDEX inventory_fingerprint ON inventory(fingerprint);
 

@@ -48,6 +48,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     ensure!(o.max >= o.agents, "--max must be at least --agents");
     let total = Instant::now();
     let mut rig = Rig::new(o.max, o.endpoints).await?;
+    eprintln!("hold: {} identities minted in {:.1?}", o.max, rig.mint);
     let pid = rig.serve.pid()?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base_rss = rss_kb(pid)?;
@@ -59,6 +60,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         .wait_ready(o.agents, Duration::from_secs(150))
         .await?;
     let ramp_small = t.elapsed();
+    eprintln!("hold: {} agents connected in {ramp_small:.1?}", o.agents);
     let (cpu_after_ramp_u, cpu_after_ramp_s) = cpu_split(pid)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_small = rss_kb(pid)?;
@@ -66,6 +68,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     let online_small = rig.online().await?;
 
     // Restart: stop as systemd does, start again on the same port.
+    eprintln!("hold: restarting the controller");
     let sessions_before = rig.fleet.stats.sessions.load(Ordering::SeqCst);
     let t_stop = Instant::now();
     let mut serve = rig.serve;
@@ -96,6 +99,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let reconnect_from_up = t_up.elapsed();
+    eprintln!("hold: {} agents reconnected {reconnect_from_up:.1?} after the restart", o.agents);
     let reconnect_from_stop = t_stop.elapsed();
     let restart_cpu = crate::serve::cpu_seconds(pid)?;
     rig.reconnect_admin().await?;
@@ -107,6 +111,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     rig.fleet.start(o.max, o.ramp_concurrency);
     rig.fleet.wait_ready(o.max, Duration::from_secs(150)).await?;
     let ramp_large = t.elapsed();
+    eprintln!("hold: {} agents connected, {ramp_large:.1?} after the restart level", o.max);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_large = rss_kb(pid)?;
     let (idle_large_u, idle_large_s) = idle_cpu(pid, o.idle_secs).await?;

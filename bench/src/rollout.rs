@@ -101,6 +101,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         .wait_ready(o.agents, Duration::from_secs(150))
         .await?;
     let ramp = t.elapsed();
+    eprintln!("rollout: {} agents connected in {ramp:.1?}; deploying", o.agents);
     let pid = rig.serve.pid()?;
 
     // The idle cost of the connected fleet, subtracted from the rollout's.

@@ -208,4 +208,11 @@ ALTER TABLE applications ADD COLUMN retry_at INTEGER;
     r#"
 ALTER TABLE applications ADD COLUMN challenges_answered INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 6: an agent's credentials by subject. Every agent lookup (each
+    // connection's authentication, each hello, each rollout pass) reads the
+    // newest identity's expiry; without this index that was a scan of every
+    // credential, making `agent list` and a fleet-wide deploy quadratic.
+    r#"
+CREATE INDEX credentials_subject ON credentials(subject, role);
+"#,
 ];

@@ -158,6 +158,8 @@ CREATE UNIQUE INDEX applications_one_in_flight
 
 CREATE INDEX certificates_not_after ON certificates(not_after);
 
+CREATE INDEX credentials_subject ON credentials(subject, role);
+
 CREATE INDEX deployments_lineage ON deployments(lineage);
 
 CREATE UNIQUE INDEX rollouts_one_active_per_lineage

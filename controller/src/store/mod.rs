@@ -1002,10 +1002,18 @@ pub fn deployment_list(
     certificate: Option<&str>,
     agent: Option<&str>,
 ) -> Result<Vec<certfleet_protocol::message::DeploymentInfo>, StoreError> {
+    // With an agent, a plain `d.agent = ?2` term lets SQLite use the
+    // (agent, target) index: every agent's desired-state fetch comes here,
+    // and `?2 IS NULL OR …` would scan every deployment of the fleet.
+    let agent_filter = if agent.is_some() {
+        "d.agent = ?2"
+    } else {
+        "?2 IS NULL"
+    };
     let mut stmt = conn.prepare(&format!(
         "SELECT {DEPLOYMENT_COLS} FROM deployments d JOIN agents a ON a.id = d.agent
          WHERE (?1 IS NULL OR d.desired_cert = ?1 OR d.installed_cert = ?1 OR d.lineage = ?1)
-           AND (?2 IS NULL OR d.agent = ?2)
+           AND {agent_filter}
          ORDER BY a.name, d.target"
     ))?;
     let rows = stmt.query_map(params![certificate, agent], deployment_from_row)?;

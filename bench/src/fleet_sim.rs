@@ -61,7 +61,10 @@ pub(crate) struct SimAgent {
 impl SimAgent {
     /// The live certificate file of its target.
     pub(crate) fn fullchain(&self) -> PathBuf {
-        self.config.state_dir.with_file_name("tls").join("fullchain.pem")
+        self.config
+            .state_dir
+            .with_file_name("tls")
+            .join("fullchain.pem")
     }
 }
 
@@ -406,8 +409,8 @@ async fn sync(agent: &SimAgent, conn: &Conn, stats: &Stats) -> Result<()> {
 /// the agent installed, checked the way an operator would.
 pub(crate) fn installed_fingerprint(path: &Path) -> Result<String> {
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let der = CertificateDer::from_pem_slice(&pem)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let der =
+        CertificateDer::from_pem_slice(&pem).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(certfleet_controller::check::fingerprint(der.as_ref()))
 }
 
@@ -436,7 +439,9 @@ impl Rig {
             .prefix("certfleet-bench-agents-")
             .tempdir_in(TMPFS)
             .with_context(|| format!("cannot create a directory in {TMPFS}"))?;
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
         let root = state.path().to_path_buf();
         let shm = agents_dir.path().to_path_buf();

@@ -99,7 +99,10 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let reconnect_from_up = t_up.elapsed();
-    eprintln!("hold: {} agents reconnected {reconnect_from_up:.1?} after the restart", o.agents);
+    eprintln!(
+        "hold: {} agents reconnected {reconnect_from_up:.1?} after the restart",
+        o.agents
+    );
     let reconnect_from_stop = t_stop.elapsed();
     let restart_cpu = crate::serve::cpu_seconds(pid)?;
     rig.reconnect_admin().await?;
@@ -109,9 +112,14 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     // Ramp to the second level.
     let t = Instant::now();
     rig.fleet.start(o.max, o.ramp_concurrency);
-    rig.fleet.wait_ready(o.max, Duration::from_secs(150)).await?;
+    rig.fleet
+        .wait_ready(o.max, Duration::from_secs(150))
+        .await?;
     let ramp_large = t.elapsed();
-    eprintln!("hold: {} agents connected, {ramp_large:.1?} after the restart level", o.max);
+    eprintln!(
+        "hold: {} agents connected, {ramp_large:.1?} after the restart level",
+        o.max
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_large = rss_kb(pid)?;
     let (idle_large_u, idle_large_s) = idle_cpu(pid, o.idle_secs).await?;

@@ -214,7 +214,7 @@ async fn issue_rate(running: &server::Running, key: KeyType, count: usize) -> Re
     Ok(count as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn bench_issue(results: &PathBuf, count: usize, rsa_count: usize) -> Result<()> {
+async fn bench_issue(results: &std::path::Path, count: usize, rsa_count: usize) -> Result<()> {
     let (_dir, running) = start_controller().await?;
     running
         .service
@@ -246,7 +246,11 @@ async fn bench_issue(results: &PathBuf, count: usize, rsa_count: usize) -> Resul
     Ok(())
 }
 
-async fn bench_handshake(results: &PathBuf, seconds: u64, concurrency: usize) -> Result<()> {
+async fn bench_handshake(
+    results: &std::path::Path,
+    seconds: u64,
+    concurrency: usize,
+) -> Result<()> {
     // The real controller in its own process, so its CPU can be measured
     // apart from the clients'.
     let ctl = tokio::task::spawn_blocking(certfleet_tests::Controller::start).await??;
@@ -300,7 +304,7 @@ async fn bench_handshake(results: &PathBuf, seconds: u64, concurrency: usize) ->
     Ok(())
 }
 
-fn bench_served(results: &PathBuf, deploys: usize) -> Result<()> {
+fn bench_served(results: &std::path::Path, deploys: usize) -> Result<()> {
     use certfleet_tests::fleet::{token, wait_connected, wait_served, Agent, Nginx};
     use certfleet_tests::{str_field, Controller};
     const NAME: &str = "www.bench.test";

@@ -101,7 +101,10 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         .wait_ready(o.agents, Duration::from_secs(150))
         .await?;
     let ramp = t.elapsed();
-    eprintln!("rollout: {} agents connected in {ramp:.1?}; deploying", o.agents);
+    eprintln!(
+        "rollout: {} agents connected in {ramp:.1?}; deploying",
+        o.agents
+    );
     let pid = rig.serve.pid()?;
 
     // The idle cost of the connected fleet, subtracted from the rollout's.
@@ -146,7 +149,12 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
             "only {} of {} agents acknowledged within 150 s; last error: {:?}",
             rig.fleet.stats.acked.load(Ordering::SeqCst),
             o.agents,
-            rig.fleet.stats.last_error.lock().ok().and_then(|e| e.clone())
+            rig.fleet
+                .stats
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

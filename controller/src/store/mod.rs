@@ -106,7 +106,8 @@ impl GroupCommit {
                 })
             }
         }
-        self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *synced = upto;
         Ok(())
     }
@@ -1626,6 +1627,9 @@ mod tests {
         });
     }
 
+    // The sync lock is held across awaits on purpose: it stands for an
+    // fsync in progress while the writers run on blocking threads.
+    #[allow(clippy::await_holding_lock)]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writers_share_fsyncs_and_every_commit_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1662,7 +1666,10 @@ mod tests {
         {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        assert!(tasks.iter().all(|t| !t.is_finished()), "acknowledged before fsync");
+        assert!(
+            tasks.iter().all(|t| !t.is_finished()),
+            "acknowledged before fsync"
+        );
         drop(held);
         for t in tasks {
             t.await.unwrap().unwrap();
@@ -1680,7 +1687,10 @@ mod tests {
         assert_eq!(store.syncs() - syncs_before, 1);
         drop(store);
         let again = Store::open(&path).unwrap();
-        let n: i64 = again.call_blocking(|c| c.query_row("SELECT COUNT(*) FROM n", [], |r| r.get(0)).unwrap());
+        let n: i64 = again.call_blocking(|c| {
+            c.query_row("SELECT COUNT(*) FROM n", [], |r| r.get(0))
+                .unwrap()
+        });
         assert_eq!(n, 32);
     }
 
@@ -1697,7 +1707,10 @@ mod tests {
             Ok(())
         });
         assert!(r.is_err());
-        let n: i64 = store.call_blocking(|c| c.query_row("SELECT COUNT(*) FROM n", [], |r| r.get(0)).unwrap());
+        let n: i64 = store.call_blocking(|c| {
+            c.query_row("SELECT COUNT(*) FROM n", [], |r| r.get(0))
+                .unwrap()
+        });
         assert_eq!(n, 0);
     }
 }

@@ -96,7 +96,8 @@ pub async fn enroll(
     Ok(agent)
 }
 
-fn hello(config: &Config) -> AgentHello {
+/// What the agent tells the controller about itself after connecting.
+pub fn hello(config: &Config) -> AgentHello {
     AgentHello {
         hostname: config.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -256,7 +257,8 @@ pub async fn reconcile(
     Ok(reports)
 }
 
-async fn sync(config: &Config, conn: &Conn) -> anyhow::Result<()> {
+/// Fetch the full desired state, reconcile every target, report each result.
+pub async fn sync(config: &Config, conn: &Conn) -> anyhow::Result<()> {
     let desired = match conn.call(&Request::DesiredState).await? {
         Response::Desired(d) => d,
         other => bail!("unexpected answer to DesiredState: {other:?}"),
@@ -403,7 +405,8 @@ pub fn backoff(attempt: u32, jitter: f64) -> Duration {
     capped.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
 }
 
-fn jitter() -> f64 {
+/// A uniform random number in [0, 1] for [`backoff`].
+pub fn jitter() -> f64 {
     let mut b = [0u8; 2];
     let _ = aws_lc_rs::rand::fill(&mut b);
     f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)

@@ -183,6 +183,16 @@ fn explain(addr: SocketAddr, e: quinn::ConnectionError) -> anyhow::Error {
     }
 }
 
+/// A client endpoint on a fresh UDP socket, of `addr`'s address family.
+pub fn client_endpoint(addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    quinn::Endpoint::client(bind).context("cannot open a UDP socket")
+}
+
 /// A connection to the controller after the version exchange.
 pub struct Conn {
     pub conn: quinn::Connection,
@@ -193,12 +203,14 @@ pub struct Conn {
 
 impl Conn {
     async fn open(addr: SocketAddr, config: quinn::ClientConfig) -> anyhow::Result<Conn> {
-        let bind: SocketAddr = if addr.is_ipv4() {
-            "0.0.0.0:0".parse()?
-        } else {
-            "[::]:0".parse()?
-        };
-        let endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
+        Self::open_on(client_endpoint(addr)?, addr, config).await
+    }
+
+    async fn open_on(
+        endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> anyhow::Result<Conn> {
         let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(c)) => c,
@@ -222,6 +234,17 @@ impl Conn {
     /// Connect with the agent's identity.
     pub async fn mtls(addr: SocketAddr, id: &Identity) -> anyhow::Result<Conn> {
         Self::open(addr, mtls_config(id)?).await
+    }
+
+    /// Connect with the agent's identity over an existing client endpoint.
+    /// One endpoint (one UDP socket) carries any number of connections;
+    /// `certfleet-bench` runs thousands of simulated agents this way.
+    pub async fn mtls_via(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        id: &Identity,
+    ) -> anyhow::Result<Conn> {
+        Self::open_on(endpoint.clone(), addr, mtls_config(id)?).await
     }
 
     async fn hello(&self) -> anyhow::Result<()> {

@@ -62,7 +62,7 @@ pub(crate) struct Options {
     pub certbot: usize,
 }
 
-pub(crate) fn run(results: &PathBuf, opts: Options) -> Result<()> {
+pub(crate) fn run(results: &Path, opts: Options) -> Result<()> {
     let started = Instant::now();
     let certbot = if opts.certbot > 0 {
         Some(certbot_bin()?)

@@ -15,9 +15,20 @@
 //!   Pebble with HTTP-01 through a real agent, next to certbot against the
 //!   same Pebble (module `acme`).
 //!
-//! `issue` and `handshake` run the controller in this process; `served`
-//! and `acme` drive the real binaries (build them first with
-//! `cargo build --release --workspace --bins`).
+//! - `hold`: 10k then 25k idle simulated agents on one controller: RSS per
+//!   connection, idle CPU, reconnection after a restart.
+//! - `rollout`: one certificate to 10k simulated agents in a single wave:
+//!   time until every acknowledgement is persisted, CPU per push, p50/p99.
+//!
+//! `issue` runs the controller in this process; the others drive the real
+//! `certfleet serve` (and `served`/`acme` the real agent; build them first
+//! with `cargo build --release --workspace --bins`). `hold` and `rollout`
+//! run the fleet simulator (`fleet_sim`) against it.
+
+mod fleet_sim;
+mod hold;
+mod rollout;
+mod serve;
 
 mod acme;
 
@@ -91,9 +102,42 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         certbot: usize,
     },
+    /// Idle simulated agents on one controller: RSS per connection, idle
+    /// CPU, and reconnection after a controller restart.
+    Hold {
+        /// First level; the restart is measured with this many agents.
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        /// Second level.
+        #[arg(long, default_value_t = 25_000)]
+        max: usize,
+        #[command(flatten)]
+        sim: SimArgs,
+        /// Seconds over which idle CPU is measured at each level.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+    },
+    /// One certificate to every simulated agent in a single wave.
+    Rollout {
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        #[command(flatten)]
+        sim: SimArgs,
+    },
 }
 
-fn record(path: &PathBuf, value: serde_json::Value) -> Result<()> {
+/// Fleet simulator settings.
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Client endpoints (UDP sockets) the simulated agents share.
+    #[arg(long, default_value_t = 8)]
+    endpoints: usize,
+    /// First connections in flight at once while ramping up.
+    #[arg(long, default_value_t = 64)]
+    ramp_concurrency: usize,
+}
+
+fn record(path: &std::path::Path, value: serde_json::Value) -> Result<()> {
     let line = value.to_string();
     println!("{line}");
     if let Some(dir) = path.parent() {
@@ -105,6 +149,14 @@ fn record(path: &PathBuf, value: serde_json::Value) -> Result<()> {
         .open(path)?;
     writeln!(f, "{line}")?;
     Ok(())
+}
+
+/// The 1-minute load average: other work on the machine while measuring.
+fn load_avg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(-1.0)
 }
 
 fn machine() -> serde_json::Value {
@@ -239,7 +291,7 @@ async fn renewal_wave(running: &server::Running, clock: &BenchClock) -> Result<(
     Ok((renewed, elapsed))
 }
 
-async fn bench_issue(results: &PathBuf, count: usize, rsa_count: usize) -> Result<()> {
+async fn bench_issue(results: &std::path::Path, count: usize, rsa_count: usize) -> Result<()> {
     let clock = Arc::new(BenchClock::default());
     let (_dir, running) = start_controller(clock.clone()).await?;
     running
@@ -278,27 +330,11 @@ async fn bench_issue(results: &PathBuf, count: usize, rsa_count: usize) -> Resul
     Ok(())
 }
 
-/// CPU seconds (user + system) a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .context("short /proc stat")?
-        .iter()
-        .map(|f| f.parse::<f64>().unwrap_or(0.0))
-        .sum();
-    // Linux reports in USER_HZ, 100 on every mainstream configuration.
-    Ok(ticks / 100.0)
-}
-
-async fn bench_handshake(results: &PathBuf, seconds: u64, concurrency: usize) -> Result<()> {
+async fn bench_handshake(
+    results: &std::path::Path,
+    seconds: u64,
+    concurrency: usize,
+) -> Result<()> {
     // The real controller in its own process, so its CPU can be measured
     // apart from the clients'.
     let ctl = tokio::task::spawn_blocking(certfleet_tests::Controller::start).await??;
@@ -310,7 +346,7 @@ async fn bench_handshake(results: &PathBuf, seconds: u64, concurrency: usize) ->
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let cpu_before = cpu_seconds(pid)?;
+    let cpu_before = serve::cpu_seconds(pid)?;
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (cred, done, failed) = (cred.clone(), done.clone(), failed.clone());
@@ -333,7 +369,7 @@ async fn bench_handshake(results: &PathBuf, seconds: u64, concurrency: usize) ->
         t.await?;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid)? - cpu_before;
+    let cpu = serve::cpu_seconds(pid)? - cpu_before;
     let n = done.load(Ordering::Relaxed) as f64;
     record(
         results,
@@ -352,7 +388,7 @@ async fn bench_handshake(results: &PathBuf, seconds: u64, concurrency: usize) ->
     Ok(())
 }
 
-fn bench_served(results: &PathBuf, deploys: usize) -> Result<()> {
+fn bench_served(results: &std::path::Path, deploys: usize) -> Result<()> {
     use certfleet_tests::fleet::{token, wait_connected, wait_served, Agent, Nginx};
     use certfleet_tests::{str_field, Controller};
     const NAME: &str = "www.bench.test";
@@ -450,6 +486,35 @@ fn main() -> Result<()> {
                         seconds,
                         concurrency,
                     } => bench_handshake(&cli.results, seconds, concurrency).await,
+                    Bench::Hold {
+                        agents,
+                        max,
+                        sim,
+                        idle_secs,
+                    } => {
+                        hold::run(
+                            &cli.results,
+                            hold::Options {
+                                agents,
+                                max,
+                                endpoints: sim.endpoints,
+                                ramp_concurrency: sim.ramp_concurrency,
+                                idle_secs,
+                            },
+                        )
+                        .await
+                    }
+                    Bench::Rollout { agents, sim } => {
+                        rollout::run(
+                            &cli.results,
+                            rollout::Options {
+                                agents,
+                                endpoints: sim.endpoints,
+                                ramp_concurrency: sim.ramp_concurrency,
+                            },
+                        )
+                        .await
+                    }
                     Bench::Served { .. } | Bench::Acme { .. } => {
                         unreachable!("handled above")
                     }

@@ -199,16 +199,27 @@ fn reconcile_one(
         poke: Vec::new(),
         next_wake: None,
     };
-    // Fold agents' reports into the targets of the current wave.
-    for t in store::rollout_targets(conn, &row.id)? {
-        if t.state != TargetState::InProgress.as_str() {
-            continue;
-        }
-        let agent_alive = store::agent_get(conn, &t.agent)?.is_some_and(|a| a.removed_at.is_none());
+    // Fold agents' reports into the targets of the current wave. Agents and
+    // deployments are read in one query each, not one per target: a pass
+    // over a 10k-target wave runs after every report.
+    let in_progress: Vec<RolloutTargetRow> = store::rollout_targets(conn, &row.id)?
+        .into_iter()
+        .filter(|t| t.state == TargetState::InProgress.as_str())
+        .collect();
+    let (live, mut deployments) = if in_progress.is_empty() {
+        Default::default()
+    } else {
+        (
+            store::rollout_live_agents(conn, &row.id)?,
+            store::deployments_of_lineage(conn, &row.lineage)?,
+        )
+    };
+    for t in in_progress {
+        let agent_alive = live.contains(&t.agent);
         let outcome = if !agent_alive {
             Some(("failed", Some("agent was removed".to_string())))
         } else {
-            match store::deployment_of(conn, &t.agent, &t.target)? {
+            match deployments.remove(&(t.agent.clone(), t.target.clone())) {
                 Some(d) if d.desired == row.certificate => match d.status.as_str() {
                     "installed" if d.installed.as_deref() == Some(row.certificate.as_str()) => {
                         Some(("installed", None))

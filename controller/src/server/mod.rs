@@ -226,7 +226,13 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
-    transport.max_concurrent_bidi_streams(256u32.into());
+    // quinn sets aside state for every stream a peer may open at once,
+    // per connection: 256 bidirectional and 100 unidirectional streams
+    // were ~25 kB of each idle agent's connection. Admins and agents make
+    // one request at a time (more just wait for credit), and no peer opens
+    // unidirectional streams to the controller (pokes go the other way).
+    transport.max_concurrent_bidi_streams(32u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
     server_config.transport_config(Arc::new(transport));
     let endpoint = quinn::Endpoint::server(server_config, opts.listen).with_context(|| {
         format!(

@@ -260,4 +260,11 @@ CREATE INDEX certificates_renews ON certificates(renews);
 CREATE INDEX applications_renews ON applications(renews);
 CREATE INDEX instances_unused ON instances(issuer, created_at) WHERE state = 'unused';
 "#,
+    // 8: an agent's credentials by subject. Every agent lookup (each
+    // connection's authentication, each hello, each rollout pass) reads the
+    // newest identity's expiry; without this index that was a scan of every
+    // credential, making `agent list` and a fleet-wide deploy quadratic.
+    r#"
+CREATE INDEX credentials_subject ON credentials(subject, role);
+"#,
 ];

@@ -198,6 +198,8 @@ CREATE INDEX certificates_not_after ON certificates(not_after);
 
 CREATE INDEX certificates_renews ON certificates(renews);
 
+CREATE INDEX credentials_subject ON credentials(subject, role);
+
 CREATE INDEX deployments_lineage ON deployments(lineage);
 
 CREATE INDEX instances_unused ON instances(issuer, created_at) WHERE state = 'unused';

@@ -61,8 +61,15 @@ pub struct Store {
 
 /// The group commit: which commits are known to be on disk.
 struct GroupCommit {
-    /// The write-ahead log whose fsync makes commits durable.
+    /// The write-ahead log whose fsync makes commits durable (named after
+    /// the database file as SQLite resolved it, symlinks followed).
     wal: std::path::PathBuf,
+    /// The database file, synced instead when there is no log.
+    db: std::path::PathBuf,
+    /// Set by the first failed fsync: after it the kernel may have dropped
+    /// the unwritten pages and cleared the error, so no later fsync can
+    /// vouch for the commits before it, and the store refuses all calls.
+    failed: std::sync::atomic::AtomicBool,
     /// Sequence number of the last commit made (bumped after it is made).
     committed: std::sync::atomic::AtomicU64,
     /// Sequence number of the last commit known to be on disk; held while
@@ -85,26 +92,38 @@ impl GroupCommit {
     fn sync_through(&self, seq: u64) -> Result<(), StoreError> {
         // A panic while holding this lock leaves a valid number behind.
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Sync {
+                path: self.wal.display().to_string(),
+                source: std::io::Error::other(
+                    "an earlier fsync failed; restart the controller once the disk is healthy",
+                ),
+            });
+        }
         if *synced >= seq {
             return Ok(());
         }
         // Every commit numbered up to here has already been written to
         // the log, so this fsync covers all of them.
         let upto = self.committed.load(std::sync::atomic::Ordering::SeqCst);
-        match std::fs::File::open(&self.wal) {
-            Ok(f) => f.sync_all().map_err(|source| StoreError::Sync {
-                path: self.wal.display().to_string(),
-                source,
-            })?,
-            // No log means no commit since the last checkpoint, which
-            // synced the database itself.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(StoreError::Sync {
-                    path: self.wal.display().to_string(),
+        let sync = |path: &Path| std::fs::File::open(path).and_then(|f| f.sync_all());
+        let result = match sync(&self.wal) {
+            // No log: the commits are in the database file itself.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                sync(&self.db).map_err(|source| StoreError::Sync {
+                    path: self.db.display().to_string(),
                     source,
                 })
             }
+            other => other.map_err(|source| StoreError::Sync {
+                path: self.wal.display().to_string(),
+                source,
+            }),
+        };
+        if let Err(e) = result {
+            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::error!(error = %e, "fsync failed; the store refuses every further call");
+            return Err(e);
         }
         self.syncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -115,7 +134,9 @@ impl GroupCommit {
 
 /// Run `f` on the connection, then wait for what it committed (if
 /// anything) to be on disk. A failed sync wins over `f`'s result: nothing
-/// may be reported done that the disk may not hold.
+/// may be reported done that the disk may not hold. A call that only read
+/// also waits for the commits made before it, so nobody is shown a row
+/// that is not yet on disk.
 fn run_durably<R, E>(
     conn: &Mutex<Connection>,
     durable: &GroupCommit,
@@ -131,11 +152,14 @@ where
         let before = guard.total_changes();
         let result = f(&mut guard);
         let wrote = guard.total_changes() != before;
-        (result, wrote.then(|| durable.committed()))
+        let seq = if wrote {
+            durable.committed()
+        } else {
+            durable.committed.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        (result, seq)
     };
-    if let Some(seq) = seq {
-        durable.sync_through(seq)?;
-    }
+    durable.sync_through(seq)?;
     result
 }
 
@@ -156,18 +180,37 @@ impl Store {
         // Hot statements are prepared once (`prepare_cached`) and reused.
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
+        // SQLite names its log after the database file it opened, with
+        // symlinks resolved.
+        let db = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| path.to_path_buf());
         let store = Store {
             conn: Arc::new(Mutex::new(conn)),
             durable: Arc::new(GroupCommit {
-                wal: std::path::PathBuf::from(format!("{}-wal", path.display())),
+                wal: std::path::PathBuf::from(format!("{}-wal", db.display())),
+                failed: std::sync::atomic::AtomicBool::new(false),
                 committed: std::sync::atomic::AtomicU64::new(0),
                 synced: Mutex::new(0),
                 syncs: std::sync::atomic::AtomicU64::new(0),
+                db: db.clone(),
             }),
         };
         // The migrations committed above: on disk before anything relies on them.
         let seq = store.durable.committed();
         store.durable.sync_through(seq)?;
+        // And the log's directory entry, created with the log: SQLite in
+        // NORMAL mode syncs it only at the first checkpoint.
+        if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StoreError::Sync {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+        }
         Ok(store)
     }
 
@@ -202,12 +245,17 @@ impl Store {
             let before = guard.total_changes();
             let result = f(&mut guard);
             let wrote = guard.total_changes() != before;
-            (result, wrote.then(|| self.durable.committed()))
+            let seq = if wrote {
+                self.durable.committed()
+            } else {
+                self.durable
+                    .committed
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            };
+            (result, seq)
         };
-        if let Some(seq) = seq {
-            if let Err(e) = self.durable.sync_through(seq) {
-                panic!("cannot make the store durable: {e}");
-            }
+        if let Err(e) = self.durable.sync_through(seq) {
+            panic!("cannot make the store durable: {e}");
         }
         result
     }

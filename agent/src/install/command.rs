@@ -114,16 +114,15 @@ pub async fn run_with_env(
             )
         }
     };
-    let out = tokio::time::timeout(DRAIN_GRACE, out_task)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let err = tokio::time::timeout(DRAIN_GRACE, err_task)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    // A reader still blocked after the grace period (a daemon the command
+    // started holds the pipe) is stopped, so no task or pipe is left behind.
+    let drain = |mut task: tokio::task::JoinHandle<Vec<u8>>| async move {
+        let got = tokio::time::timeout(DRAIN_GRACE, &mut task).await;
+        task.abort();
+        got.ok().and_then(Result::ok).unwrap_or_default()
+    };
+    let out = drain(out_task).await;
+    let err = drain(err_task).await;
     let mut output = cap(&out);
     let err = cap(&err);
     if !err.is_empty() {

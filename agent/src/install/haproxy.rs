@@ -83,14 +83,32 @@ async fn command(socket: &Path, text: &[u8], timeout: Duration) -> Result<String
     })?
 }
 
+/// Why a runtime update failed, and whether HAProxy may have changed.
+#[derive(Debug)]
+pub struct RuntimeError {
+    pub message: String,
+    /// `true` only when HAProxy is known to serve what it did before: the
+    /// transaction was refused, or it was aborted before any commit. After
+    /// a commit whose answer was lost or unclear HAProxy's state is
+    /// unknown, and a rollback must push the previous certificate again.
+    pub unchanged: bool,
+}
+
 /// Push the combined PEM at `cert` (its contents read from disk now) into
-/// the running HAProxy. On error nothing was committed, and any
-/// transaction this call opened has been aborted (or the error says the
-/// abort failed too).
-pub async fn runtime_update(socket: &Path, cert: &Path, timeout: Duration) -> Result<(), String> {
+/// the running HAProxy. On error, `unchanged` says whether HAProxy is known
+/// to serve what it did before (see [`RuntimeError`]).
+pub async fn runtime_update(
+    socket: &Path,
+    cert: &Path,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let unchanged = |message: String| RuntimeError {
+        message,
+        unchanged: true,
+    };
     let pem = Zeroizing::new(
         std::fs::read_to_string(cert)
-            .map_err(|e| format!("cannot read {}: {e}", cert.display()))?,
+            .map_err(|e| unchanged(format!("cannot read {}: {e}", cert.display())))?,
     );
     let name = cli_arg(cert);
     let mut set = Zeroizing::new(format!("set ssl cert {name} <<\n").into_bytes());
@@ -100,13 +118,15 @@ pub async fn runtime_update(socket: &Path, cert: &Path, timeout: Duration) -> Re
         set.push(b'\n');
     }
     set.push(b'\n');
-    let answer = command(socket, &set, timeout).await?;
+    // A `set` only prepares a transaction; nothing is served from it
+    // until a commit, so any failure here leaves HAProxy unchanged.
+    let answer = command(socket, &set, timeout).await.map_err(unchanged)?;
     if !answer.contains("Transaction created") && !answer.contains("Transaction updated") {
-        return Err(format!(
+        return Err(unchanged(format!(
             "HAProxy refused `set ssl cert {name}`: {answer:?} (is the socket `level admin`, \
              and is {} the path in a `crt` line?)",
             cert.display()
-        ));
+        )));
     }
     let commit = command(
         socket,
@@ -114,31 +134,37 @@ pub async fn runtime_update(socket: &Path, cert: &Path, timeout: Duration) -> Re
         timeout,
     )
     .await;
-    match commit {
-        Ok(answer) if answer.contains("Success!") => Ok(()),
-        failed => {
-            let why = match failed {
-                Ok(answer) => format!("HAProxy refused `commit ssl cert {name}`: {answer:?}"),
-                Err(e) => format!("`commit ssl cert {name}` failed: {e}"),
-            };
-            match command(
-                socket,
-                format!("abort ssl cert {name}\n").as_bytes(),
-                timeout,
-            )
-            .await
-            {
-                Ok(a) if a.contains("aborted") || a.contains("No ongoing transaction") => Err(
-                    format!("{why}; the transaction was aborted and HAProxy serves what it did before"),
-                ),
-                Ok(a) => Err(format!(
-                    "{why}; `abort ssl cert {name}` answered {a:?} (the uncommitted transaction is not served)"
-                )),
-                Err(e) => Err(format!(
-                    "{why}; `abort ssl cert {name}` failed too: {e} (the uncommitted transaction is not served)"
-                )),
-            }
-        }
+    let why = match commit {
+        Ok(answer) if answer.contains("Success!") => return Ok(()),
+        Ok(answer) => format!("HAProxy refused `commit ssl cert {name}`: {answer:?}"),
+        Err(e) => format!("`commit ssl cert {name}` failed: {e}"),
+    };
+    // Only an abort that finds the transaction still open proves the
+    // commit did not happen. "No ongoing transaction" after a commit
+    // attempt may well mean the commit went through.
+    match command(
+        socket,
+        format!("abort ssl cert {name}\n").as_bytes(),
+        timeout,
+    )
+    .await
+    {
+        Ok(a) if a.contains("aborted") && !a.contains("No ongoing transaction") => Err(unchanged(
+            format!("{why}; the transaction was aborted and HAProxy serves what it did before"),
+        )),
+        Ok(a) => Err(RuntimeError {
+            message: format!(
+                "{why}; `abort ssl cert {name}` answered {a:?}, so the commit may have been \
+                 applied: HAProxy's certificate is unknown"
+            ),
+            unchanged: false,
+        }),
+        Err(e) => Err(RuntimeError {
+            message: format!(
+                "{why}; `abort ssl cert {name}` failed too: {e} (HAProxy's certificate is unknown)"
+            ),
+            unchanged: false,
+        }),
     }
 }
 
@@ -193,10 +219,35 @@ mod tests {
         let e = runtime_update(&dir.path().join("sock"), &cert, Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert!(e.contains("aborted"), "{e}");
+        assert!(e.message.contains("aborted"), "{}", e.message);
+        assert!(e.unchanged);
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 3, "{seen:?}");
         assert!(seen[0].starts_with("set ssl cert") && seen[2].starts_with("abort ssl cert"));
+    }
+
+    #[tokio::test]
+    async fn unclear_commit_is_not_taken_for_unchanged() {
+        // The commit's answer is unclear and the abort finds no open
+        // transaction: the commit may have gone through.
+        let (dir, seen) = scripted(vec![
+            "Transaction created for certificate /x/site.pem!\n",
+            "Committing /x/site.pem\n",
+            "No ongoing transaction!\n",
+        ])
+        .await;
+        let cert = dir.path().join("site.pem");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = runtime_update(&dir.path().join("sock"), &cert, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(!e.unchanged, "{}", e.message);
+        assert!(e.message.contains("unknown"), "{}", e.message);
+        assert_eq!(seen.lock().unwrap().len(), 3);
     }
 
     #[test]

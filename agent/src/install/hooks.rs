@@ -27,10 +27,14 @@ pub fn environment(hook: &str, target: &Target, d: &DesiredInstall) -> Vec<(Stri
     let mut env = vec![
         ("CERTFLEET_HOOK".to_string(), hook.to_string()),
         ("CERTFLEET_TARGET".into(), target.name.clone()),
-        ("CERTFLEET_CERTIFICATE_ID".into(), d.certificate.clone()),
         ("CERTFLEET_FINGERPRINT".into(), d.fingerprint.clone()),
         ("CERTFLEET_DOMAINS".into(), target.domains.join(",")),
     ];
+    // The id comes from the controller: passed on only when it is the
+    // plain `cert-<hex>` shape, since scripts may put it in file names.
+    if is_plain_id(&d.certificate) {
+        env.push(("CERTFLEET_CERTIFICATE_ID".into(), d.certificate.clone()));
+    }
     let paths: [(&str, Option<&Path>); 6] = [
         ("CERTFLEET_CERT_PATH", target.cert.as_deref()),
         ("CERTFLEET_CHAIN_PATH", target.chain.as_deref()),
@@ -48,6 +52,11 @@ pub fn environment(hook: &str, target: &Target, d: &DesiredInstall) -> Vec<(Stri
         }
     }
     env
+}
+
+/// Letters, digits and `-` only, at most 64 characters.
+fn is_plain_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Run one hook; the error carries its status and capped output.
@@ -73,5 +82,24 @@ pub async fn run(
             "{hook} hook `{}` could not run: {e}",
             argv.join(" ")
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_id;
+
+    #[test]
+    fn only_plain_certificate_ids_reach_hooks() {
+        assert!(is_plain_id("cert-5f1c0a9b7d3e2f11"));
+        for bad in [
+            "",
+            "cert-1; rm -rf /",
+            "../x",
+            "cert-$(id)",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_plain_id(bad), "{bad}");
+        }
     }
 }

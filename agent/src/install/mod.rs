@@ -214,6 +214,13 @@ async fn run_step(what: &str, argv: &[String], timeout: Duration) -> Result<(), 
 
 /// Step 4: reload the server the way the target's config says.
 pub async fn reload(target: &Target) -> Result<(), String> {
+    reload_or_unchanged(target).await.map_err(|(e, _)| e)
+}
+
+/// [`reload`], whose error also says whether the server is known to be
+/// unchanged (only a refused or aborted HAProxy runtime update without a
+/// fallback is: nothing else can tell).
+async fn reload_or_unchanged(target: &Target) -> Result<(), (String, bool)> {
     match &target.reload {
         Reload::HaproxyRuntime {
             socket,
@@ -223,17 +230,24 @@ pub async fn reload(target: &Target) -> Result<(), String> {
             Ok(()) => Ok(()),
             Err(e) => match fallback {
                 Some(f) => {
-                    warn!(target = %target.name, error = %e, "runtime API update failed; reloading instead");
-                    plain_reload(f, target)
-                        .await
-                        .map_err(|r| format!("{e}\nthe fallback reload failed too: {r}"))
+                    warn!(target = %target.name, error = %e.message, "runtime API update failed; reloading instead");
+                    plain_reload(f, target).await.map_err(|r| {
+                        (
+                            format!("{}\nthe fallback reload failed too: {r}", e.message),
+                            false,
+                        )
+                    })
                 }
-                None => Err(format!(
-                    "{e}\n(runtime_fallback = \"fail\": no reload was tried)"
+                None => Err((
+                    format!(
+                        "{}\n(runtime_fallback = \"fail\": no reload was tried)",
+                        e.message
+                    ),
+                    e.unchanged,
                 )),
             },
         },
-        other => plain_reload(other, target).await,
+        other => plain_reload(other, target).await.map_err(|e| (e, false)),
     }
 }
 
@@ -350,6 +364,26 @@ pub async fn install(
         }
         Err(e) => return report(d, DeploymentStatus::Failed, None, Some(e), start),
     };
+    // The files' contents first (a keystore reads its password file and
+    // runs PBKDF2: off the async threads), so that a failure there comes
+    // before the pre_install hook has done anything.
+    let specs = {
+        let target = target.clone();
+        let bundle = bundle.clone();
+        match tokio::task::spawn_blocking(move || file_specs(&target, &bundle)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return report(d, DeploymentStatus::Failed, None, Some(e), start),
+            Err(e) => {
+                return report(
+                    d,
+                    DeploymentStatus::Failed,
+                    None,
+                    Some(format!("preparing the files failed: {e}")),
+                    start,
+                )
+            }
+        }
+    };
     if let Some(argv) = &target.hooks.pre_install {
         if let Err(e) = hooks::run("pre_install", argv, target, d).await {
             warn!(target = %target.name, error = %e, "pre_install hook failed; nothing was changed");
@@ -359,10 +393,6 @@ pub async fn install(
     let old_fingerprint = live_fingerprint(target);
 
     // 2. stage and swap
-    let specs = match file_specs(target, bundle) {
-        Ok(s) => s,
-        Err(e) => return report(d, DeploymentStatus::Failed, None, Some(e), start),
-    };
     let journal = config.state_dir.join("journal");
     let allowed = config.allowed_dirs.clone();
     let name = target.name.clone();
@@ -411,20 +441,19 @@ pub async fn install(
     }
 
     // 4. reload and 5. verify
-    // A failed runtime API update without fallback changed nothing in the
-    // server (uncommitted transactions are aborted), so a rollback needs
-    // no second update; any other failed reload leaves the server unknown.
+    // A refused or aborted runtime API update without fallback changed
+    // nothing in the server, so a rollback needs no second update; any
+    // other failed reload leaves the server unknown.
     let mut server_untouched = false;
-    let outcome = match reload(target).await {
+    let outcome = match reload_or_unchanged(target).await {
         Ok(()) => {
             if let Err(e) = swap.mark_reloaded() {
                 warn!(error = %e, "could not update install journal");
             }
             verify_served(target, &valid.fingerprint).await
         }
-        Err(e) => {
-            server_untouched =
-                matches!(target.reload, Reload::HaproxyRuntime { fallback: None, .. });
+        Err((e, unchanged)) => {
+            server_untouched = unchanged;
             Err(e)
         }
     };

@@ -341,6 +341,34 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     }
 }
 
+/// Send one discovery report; the answer says how many certificates.
+async fn send_inventory(
+    conn: &Conn,
+    report: certfleet_protocol::message::InventoryReport,
+) -> AgentCommandReply {
+    for p in &report.problems {
+        warn!(problem = %p, "discovery");
+    }
+    let report = crate::discovery::fit(report, DEFAULT_MAX_FRAME / 2);
+    let n = report.entries.len();
+    match conn.call(&Request::InventoryReport(report)).await {
+        Ok(_) => {
+            info!(certificates = n, "discovery report sent");
+            AgentCommandReply {
+                files: u32::try_from(n).unwrap_or(u32::MAX),
+                error: None,
+            }
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "could not send the discovery report");
+            AgentCommandReply {
+                files: 0,
+                error: Some(format!("could not send the discovery report: {e:#}")),
+            }
+        }
+    }
+}
+
 /// Scan for certificates in use and send the report, beside the session.
 /// One scan at a time; `reply`, when the controller asked for the scan,
 /// gets the number of certificates reported once the report is sent.
@@ -362,29 +390,36 @@ fn spawn_discovery(
                     config.path.display()
                 )),
             }
-        } else {
-            let _one = scanning.lock().await;
-            let report = crate::discovery::scan(&config.discovery, &config.targets, now()).await;
-            for p in &report.problems {
-                warn!(problem = %p, "discovery");
-            }
-            let report = crate::discovery::fit(report, DEFAULT_MAX_FRAME / 2);
-            let n = report.entries.len();
-            match conn.call(&Request::InventoryReport(report)).await {
-                Ok(_) => {
-                    info!(certificates = n, "discovery report sent");
-                    AgentCommandReply {
-                        files: u32::try_from(n).unwrap_or(u32::MAX),
-                        error: None,
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "could not send the discovery report");
+        } else if let Ok(_one) = scanning.try_lock() {
+            // The scan bounds its own steps; this bounds the whole of it. A
+            // scan that overruns sends nothing, so the controller keeps the
+            // last snapshot.
+            let limit = config.discovery.timeout + Duration::from_secs(30);
+            match tokio::time::timeout(
+                limit,
+                crate::discovery::scan(&config.discovery, &config.targets, now()),
+            )
+            .await
+            {
+                Ok(report) => send_inventory(&conn, report).await,
+                Err(_) => {
+                    let e = format!(
+                        "the discovery scan did not finish within {}; nothing was reported",
+                        humantime::format_duration(limit)
+                    );
+                    warn!(error = %e, "discovery");
                     AgentCommandReply {
                         files: 0,
-                        error: Some(format!("could not send the discovery report: {e:#}")),
+                        error: Some(e),
                     }
                 }
+            }
+        } else {
+            AgentCommandReply {
+                files: 0,
+                error: Some(
+                    "a discovery scan is already running; its report arrives when it ends".into(),
+                ),
             }
         };
         if let Some(mut send) = reply {

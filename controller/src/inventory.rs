@@ -242,6 +242,26 @@ pub(crate) fn on_issued(
         // The agent was removed meanwhile: nothing to deploy to.
         return Ok(false);
     };
+    if store::deployment_of(tx, &row.id, &target)?.is_some() {
+        // An operator deployed to the target after the adoption: theirs
+        // stands. The adopted certificate stays issued, undeployed.
+        store::audit_insert(
+            tx,
+            now,
+            &AuditRecord {
+                actor: &actor,
+                action: "deploy",
+                target: certificate,
+                outcome: "skipped",
+                detail: &format!(
+                    "adoption agent={} target={target}: the target got another deployment \
+                     meanwhile; deploy this certificate by hand if it is wanted",
+                    row.id
+                ),
+            },
+        )?;
+        return Ok(false);
+    }
     let rollout = crate::rollout::create(
         tx,
         "deploy",
@@ -414,10 +434,11 @@ impl Service {
                     [one] => *one,
                     [] => {
                         return Err(ServiceError::Invalid(format!(
-                            "agent {} has no target whose `fullchain` or `cert` is {path}, so \
-                             certfleet would not know where to install the replacement. Add a \
-                             [[target]] to that agent's config with fullchain = \"{path}\" (and \
-                             the key path its server uses), restart the agent so it reports the \
+                            "agent {} has no target whose `fullchain`, `cert` or `combined` \
+                             is {path}, so certfleet would not know where to install the \
+                             replacement. Add a [[target]] to that agent's config that writes \
+                             {path} (`fullchain`/`cert` and the key path for nginx or Apache, \
+                             `combined` for HAProxy), restart the agent so it reports the \
                              target and rescans, then adopt again",
                             agent.name,
                             path = first.entry.path

@@ -597,8 +597,19 @@ impl Collector {
 
 /// Read a config file whole, bounded.
 fn read_config(path: &Path) -> Result<String, String> {
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // Non-blocking and type-checked like certificate files: a FIFO named in
+    // an include or a crt-list cannot hang the scan.
+    let f = std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::fs::OpenOptions::new().read(true),
+        nix::libc::O_NONBLOCK,
+    )
+    .open(path)
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match f.metadata() {
+        Ok(m) if !m.is_file() => return Err(format!("{} is not a regular file", path.display())),
+        Ok(_) => {}
+        Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
+    }
     let mut bytes = Vec::new();
     f.take(MAX_CONFIG_BYTES)
         .read_to_end(&mut bytes)
@@ -835,10 +846,14 @@ fn scan_files(
         e.target = targets
             .iter()
             .find(|t| {
-                [t.fullchain.as_deref(), t.cert.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .any(|tp| tp == p || canon.is_some() && std::fs::canonicalize(tp).ok() == canon)
+                [
+                    t.fullchain.as_deref(),
+                    t.cert.as_deref(),
+                    t.combined.as_deref(),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|tp| tp == p || canon.is_some() && std::fs::canonicalize(tp).ok() == canon)
             })
             .map(|t| t.name.clone());
     }

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use certfleet_protocol::message::{
-    AgentCommandReply, ErrorKind, Hello, HelloReply, Poke, Request, Response, RpcError,
+    AgentCommand, AgentCommandReply, ErrorKind, Hello, HelloReply, Poke, Request, Response,
+    RpcError,
 };
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use quinn::VarInt;
@@ -231,20 +232,26 @@ async fn session_events(
                                 .await
                                 .map_err(|e| e.to_string())
                         };
-                        let answer =
-                            match tokio::time::timeout(std::time::Duration::from_secs(20), answer)
-                                .await
-                            {
-                                Ok(Ok(a)) => a,
-                                Ok(Err(e)) => AgentCommandReply {
-                                    files: 0,
-                                    error: Some(format!("agent did not answer: {e}")),
-                                },
-                                Err(_) => AgentCommandReply {
-                                    files: 0,
-                                    error: Some("agent did not answer within 20s".into()),
-                                },
-                            };
+                        // A discovery scan may take up to its own timeout
+                        // (60 s by default); the others answer at once.
+                        let wait = std::time::Duration::from_secs(match command {
+                            AgentCommand::Discover => 90,
+                            _ => 20,
+                        });
+                        let answer = match tokio::time::timeout(wait, answer).await {
+                            Ok(Ok(a)) => a,
+                            Ok(Err(e)) => AgentCommandReply {
+                                files: 0,
+                                error: Some(format!("agent did not answer: {e}")),
+                            },
+                            Err(_) => AgentCommandReply {
+                                files: 0,
+                                error: Some(format!(
+                                    "agent did not answer within {}s",
+                                    wait.as_secs()
+                                )),
+                            },
+                        };
                         let _ = reply.send(answer);
                     }
                     .in_current_span(),

@@ -544,8 +544,9 @@ impl Service {
             // Store the previous batch while this one is signed: the store
             // works on one core, signing on all of them.
             let storing = signed.take().map(|s| {
+                let ids: Vec<String> = s.issued.iter().map(|(id, _)| id.clone()).collect();
                 let me = self.clone();
-                tokio::spawn(async move { me.store_signed(s).await })
+                (ids, tokio::spawn(async move { me.store_signed(s).await }))
             });
             if !builtin.is_empty() {
                 let count = builtin.len();
@@ -559,9 +560,19 @@ impl Service {
                     sign: started.elapsed() - claim,
                 });
             }
-            if let Some(h) = storing {
+            if let Some((ids, h)) = storing {
                 if let Err(e) = h.await {
+                    // Whatever of the batch was not stored is still
+                    // claimed: fail it (a stored one is no longer in
+                    // flight and is left alone).
                     warn!(error = %e, "storing a batch of certificates failed");
+                    for id in ids {
+                        self.record_failure(
+                            &id,
+                            internal(format!("storing the certificate failed: {e}")),
+                        )
+                        .await;
+                    }
                 }
             }
             if !others.is_empty() {
@@ -640,16 +651,29 @@ impl Service {
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {
+                let ids: Vec<String> = chunk.iter().map(|c| c.app.id.clone()).collect();
                 let master = self.master.clone();
                 let crl_base = self.crl_url_base.clone();
-                tokio::task::spawn_blocking(move || issue_chunk(&master, &crl_base, chunk, now))
+                let handle = tokio::task::spawn_blocking(move || {
+                    issue_chunk(&master, &crl_base, chunk, now)
+                });
+                (ids, handle)
             })
             .collect();
         let mut out = Vec::new();
-        for h in handles {
+        for (ids, h) in handles {
             match h.await {
                 Ok(results) => out.extend(results),
-                Err(e) => warn!(error = %e, "issuing thread failed"),
+                Err(e) => {
+                    // The chunk's applications are claimed (`validating`):
+                    // fail each one so none is left in flight forever.
+                    warn!(error = %e, "issuing thread failed");
+                    out.extend(
+                        ids.into_iter().map(|id| {
+                            (id, Err(internal(format!("the issuing thread failed: {e}"))))
+                        }),
+                    );
+                }
             }
         }
         out

@@ -102,6 +102,22 @@ fn token_hash(secret: &str) -> Vec<u8> {
 }
 
 /// Record an identity certificate issued to an agent, with its audit entry.
+/// The row of an agent enrolled at `ts`, before its first hello.
+fn new_agent_row(id: &str, name: &str, labels: &[(String, String)], ts: i64) -> AgentRow {
+    AgentRow {
+        id: id.to_string(),
+        name: name.to_string(),
+        labels: labels.to_vec(),
+        targets: vec![],
+        version: None,
+        enrolled_at: ts,
+        last_seen: None,
+        removed_at: None,
+        skew_secs: None,
+        identity_expires: None,
+    }
+}
+
 fn record_identity(
     tx: &rusqlite::Connection,
     agent: &str,
@@ -373,21 +389,7 @@ impl Service {
                     tx.commit()?;
                     return Err(refused());
                 }
-                store::agent_insert(
-                    &tx,
-                    &AgentRow {
-                        id: agent.clone(),
-                        name: hostname.clone(),
-                        labels: row.labels.clone(),
-                        targets: vec![],
-                        version: None,
-                        enrolled_at: ts,
-                        last_seen: None,
-                        removed_at: None,
-                        skew_secs: None,
-                        identity_expires: None,
-                    },
-                )?;
+                store::agent_insert(&tx, &new_agent_row(&agent, &hostname, &row.labels, ts))?;
                 record_identity(
                     &tx,
                     &agent,
@@ -836,21 +838,7 @@ pub fn mint_agents_for_bench<K: rcgen::PublicKeyData>(
     state.store.call_blocking(|c| -> anyhow::Result<()> {
         let tx = c.transaction()?;
         for (m, issued) in minted.iter().zip(&issued_all) {
-            store::agent_insert(
-                &tx,
-                &AgentRow {
-                    id: m.id.clone(),
-                    name: m.name.clone(),
-                    labels: labels.to_vec(),
-                    targets: vec![],
-                    version: None,
-                    enrolled_at: ts,
-                    last_seen: None,
-                    removed_at: None,
-                    skew_secs: None,
-                    identity_expires: None,
-                },
-            )?;
+            store::agent_insert(&tx, &new_agent_row(&m.id, &m.name, labels, ts))?;
             store::credential_insert(
                 &tx,
                 &store::CredentialRow {

@@ -25,6 +25,11 @@ use policy::{Step, Strategy, TargetState, WaveSize};
 
 /// How often running rollouts are re-examined without a poke.
 pub const TICK: Duration = Duration::from_secs(1);
+/// After a pass, the next one waits this many times as long as the pass
+/// took (see [`Service::run_rollouts`]).
+const HOLD_FACTOR: f64 = 4.0;
+/// Longest hold-off between two passes.
+const MAX_HOLD: Duration = Duration::from_millis(250);
 /// Upper bound of a rollout's offline deadline.
 const MAX_OFFLINE_DEADLINE_SECS: u64 = 7 * 86_400;
 
@@ -414,15 +419,31 @@ impl Service {
     }
 
     /// Reconcile rollouts on every change and every [`TICK`].
+    ///
+    /// Passes are coalesced: wake-ups that arrive while a pass runs, or
+    /// while the loop holds off after one, are all served by the next single
+    /// pass. The hold-off is [`HOLD_FACTOR`] times what the last pass took
+    /// (at most [`MAX_HOLD`]), so a pass over a small rollout follows a
+    /// change at once, while a large wave whose agents report thousands of
+    /// times a second is re-read a few times a second rather than back to
+    /// back, which left the store busy re-reading the wave instead of
+    /// committing the reports.
     pub async fn run_rollouts(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
+            let started = tokio::time::Instant::now();
             if let Err(e) = self.reconcile_rollouts().await {
                 warn!(error = %e.to_rpc().message, "rollout pass failed");
             }
+            let earliest =
+                tokio::time::Instant::now() + started.elapsed().mul_f64(HOLD_FACTOR).min(MAX_HOLD);
             // The tick also covers timed steps (pauses, offline deadlines).
             tokio::select! {
                 _ = self.rollout_wake.notified() => {}
                 _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(earliest) => {}
                 _ = shutdown.changed() => return,
             }
         }

@@ -42,6 +42,22 @@ pub fn nginx_bin() -> Option<PathBuf> {
 
 /// A self-signed certificate and key for `name`, as nginx's first certificate.
 pub fn self_signed(dir: &Path, name: &str) -> Result<()> {
+    self_signed_cert(
+        &dir.join("fullchain.pem"),
+        &dir.join("privkey.pem"),
+        &[name],
+        2,
+    )
+}
+
+/// A self-signed EC P-256 certificate (`cert`) and its key (`key`) for
+/// `names` (the first is the CN), valid `days`.
+pub fn self_signed_cert(cert: &Path, key: &Path, names: &[&str], days: u32) -> Result<()> {
+    let san = names
+        .iter()
+        .map(|n| format!("DNS:{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
     openssl_ok(&[
         "req",
         "-x509",
@@ -51,15 +67,15 @@ pub fn self_signed(dir: &Path, name: &str) -> Result<()> {
         "ec_paramgen_curve:P-256",
         "-nodes",
         "-days",
-        "2",
+        &days.to_string(),
         "-subj",
-        &format!("/CN={name}"),
+        &format!("/CN={}", names.first().copied().unwrap_or("certfleet test")),
         "-addext",
-        &format!("subjectAltName=DNS:{name}"),
+        &format!("subjectAltName={san}"),
         "-keyout",
-        utf8(&dir.join("privkey.pem"))?,
+        utf8(key)?,
         "-out",
-        utf8(&dir.join("fullchain.pem"))?,
+        utf8(cert)?,
     ])?;
     Ok(())
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use certfleet_tests::fleet::{
-    agent_bin, free_port, parse_rfc3339, served_fingerprint, token, wait_connected, wait_served,
-    Agent, Nginx,
+    agent_bin, free_port, parse_rfc3339, self_signed_cert, served_fingerprint, token,
+    wait_connected, wait_served, Agent, Nginx,
 };
 use certfleet_tests::{
     cert_fingerprint, openssl_ok, run_with_timeout, str_field, utf8, Controller,
@@ -23,35 +23,6 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A self-signed certificate (and its key) for `names`, valid `days`.
-fn make_cert(cert: &Path, key: &Path, names: &[&str], days: u32) -> Result<()> {
-    let san = names
-        .iter()
-        .map(|n| format!("DNS:{n}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    openssl_ok(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        &days.to_string(),
-        "-subj",
-        &format!("/CN={}", names[0]),
-        "-addext",
-        &format!("subjectAltName={san}"),
-        "-keyout",
-        utf8(key)?,
-        "-out",
-        utf8(cert)?,
-    ])?;
-    Ok(())
-}
 
 /// The expiry of a certificate file as openssl reads it (seconds since the
 /// epoch).
@@ -175,7 +146,7 @@ fn apache_config(root: &Path, name: &str, cert: &Path, key: &Path) -> Result<Pat
 fn combined(dir: &Path, name: &str, days: u32) -> Result<PathBuf> {
     let cert = dir.join(format!("{name}.crt.tmp"));
     let key = dir.join(format!("{name}.key.tmp"));
-    make_cert(&cert, &key, &[name], days)?;
+    self_signed_cert(&cert, &key, &[name], days)?;
     let pem = dir.join(format!("{name}.pem"));
     fs::write(
         &pem,
@@ -229,7 +200,7 @@ fn certificates_configured_by_hand_are_discovered() -> Result<()> {
     let apache_root = d.join("apache");
     fs::create_dir_all(&apache_root)?;
     let apache_cert = d.join("apache-cert.pem");
-    make_cert(
+    self_signed_cert(
         &apache_cert,
         &d.join("apache-key.pem"),
         &["apache.example.test", "www.apache.example.test"],
@@ -449,7 +420,7 @@ fn discovery_faults_are_reported_and_adopt_refuses_bad_input() -> Result<()> {
     let dangling = odd.join("gone.pem");
     std::os::unix::fs::symlink(d.join("nowhere.pem"), &dangling)?;
     let good = odd.join("good.pem");
-    make_cert(&good, &d.join("good.key"), &["good.example.test"], 30)?;
+    self_signed_cert(&good, &d.join("good.key"), &["good.example.test"], 30)?;
 
     // HAProxy config naming a certificate file that does not parse.
     let broken = d.join("broken.pem");
@@ -470,7 +441,7 @@ fn discovery_faults_are_reported_and_adopt_refuses_bad_input() -> Result<()> {
     let apache_root = d.join("apache");
     let apache_broken = d.join("apache-broken.pem");
     fs::copy(&broken, &apache_broken)?;
-    make_cert(&d.join("unused.pem"), &d.join("apache.key"), &["x.test"], 1)?;
+    self_signed_cert(&d.join("unused.pem"), &d.join("apache.key"), &["x.test"], 1)?;
     let apache_conf = apache_config(
         &apache_root,
         "broken.example.test",
@@ -618,7 +589,7 @@ fn oversized_inventory_report_is_refused_and_keeps_the_last_snapshot() -> Result
     let controller = Controller::start()?;
     let dir = TempDir::new()?;
     let good = dir.path().join("good.pem");
-    make_cert(
+    self_signed_cert(
         &good,
         &dir.path().join("good.key"),
         &["kept.example.test"],

@@ -41,7 +41,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::serve::Serve;
+use certfleet_tests::{Controller, ControllerOptions};
 
 /// The one target every simulated agent declares.
 pub(crate) const TARGET: &str = "files";
@@ -416,14 +416,12 @@ pub(crate) fn installed_fingerprint(path: &Path) -> Result<String> {
 
 /// A controller process and a simulated fleet minted for it.
 pub(crate) struct Rig {
-    pub(crate) serve: Serve,
+    pub(crate) serve: Controller,
     pub(crate) fleet: Fleet,
     pub(crate) admin: Client,
     /// How long minting the identities took.
     pub(crate) mint: Duration,
-    // Dropped last: the controller's state (on disk) and the agents'
-    // directories (on tmpfs).
-    _state: tempfile::TempDir,
+    // Dropped last: the agents' directories (on tmpfs).
     _agents: tempfile::TempDir,
 }
 
@@ -432,9 +430,6 @@ impl Rig {
     /// agents into its state, start it again and connect an admin client.
     /// No agent is started yet.
     pub(crate) async fn new(count: usize, endpoints: usize) -> Result<Rig> {
-        let state = tempfile::Builder::new()
-            .prefix("certfleet-bench-")
-            .tempdir()?;
         let agents_dir = tempfile::Builder::new()
             .prefix("certfleet-bench-agents-")
             .tempdir_in(TMPFS)
@@ -443,15 +438,17 @@ impl Rig {
             .local_addr()?
             .port();
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
-        let root = state.path().to_path_buf();
         let shm = agents_dir.path().to_path_buf();
         let (serve, agents, mint) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut serve = Serve::start(&root, listen)?;
+            let mut serve = Controller::start_with(ControllerOptions {
+                listen: Some(listen),
+                ..ControllerOptions::default()
+            })?;
             serve.terminate()?;
             let t = Instant::now();
-            let agents = mint(&serve.state_dir, &shm, listen, count)?;
+            let agents = mint(serve.state_dir(), &shm, listen, count)?;
             let took = t.elapsed();
-            serve.spawn()?;
+            serve.start_again()?;
             Ok((serve, agents, took))
         })
         .await??;
@@ -462,7 +459,6 @@ impl Rig {
             serve,
             admin,
             mint,
-            _state: state,
             _agents: agents_dir,
         })
     }
@@ -470,7 +466,7 @@ impl Rig {
     /// Reconnect the admin client (after a controller restart).
     pub(crate) async fn reconnect_admin(&mut self) -> Result<()> {
         let cred = Credential::load(&self.serve.credential_path())?;
-        self.admin = Client::open(self.serve.listen, &cred).await?;
+        self.admin = Client::open(self.serve.listen(), &cred).await?;
         Ok(())
     }
 

@@ -49,7 +49,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     let total = Instant::now();
     let mut rig = Rig::new(o.max, o.endpoints).await?;
     eprintln!("hold: {} identities minted in {:.1?}", o.max, rig.mint);
-    let pid = rig.serve.pid()?;
+    let pid = rig.serve.runtime().pid;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base_rss = rss_kb(pid)?;
 
@@ -75,13 +75,13 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     let (serve, stopped, started) = tokio::task::spawn_blocking(move || -> Result<_> {
         serve.terminate()?;
         let stopped = t_stop.elapsed();
-        serve.spawn()?;
+        serve.start_again()?;
         Ok((serve, stopped, t_stop.elapsed()))
     })
     .await??;
     rig.serve = serve;
     let t_up = Instant::now();
-    let pid = rig.serve.pid()?;
+    let pid = rig.serve.runtime().pid;
     // Every session has to be a new one: wait for that many new sessions
     // and for the ready count to be back.
     let deadline = Instant::now() + Duration::from_secs(150);

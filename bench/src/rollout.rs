@@ -105,7 +105,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         "rollout: {} agents connected in {ramp:.1?}; deploying",
         o.agents
     );
-    let pid = rig.serve.pid()?;
+    let pid = rig.serve.runtime().pid;
 
     // The idle cost of the connected fleet, subtracted from the rollout's.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -142,6 +142,9 @@ pub struct ControllerOptions {
     pub serve_args: Vec<String>,
     /// Environment variables set for the controller process (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// A fixed QUIC address instead of a free port picked at each start, so
+    /// a restarted controller is found where its agents left it.
+    pub listen: Option<SocketAddr>,
 }
 
 /// A running `certfleet serve` on a private state directory.
@@ -275,6 +278,41 @@ impl Controller {
             child.wait().context("waiting for the killed controller")?;
         }
         Ok(())
+    }
+
+    /// Stops the controller the way `systemctl stop` does (SIGTERM: it closes
+    /// every connection and drains) and waits for it to exit; kills it if it
+    /// is still running after 20 s. The state directory is kept.
+    pub fn terminate(&mut self) -> Result<()> {
+        self.runtime = None;
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = i32::try_from(child.id()).context("controller pid")?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child
+            .try_wait()
+            .context("polling the controller")?
+            .is_none()
+        {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                child.wait().context("waiting for the killed controller")?;
+                bail!("the controller ignored SIGTERM for 20 s and was killed");
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped controller again on its state directory.
+    pub fn start_again(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "the controller is still running");
+        self.spawn()
     }
 
     /// Kills the controller and starts it again on the same state directory.
@@ -445,7 +483,13 @@ impl Controller {
             .arg("serve")
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .args(["--listen", "127.0.0.1:0", "--crl-listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(
+                self.options
+                    .listen
+                    .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
+            )
+            .args(["--crl-listen", "127.0.0.1:0"])
             .args(extra)
             // Plain text in the log file, whatever the controller's default.
             .env("NO_COLOR", "1")

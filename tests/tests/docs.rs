@@ -12,6 +12,8 @@
 
 #[path = "docs/clidoc.rs"]
 mod clidoc;
+#[path = "docs/json_check.rs"]
+mod json_check;
 #[path = "docs/markdown.rs"]
 mod markdown;
 
@@ -22,8 +24,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use certfleet_tests::{certfleet_bin, run_with_timeout};
+use certfleet_tests::fleet::{named_files_agent_config, token, wait_connected, Agent};
+use certfleet_tests::{certfleet_bin, run_with_timeout, str_field, Controller};
 use markdown::{Block, EXAMPLE};
+use serde_json::Value;
 
 /// `<!-- run: NAME -->` markers and what runs the block: the quick start
 /// test below, or CI (`.ci/run` runs the command itself).
@@ -322,5 +326,75 @@ fn readme_quick_start_runs_as_written() -> Result<()> {
         work.join("tls/privkey.pem").is_file(),
         "the quick start did not download the key into ./tls"
     );
+    Ok(())
+}
+
+/// What the CLI really prints with `--output json` has the fields
+/// docs/cli.md documents for it, nested objects included, for every
+/// command that prints an object (one of each type).
+#[test]
+fn json_output_has_the_documented_fields() -> Result<()> {
+    let doc = std::fs::read_to_string(markdown::repo_root().join("docs/cli.md"))?;
+    let tables = json_check::tables(&doc);
+    let outputs = clidoc::OUTPUTS.iter().copied().collect();
+    let c = Controller::start()?;
+    let check = |command: &str, args: &[&str]| -> Result<Value> {
+        let mut full: Vec<&str> = command.split(' ').collect();
+        full.extend_from_slice(args);
+        let v = c.cli_json(&full)?;
+        json_check::check_output(&tables, &outputs, command, &v)?;
+        Ok(v)
+    };
+    check("issuer add", &["ca1", "--kind", "builtin"])?;
+    check("issuer list", &[])?;
+    let inst = check("instance create", &["--issuer", "ca1", "--domains", "2"])?;
+    let inst = str_field(&inst, "id")?.to_owned();
+    let app = check(
+        "cert apply",
+        &[
+            "--instance",
+            &inst,
+            "--domain",
+            "json.example.test",
+            "--wait",
+        ],
+    )?;
+    let cert = str_field(&app, "certificate")?.to_owned();
+    check("instance show", &[&inst])?;
+    check("cert show", &[&cert])?;
+    check("cert list", &[])?;
+    let out = c.scratch("download")?;
+    check(
+        "cert download",
+        &[&cert, "--out", &out.display().to_string()],
+    )?;
+    let (t, pin) = token(&c, &[])?;
+    check("agent token create", &["--labels", "role=web"])?;
+    let dir = tempfile::tempdir()?;
+    let mut agent = Agent::new(
+        &c,
+        &named_files_agent_config("json-1", "files", dir.path(), "json.example.test"),
+    )?;
+    agent.enroll(&c, &t, &pin)?;
+    agent.start()?;
+    let id = agent.id.clone().context("the enrolled agent has no id")?;
+    wait_connected(&c, &id, true, Duration::from_secs(30))?;
+    check("agent list", &[])?;
+    check("agent show", &[&id])?;
+    let target = format!("agent={id}");
+    let rollout = check(
+        "deploy",
+        &[&cert, "--to", &target, "--target", "files", "--wait"],
+    )?;
+    check("rollout show", &[str_field(&rollout, "id")?])?;
+    check("rollout list", &[])?;
+    check("deployment list", &[])?;
+    check("status", &[])?;
+    check("inventory list", &[])?;
+    check("audit list", &[])?;
+    check("cert renew", &[&cert])?;
+    check("cert revoke", &[&cert, "--reason", "superseded", "--force"])?;
+    let crl = c.scratch("crl")?.join("ca1.crl");
+    check("ca crl", &["--out", &crl.display().to_string()])?;
     Ok(())
 }

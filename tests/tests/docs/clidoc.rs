@@ -23,7 +23,7 @@ use certfleet_protocol::message as m;
 /// serializes, and whether it prints an array of them. Every leaf command
 /// must be listed (`None`: it prints no JSON, e.g. `serve`), so a new
 /// command cannot appear in the docs without its output.
-const OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
+pub(crate) const OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
     ("serve", None),
     ("issuer add", Some(("IssuerInfo", false))),
     ("issuer list", Some(("IssuerInfo", true))),

@@ -3,9 +3,10 @@
 //!
 //! Each agent's report is a whole snapshot that replaces its previous one
 //! in one transaction. A discovered certificate is *managed* when its
-//! fingerprint is one certfleet issued. Adopting a discovered certificate
-//! creates an instance and an application for its names and records an
-//! adoption; when that application is issued, the issuing transaction
+//! fingerprint is one certfleet issued, or when the agent's target that
+//! holds its path has a certfleet deployment. Adopting a discovered
+//! certificate creates an instance and an application for its names and
+//! records an adoption; when that application is issued, the issuing transaction
 //! creates the deployment to the agent's target that holds the discovered
 //! path (`on_issued`), so a controller restart in between loses nothing and
 //! the lineage's renewals replace the certificate from then on.
@@ -77,13 +78,20 @@ fn replace(conn: &Connection, agent: &str, report: &InventoryReport, now: i64) -
 }
 
 /// Every discovered certificate of agents still enrolled (of one agent when
-/// given), with the certfleet certificate of the same fingerprint.
+/// given), with the certfleet certificate that manages it: the one of the
+/// same fingerprint, else the one deployed to the agent's target that holds
+/// the path. The second makes an adopted (or deployed-over) certificate
+/// managed as soon as its target has a deployment, not only after the
+/// agent's next scan sees the replacement.
 fn load(conn: &Connection, agent: Option<&str>) -> Result<InventoryList> {
     let mut stmt = conn
         .prepare(
             "SELECT i.agent, a.name, s.scanned_at, i.path, i.source, i.site, i.target, i.subject,
                     i.sans, i.issuer, i.serial, i.not_before, i.not_after, i.fingerprint, i.error,
-                    (SELECT c.id FROM certificates c WHERE c.fingerprint = i.fingerprint)
+                    COALESCE(
+                      (SELECT c.id FROM certificates c WHERE c.fingerprint = i.fingerprint),
+                      (SELECT COALESCE(d.installed_cert, d.desired_cert) FROM deployments d
+                       WHERE d.agent = i.agent AND d.target = i.target))
              FROM inventory i
              JOIN agents a ON a.id = i.agent AND a.removed_at IS NULL
              JOIN inventory_scans s ON s.agent = i.agent

@@ -95,7 +95,13 @@ fn toml_argv(argv: &[String]) -> String {
 /// An Apache ServerRoot with one TLS virtual host for `name`, serving
 /// `cert`; returns the main config. The server is not started: `apache2 -t`
 /// reads the same files.
-fn apache_config(root: &Path, name: &str, cert: &Path, key: &Path) -> Result<PathBuf> {
+fn apache_config(
+    root: &Path,
+    name: &str,
+    cert: &Path,
+    key: &Path,
+    chain: Option<&Path>,
+) -> Result<PathBuf> {
     let modules = "/usr/lib/apache2/modules";
     fs::create_dir_all(root.join("sites"))?;
     fs::create_dir_all(root.join("logs"))?;
@@ -125,9 +131,13 @@ fn apache_config(root: &Path, name: &str, cert: &Path, key: &Path) -> Result<Pat
              \x20   SSLEngine on\n\
              \x20   SSLCertificateFile {cert}\n\
              \x20   SSLCertificateKeyFile {key}\n\
+             {chain}\
              </VirtualHost>\n",
             cert = cert.display(),
             key = key.display(),
+            chain = chain
+                .map(|c| format!("    SSLCertificateChainFile {}\n", c.display()))
+                .unwrap_or_default(),
         ),
     )?;
     let check = run_with_timeout(
@@ -206,11 +216,39 @@ fn certificates_configured_by_hand_are_discovered() -> Result<()> {
         &["apache.example.test", "www.apache.example.test"],
         40,
     )?;
+    // The chain file holds an intermediate, not a certificate Apache
+    // presents on its own: it must not be listed.
+    let apache_chain = d.join("apache-chain.pem");
+    self_signed_cert(
+        &apache_chain,
+        &d.join("apache-chain-key.pem"),
+        &["chain.apache.example.test"],
+        20,
+    )?;
     let apache_conf = apache_config(
         &apache_root,
         "apache.example.test",
         &apache_cert,
         &d.join("apache-key.pem"),
+        Some(&apache_chain),
+    )?;
+
+    // A files target whose certificate and chain sit where a
+    // `[discovery] paths` pattern looks: the certificate is listed (as the
+    // target's), the chain is not.
+    let files = d.join("files");
+    fs::create_dir_all(&files)?;
+    self_signed_cert(
+        &files.join("cert.pem"),
+        &files.join("privkey.key"),
+        &["files.example.test"],
+        60,
+    )?;
+    self_signed_cert(
+        &files.join("chain.pem"),
+        &files.join("chain.key"),
+        &["chain.files.example.test"],
+        20,
     )?;
 
     let hap = d.join("haproxy");
@@ -253,13 +291,19 @@ fn certificates_configured_by_hand_are_discovered() -> Result<()> {
     }
     let config = format!(
         "name = \"web-1\"\n\
+         allowed_dirs = [\"{files}\"]\n\
+         [[target]]\nname = \"files\"\nkind = \"files\"\n\
+         cert = \"{files}/cert.pem\"\nchain = \"{files}/chain.pem\"\n\
+         key = \"{files}/privkey.key\"\n\
          [discovery]\n\
+         paths = [\"{files}/*.pem\"]\n\
          [discovery.nginx]\ncommand = [{nginx}]\n\
          [discovery.apache]\ncommand = [\"/usr/sbin/apache2\", \"-f\", \"{apache}\", \"-t\", \"-D\", \"DUMP_INCLUDES\"]\n\
          [discovery.haproxy]\nconfig = [\"{hap_cfg}\"]\n",
         nginx = toml_argv(&nginx_dump),
         apache = apache_conf.display(),
         hap_cfg = hap_cfg.display(),
+        files = files.display(),
     );
     let _agent = start_agent(&controller, &config)?;
 
@@ -279,6 +323,23 @@ fn certificates_configured_by_hand_are_discovered() -> Result<()> {
     );
     for pem in [&hap_pem, &dir_a, &dir_b] {
         assert_discovered(&wait_item(&controller, pem)?, pem, "haproxy", "fe_tls")?;
+    }
+    let files_item = wait_item(&controller, &files.join("cert.pem"))?;
+    ensure!(
+        files_item["entry"]["target"] == "files" && files_item["entry"]["source"] == "path",
+        "the target's certificate: {files_item:#}"
+    );
+    // Chain files: neither Apache's nor the target's is a certificate of
+    // its own (the items above come from the same report).
+    let listed = items(&inventory(&controller, &[])?);
+    for chain in [&apache_chain, &files.join("chain.pem")] {
+        ensure!(
+            !listed
+                .iter()
+                .any(|i| i["entry"]["path"] == utf8(chain).unwrap_or_default()),
+            "{} is a chain file but is listed as a certificate: {listed:#?}",
+            chain.display()
+        );
     }
 
     // Soonest first; the filter keeps what expires within the period.
@@ -352,6 +413,26 @@ fn adopted_nginx_certificate_is_replaced_and_renewed() -> Result<()> {
     let issued = str_field(&cert, "fingerprint")?.to_owned();
     ensure!(issued != original);
     wait_served(nginx.port, name, &issued, WAIT)?;
+
+    // Managed at once: the target holding the path has a deployment now,
+    // before any rescan sees the replacement.
+    let listed = inventory(&controller, &["--agent", "web-1"])?;
+    let item = items(&listed)
+        .into_iter()
+        .find(|i| i["entry"]["path"] == utf8(&path).unwrap_or_default())
+        .ok_or_else(|| anyhow!("{path:?} left the inventory: {listed:#}"))?;
+    ensure!(
+        item["managed"] == cert_id.as_str(),
+        "the adopted certificate should show as managed right after adopt: {item:#}"
+    );
+    let table = controller.cli_ok(&["inventory", "list", "--agent", "web-1"])?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.contains(utf8(&path).unwrap_or("?")) && l.contains(&cert_id)),
+        "the table should name {cert_id} as MANAGED for {path:?}:\n{table}"
+    );
 
     // A rescan marks the served certificate as managed.
     let scanned = controller.cli_json(&["inventory", "scan", "web-1"])?;
@@ -447,6 +528,7 @@ fn discovery_faults_are_reported_and_adopt_refuses_bad_input() -> Result<()> {
         "broken.example.test",
         &apache_broken,
         &d.join("apache.key"),
+        None,
     )?;
 
     let config = format!(

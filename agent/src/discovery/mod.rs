@@ -839,6 +839,22 @@ fn scan_files(
             }
         }
     }
+    // A target's `chain` file holds the intermediates of the certificate
+    // next to it, not a certificate a server presents: a `[discovery]
+    // paths` glob that matches it must not list it as one more unmanaged
+    // certificate.
+    let chains: Vec<(&Path, Option<PathBuf>)> = targets
+        .iter()
+        .filter_map(|t| t.chain.as_deref())
+        .map(|p| (p, std::fs::canonicalize(p).ok()))
+        .collect();
+    c.report.entries.retain(|e| {
+        let p = Path::new(&e.path);
+        let canon = std::fs::canonicalize(p).ok();
+        !chains
+            .iter()
+            .any(|(cp, ccanon)| *cp == p || canon.is_some() && *ccanon == canon)
+    });
     // Name the agent's own target that holds each path.
     for e in &mut c.report.entries {
         let p = Path::new(&e.path);

@@ -219,6 +219,8 @@ pub enum IssuerCmd {
     Add {
         /// Name used by `instance create --issuer`.
         name: String,
+        /// Kind of CA: `builtin` (a private root and issuing CA kept by the
+        /// controller) or `acme`.
         #[arg(long, value_parser = parse_named::<IssuerKind>)]
         kind: IssuerKind,
         /// Key type of the CA certificates (builtin).
@@ -276,6 +278,7 @@ pub struct AcmeArgs {
 pub enum InstanceCmd {
     /// Purchase an instance: a slot for one certificate with a fixed spec.
     Create {
+        /// Issuer to apply to (see `certfleet issuer list`).
         #[arg(long)]
         issuer: String,
         /// Validation level.
@@ -308,6 +311,7 @@ pub enum InstanceCmd {
 pub enum CertCmd {
     /// Apply to the instance's CA for a certificate.
     Apply {
+        /// Instance id (from `certfleet instance create`).
         #[arg(long)]
         instance: String,
         /// A DNS name (IDN in punycode), a wildcard (*.example.com) or an IP
@@ -351,6 +355,8 @@ pub enum CertCmd {
     /// still installed or being rolled out anywhere, unless --force.
     Revoke {
         id: String,
+        /// RFC 5280 reason: `unspecified`, `keyCompromise`, `superseded`,
+        /// `cessationOfOperation` or `affiliationChanged`.
         #[arg(long, value_parser = parse_named::<RevocationReason>)]
         reason: RevocationReason,
         /// Revoke even though servers still use it.
@@ -372,6 +378,7 @@ pub enum ApplicationCmd {
 pub enum CaCmd {
     /// Write an issuer's current CRL to a file.
     Crl {
+        /// File to write the CRL to.
         #[arg(long)]
         out: PathBuf,
         /// Issuer name; may be omitted when there is only one.
@@ -386,6 +393,7 @@ pub enum CaCmd {
 pub enum AuditCmd {
     /// The newest audit entries, oldest first.
     List {
+        /// How many of the newest entries to print.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },

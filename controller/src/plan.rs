@@ -9,6 +9,7 @@ use certfleet_protocol::message::{Plan, PlanOutcome, Planned};
 use rusqlite::Transaction;
 
 use crate::service::{Result, Service, ServiceError};
+use crate::store;
 
 /// Whether a state change is carried out or only planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +76,22 @@ impl Service {
                     .await
                     .map(PlanOutcome::Rollout)
             }
-            Planned::CertRenew { id } => self
-                .cert_renew(actor, id, MODE)
-                .await
-                .map(PlanOutcome::Application),
+            Planned::CertRenew { id } => {
+                let application = self.cert_renew(actor, id.clone(), MODE).await?;
+                // Where the new certificate would go: the lineage's
+                // deployments, which the renewal rollout follows.
+                let rollout_to = self
+                    .store
+                    .call(move |c| -> Result<_> {
+                        let lineage = store::cert_get(c, &id)?.map(|c| c.lineage).unwrap_or(id);
+                        Ok(store::deployment_list(c, Some(&lineage), None)?)
+                    })
+                    .await?;
+                Ok(PlanOutcome::Renewal {
+                    application,
+                    rollout_to,
+                })
+            }
             Planned::CertRevoke { id, reason, force } => self
                 .cert_revoke(actor, id, reason, force, MODE)
                 .await

@@ -937,7 +937,12 @@ pub enum Planned {
 #[serde(rename_all = "snake_case")]
 pub enum PlanOutcome {
     Rollout(RolloutInfo),
-    Application(ApplicationInfo),
+    /// A renewal: the application it would start, and the deployments its
+    /// certificate would be rolled out to once issued.
+    Renewal {
+        application: ApplicationInfo,
+        rollout_to: Vec<DeploymentInfo>,
+    },
     Certificate(CertInfo),
     Adoption(AdoptionInfo),
 }

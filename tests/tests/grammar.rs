@@ -219,7 +219,15 @@ fn agents_by_name_filters_and_dry_runs() -> Result<()> {
     ensure!(!ok && plan["refused"]["kind"] == "NotFound", "{plan}");
     let (ok, plan) = dry_run(&ctl, &["cert", "renew", &cert_id, "--dry-run"])?;
     ensure!(ok, "renew dry run refused: {plan}");
-    assert_eq!(plan["outcome"]["application"]["domains"][0], NAME, "{plan}");
+    assert_eq!(
+        plan["outcome"]["renewal"]["application"]["domains"][0], NAME,
+        "{plan}"
+    );
+    assert_eq!(
+        plan["outcome"]["renewal"]["rollout_to"],
+        serde_json::json!([]),
+        "{plan}"
+    );
     ensure!(
         snapshot(&ctl)? == before,
         "a dry run changed state or the audit log"
@@ -247,8 +255,22 @@ fn agents_by_name_filters_and_dry_runs() -> Result<()> {
     );
 
     // Revoke while in service: the plan says it would be refused and why;
-    // with --force it says what would be revoked. Neither revokes.
+    // with --force it says what would be revoked. Neither revokes. A
+    // renewal now would roll out to web-1.
     let before = snapshot(&ctl)?;
+    let (ok, plan) = dry_run(&ctl, &["cert", "renew", &cert_id, "--dry-run"])?;
+    ensure!(ok, "renew dry run refused: {plan}");
+    let to = array(&plan["outcome"]["renewal"]["rollout_to"])?;
+    ensure!(
+        to.len() == 1 && to[0]["agent"] == web1_id.as_str() && to[0]["target"] == "web",
+        "renewal plan targets: {plan}"
+    );
+    let text = ctl.cli_ok(&["cert", "renew", &cert_id, "--dry-run"])?;
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    ensure!(
+        text.contains("rolled out to") && text.contains("web-1"),
+        "{text}"
+    );
     let (ok, plan) = dry_run(
         &ctl,
         &[

@@ -68,7 +68,19 @@ fn show(out: &Output, plan: &Plan) -> anyhow::Result<()> {
             );
             match outcome {
                 PlanOutcome::Rollout(r) => out.rollout(r),
-                PlanOutcome::Application(a) => out.application(a),
+                PlanOutcome::Renewal {
+                    application,
+                    rollout_to,
+                } => {
+                    out.application(application)?;
+                    if rollout_to.is_empty() {
+                        println!("\nThe certificate is not deployed: nothing would be rolled out.");
+                        Ok(())
+                    } else {
+                        println!("\nOnce issued, it would be rolled out to:\n");
+                        out.deployments(rollout_to)
+                    }
+                }
                 PlanOutcome::Certificate(c) => out.cert(c),
                 PlanOutcome::Adoption(a) => super::inventory::show_adoption(out, a),
             }

@@ -1254,6 +1254,36 @@ mod tests {
             Request::InventoryScan {
                 agent: "web-1".into(),
             },
+            Request::CaRoot {
+                issuer: Some("ca".into()),
+            },
+            Request::DryRun(Planned::Deploy {
+                certificate: "cert-1".into(),
+                selector: "agent=web-1".into(),
+                target: "nginx".into(),
+                strategy: StrategySpec {
+                    canary: 1,
+                    wave: "25%".into(),
+                    pause_secs: 0,
+                    max_failures: 0,
+                    offline_deadline_secs: 600,
+                },
+            }),
+            Request::DryRun(Planned::CertRenew {
+                id: "cert-1".into(),
+            }),
+            Request::DryRun(Planned::CertRevoke {
+                id: "cert-1".into(),
+                reason: RevocationReason::Superseded,
+                force: true,
+            }),
+            Request::DryRun(Planned::InventoryAdopt {
+                agent: "web-1".into(),
+                certificate: "/etc/nginx/tls/fullchain.pem".into(),
+                issuer: "ca".into(),
+                validity_days: None,
+                key: KeyType::EcdsaP256,
+            }),
         ]
     }
 
@@ -1388,7 +1418,38 @@ mod tests {
                 fingerprint: "ab".repeat(32),
                 domains: vec!["www.example.test".into()],
                 instance: "inst-1".into(),
-                application: app,
+                application: app.clone(),
+            }),
+            Response::CaRoot(CaRoot {
+                issuer: "ca".into(),
+                kind: IssuerKind::Acme,
+                root_pem: String::new(),
+                chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+                note: Some("the CA publishes its root".into()),
+            }),
+            Response::Plan(Plan {
+                action: "deploy".into(),
+                target: "cert-1".into(),
+                refused: None,
+                outcome: Some(PlanOutcome::Rollout(rollout())),
+            }),
+            Response::Plan(Plan {
+                action: "cert.renew".into(),
+                target: "cert-1".into(),
+                refused: None,
+                outcome: Some(PlanOutcome::Renewal {
+                    application: app,
+                    rollout_to: vec![],
+                }),
+            }),
+            Response::Plan(Plan {
+                action: "cert.revoke".into(),
+                target: "cert-1".into(),
+                refused: Some(RpcError {
+                    kind: ErrorKind::Conflict,
+                    message: "in service".into(),
+                }),
+                outcome: None,
             }),
         ]
     }

@@ -13,7 +13,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(openssl nginx pebble bind9 bind9-utils bind9-dnsutils haproxy apache2 curl)
+PACKAGES=(openssl nginx pebble bind9 bind9-utils bind9-dnsutils haproxy apache2 curl groff-base)
 REQUIRED_COMMANDS=(openssl)
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -4,15 +4,28 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// certfleet-agent: installs the certificates the controller deploys to this
 /// host, proves they are served, and rolls back when they are not.
 #[derive(Debug, Parser)]
 #[command(name = "certfleet-agent", version)]
 pub struct Cli {
+    /// Output format of `status` and `discover`, as `certfleet --output`.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// What `--output` selects; the same names as the `certfleet` CLI's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Text for people.
+    #[value(alias = "text")]
+    Table,
+    /// JSON for scripts.
+    Json,
 }
 
 /// The agent's subcommands.
@@ -42,8 +55,8 @@ pub enum Command {
     Status {
         #[arg(long, default_value = "/etc/certfleet/agent.toml")]
         config: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
+        /// Same as `--output json` (kept for older scripts).
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Check a config file and exit: syntax, every key of every target
@@ -60,8 +73,20 @@ pub enum Command {
     Discover {
         #[arg(long, default_value = "/etc/certfleet/agent.toml")]
         config: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
+        /// Same as `--output json` (kept for older scripts).
+        #[arg(long, hide = true)]
         json: bool,
+    },
+    /// Print a shell completion script
+    /// (`source <(certfleet-agent completion bash)`).
+    Completion {
+        #[arg(value_enum)]
+        shell: crate::manual::Shell,
+    },
+    /// Write the man pages (one per subcommand) into a directory.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
 }

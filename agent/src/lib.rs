@@ -10,6 +10,7 @@ pub mod config;
 pub mod discovery;
 pub mod identity;
 pub mod install;
+pub mod manual;
 pub mod session;
 pub mod state;
 pub mod transport;

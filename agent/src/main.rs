@@ -1,10 +1,10 @@
 use std::process::ExitCode;
 
-use certfleet_agent::cli::{Cli, Command};
+use certfleet_agent::cli::{Cli, Command, Format};
 use certfleet_agent::config::Config;
 use certfleet_agent::state::AgentState;
 use certfleet_agent::{identity::Identity, session};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -22,6 +22,9 @@ async fn shutdown_signal() {
 }
 
 async fn main_async(cli: Cli) -> anyhow::Result<()> {
+    let as_json = cli.output == Format::Json;
+    // `--output json`, or the hidden `--json` older scripts pass.
+    let json = |legacy: bool| legacy || as_json;
     match cli.command {
         Command::Enroll {
             controller,
@@ -44,10 +47,13 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             session::run(config, shutdown_signal()).await
         }
-        Command::Status { config, json } => {
+        Command::Status {
+            config,
+            json: json_flag,
+        } => {
             let config = Config::load(&config)?;
             let state = AgentState::load(&config.state_dir)?;
-            if json {
+            if json(json_flag) {
                 println!("{}", serde_json::to_string_pretty(&state)?);
                 return Ok(());
             }
@@ -79,7 +85,10 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Discover { config, json } => {
+        Command::Discover {
+            config,
+            json: json_flag,
+        } => {
             let config = Config::load(&config)?;
             let report = certfleet_agent::discovery::scan(
                 &config.discovery,
@@ -87,7 +96,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                 certfleet_agent::clock::now(),
             )
             .await;
-            if json {
+            if json(json_flag) {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
             }
@@ -121,6 +130,20 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             if report.entries.is_empty() && report.problems.is_empty() {
                 println!("no certificates found");
             }
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            let mut out = std::io::stdout().lock();
+            certfleet_agent::manual::completion(shell, &Cli::command(), &mut out);
+            Ok(())
+        }
+        Command::Man { out } => {
+            let written = certfleet_agent::manual::write_man_pages(
+                &Cli::command(),
+                &out,
+                &mut Default::default(),
+            )?;
+            println!("wrote {} man pages into {}", written.len(), out.display());
             Ok(())
         }
         Command::CheckConfig { config } => {

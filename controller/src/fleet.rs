@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::identity::Role;
+use crate::plan::Mode;
 use crate::service::{internal, key_aad, Result, Service, ServiceError};
 use crate::store::{self, AgentRow, AuditRecord, TokenRow};
 
@@ -189,13 +190,16 @@ impl Selector {
     pub fn parse(text: &str) -> std::result::Result<Selector, String> {
         if let Some(id) = text.trim().strip_prefix("agent=") {
             if id.is_empty() || id.contains(',') {
-                return Err("agent=ID selects exactly one agent".into());
+                return Err("agent=ID (or agent=NAME) selects exactly one agent".into());
             }
             return Ok(Selector::Agent(id.to_string()));
         }
         let labels = parse_labels(text)?;
         if labels.is_empty() {
-            return Err("empty selector: give labels like role=web,env=prod or agent=ID".into());
+            return Err(
+                "empty selector: give labels like role=web,env=prod, or agent=ID or agent=NAME"
+                    .into(),
+            );
         }
         Ok(Selector::Labels(labels))
     }
@@ -208,6 +212,44 @@ impl Selector {
                 .all(|(k, v)| agent.labels.iter().any(|(ak, av)| ak == k && av == v)),
         }
     }
+}
+
+/// The live agent an operator means by `text`: its id, or its name when
+/// exactly one live agent has that name. Every request that names an agent
+/// resolves it here, so ids and names work alike everywhere.
+pub(crate) fn resolve_agent(conn: &rusqlite::Connection, text: &str) -> Result<AgentRow> {
+    if let Some(a) = store::agent_get(conn, text)?.filter(|a| a.removed_at.is_none()) {
+        return Ok(a);
+    }
+    let named = store::agents_named(conn, text)?;
+    match named.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ServiceError::NotFound {
+            what: "agent",
+            id: text.to_string(),
+        }),
+        many => Err(ServiceError::Invalid(format!(
+            "{} agents are named {text:?}; give one of their ids instead: {}",
+            many.len(),
+            many.iter()
+                .map(|a| a.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Fail with NotFound unless `id` is a certificate (or a lineage, which is
+/// the id of its first certificate), so a filter naming nothing is an error
+/// rather than an empty list.
+pub(crate) fn require_certificate(conn: &rusqlite::Connection, id: &str) -> Result<()> {
+    if store::cert_get(conn, id)?.is_none() {
+        return Err(ServiceError::NotFound {
+            what: "certificate",
+            id: id.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Merge labels: `base` wins over `extra` on a shared key.
@@ -476,14 +518,7 @@ impl Service {
     }
 
     pub async fn agent_show(&self, id: String) -> Result<AgentInfo> {
-        let row = self
-            .store
-            .call(move |c| -> Result<AgentRow> {
-                store::agent_get(c, &id)?
-                    .filter(|a| a.removed_at.is_none())
-                    .ok_or(ServiceError::NotFound { what: "agent", id })
-            })
-            .await?;
+        let row = self.store.call(move |c| resolve_agent(c, &id)).await?;
         Ok(self.agent_info(&row))
     }
 
@@ -491,17 +526,12 @@ impl Service {
     /// dropped, and a live connection is closed at once.
     pub async fn agent_remove(&self, actor: String, id: String) -> Result<AgentInfo> {
         let now = self.now().unix_timestamp();
-        let agent = id.clone();
         let row = self
             .store
             .call(move |c| -> Result<AgentRow> {
                 let tx = c.transaction()?;
-                let row = store::agent_get(&tx, &agent)?
-                    .filter(|a| a.removed_at.is_none())
-                    .ok_or_else(|| ServiceError::NotFound {
-                        what: "agent",
-                        id: agent.clone(),
-                    })?;
+                let row = resolve_agent(&tx, &id)?;
+                let agent = row.id.clone();
                 store::agent_remove(&tx, &agent, now)?;
                 store::audit_insert(
                     &tx,
@@ -518,7 +548,7 @@ impl Service {
                 Ok(row)
             })
             .await?;
-        self.sessions.send(&id, SessionEvent::Kick);
+        self.sessions.send(&row.id, SessionEvent::Kick);
         self.rollout_wake.notify_one();
         let mut info = self.agent_info(&row);
         info.connected = false;
@@ -535,6 +565,7 @@ impl Service {
         selector: String,
         target: String,
         strategy: crate::rollout::policy::Strategy,
+        mode: Mode,
     ) -> Result<certfleet_protocol::message::RolloutInfo> {
         let sel = Selector::parse(&selector).map_err(ServiceError::Invalid)?;
         let now = self.now().unix_timestamp();
@@ -555,6 +586,12 @@ impl Service {
                         cert.info.state
                     )));
                     }
+                    // `agent=` takes an id or a unique name, like every
+                    // other command that names an agent.
+                    let sel = match sel {
+                        Selector::Agent(text) => Selector::Agent(resolve_agent(&tx, &text)?.id),
+                        labels => labels,
+                    };
                     let candidates: Vec<AgentRow> = store::agent_list(&tx)?
                         .into_iter()
                         .filter(|a| sel.matches(a))
@@ -651,12 +688,14 @@ impl Service {
                         },
                     )?;
                     let info = crate::rollout::info(&tx, &row)?;
-                    tx.commit()?;
+                    mode.finish(tx)?;
                     Ok(info)
                 },
             )
             .await?;
-        self.rollout_wake.notify_one();
+        if mode == Mode::Commit {
+            self.rollout_wake.notify_one();
+        }
         Ok(info)
     }
 
@@ -665,10 +704,21 @@ impl Service {
         certificate: Option<String>,
         agent: Option<String>,
     ) -> Result<Vec<DeploymentInfo>> {
-        Ok(self
-            .store
-            .call(move |c| store::deployment_list(c, certificate.as_deref(), agent.as_deref()))
-            .await?)
+        self.store
+            .call(move |c| -> Result<Vec<DeploymentInfo>> {
+                // Resolve and check the filters first: a filter that names
+                // nothing is a mistake to report, not an empty list.
+                if let Some(cert) = &certificate {
+                    require_certificate(c, cert)?;
+                }
+                let agent = agent.map(|a| resolve_agent(c, &a)).transpose()?;
+                Ok(store::deployment_list(
+                    c,
+                    certificate.as_deref(),
+                    agent.as_ref().map(|a| a.id.as_str()),
+                )?)
+            })
+            .await
     }
 
     /// Everything an agent should have installed. Keys go only with the

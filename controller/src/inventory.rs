@@ -19,9 +19,10 @@ use certfleet_protocol::name::{self, SubjectName};
 use rusqlite::{params, Connection, OptionalExtension};
 use tracing::info;
 
-use crate::fleet::SessionEvent;
+use crate::fleet::{resolve_agent, SessionEvent};
+use crate::plan::Mode;
 use crate::service::{apply_in_tx, Result, Service, ServiceError, MAX_DOMAINS, MAX_VALIDITY_DAYS};
-use crate::store::{self, AgentRow, AuditRecord, StoreError};
+use crate::store::{self, AuditRecord, StoreError};
 
 /// How long `inventory scan` waits for the agent's report.
 const SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -166,29 +167,6 @@ pub fn select(mut items: Vec<InventoryItem>, before: Option<i64>) -> Vec<Invento
 }
 
 /// An enrolled agent by id or by name.
-fn resolve_agent(conn: &Connection, agent: &str) -> Result<AgentRow> {
-    let all = store::agent_list(conn)?;
-    if let Some(a) = all.iter().find(|a| a.id == agent) {
-        return Ok(a.clone());
-    }
-    let named: Vec<&AgentRow> = all.iter().filter(|a| a.name == agent).collect();
-    match named.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(ServiceError::NotFound {
-            what: "agent",
-            id: agent.to_string(),
-        }),
-        many => Err(ServiceError::Invalid(format!(
-            "{} agents are named {agent:?}; give the agent id ({})",
-            many.len(),
-            many.iter()
-                .map(|a| a.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
-}
-
 /// A fingerprint as operators paste it: `AB:CD…`, `sha256:abcd…`.
 fn normalize_fingerprint(s: &str) -> String {
     s.trim()
@@ -304,6 +282,18 @@ pub(crate) fn on_issued(
     Ok(true)
 }
 
+/// What `certfleet inventory adopt` names.
+#[derive(Debug, Clone)]
+pub struct AdoptRequest {
+    /// Agent id or unique name.
+    pub agent: String,
+    /// A discovered path or a fingerprint.
+    pub certificate: String,
+    pub issuer: String,
+    pub validity_days: Option<u32>,
+    pub key: KeyType,
+}
+
 impl Service {
     /// Store an agent's discovery snapshot, replacing its previous one.
     pub async fn inventory_report(&self, agent: String, report: InventoryReport) -> Result<()> {
@@ -382,12 +372,16 @@ impl Service {
     pub async fn inventory_adopt(
         &self,
         actor: String,
-        agent: String,
-        certificate: String,
-        issuer: String,
-        validity_days: Option<u32>,
-        key: KeyType,
+        request: AdoptRequest,
+        mode: Mode,
     ) -> Result<AdoptionInfo> {
+        let AdoptRequest {
+            agent,
+            certificate,
+            issuer,
+            validity_days,
+            key,
+        } = request;
         let now = self.now().unix_timestamp();
         let info = self
             .store
@@ -580,7 +574,7 @@ impl Service {
                         ),
                     },
                 )?;
-                tx.commit().map_err(sql)?;
+                mode.finish(tx)?;
                 Ok(AdoptionInfo {
                     agent: agent.id.clone(),
                     agent_name: agent.name.clone(),
@@ -593,6 +587,9 @@ impl Service {
                 })
             })
             .await?;
+        if mode == Mode::DryRun {
+            return Ok(info);
+        }
         self.start_application(&info.application.id);
         info!(agent = %info.agent, target = %info.target, path = %info.path, "adopting a discovered certificate");
         Ok(info)

@@ -27,6 +27,7 @@ use crate::clock::Clock;
 use crate::identity::pem_to_der;
 use crate::issuer::builtin::{self, BuiltinCa};
 use crate::issuer::generate_key;
+use crate::plan::Mode;
 use crate::seal::MasterKey;
 use crate::store::{self, AuditRecord, CertRow, IssuerRow, Store, StoreError};
 
@@ -989,6 +990,7 @@ impl Service {
         id: String,
         reason: RevocationReason,
         force: bool,
+        mode: Mode,
     ) -> Result<CertInfo> {
         // An ACME CA is told first; the local state follows only if it agreed.
         let probe_id = id.clone();
@@ -1004,7 +1006,8 @@ impl Service {
                 Ok((cert, issuer))
             })
             .await?;
-        if let Some(issuer) = issuer.filter(|i| i.acme.is_some()) {
+        // A dry run never calls the CA: the checks below decide the plan.
+        if let Some(issuer) = issuer.filter(|i| i.acme.is_some() && mode == Mode::Commit) {
             let in_service = {
                 let id = id.clone();
                 self.store
@@ -1087,7 +1090,7 @@ impl Service {
                 if store::issuer_get(&tx, &row.info.issuer)?.is_some_and(|i| i.acme.is_none()) {
                     regenerate_crl(&tx, &master, &row.info.issuer, now)?;
                 }
-                tx.commit()?;
+                mode.finish(tx)?;
                 let mut info = row.info;
                 info.state = CertState::Revoked;
                 info.revoked_at = Some(Timestamp(at));
@@ -1105,33 +1108,8 @@ impl Service {
         self.store
             .call(move |c| -> Result<Crl> {
                 let tx = c.transaction()?;
-                let name = match issuer {
-                    Some(n) => n,
-                    None => {
-                        let all = store::issuer_list(&tx)?;
-                        match all.as_slice() {
-                            [one] => one.name.clone(),
-                            [] => {
-                                return Err(ServiceError::Invalid(
-                                    "no issuers yet; add one with `certfleet issuer add`".into(),
-                                ))
-                            }
-                            many => {
-                                return Err(ServiceError::Invalid(format!(
-                                    "several issuers exist ({}); choose one with --issuer",
-                                    many.iter()
-                                        .map(|i| i.name.as_str())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                )))
-                            }
-                        }
-                    }
-                };
-                let row = store::issuer_get(&tx, &name)?.ok_or_else(|| ServiceError::NotFound {
-                    what: "issuer",
-                    id: name.clone(),
-                })?;
+                let row = crate::ca::pick_issuer(&tx, issuer)?;
+                let name = row.name.clone();
                 if row.acme.is_some() {
                     return Err(ServiceError::Invalid(format!(
                         "issuer {name} is an ACME CA; it publishes its own revocation information"

@@ -826,6 +826,14 @@ pub enum Request {
     InventoryScan {
         agent: String,
     },
+    /// The root and chain of an issuer (the only one when `issuer` is not
+    /// given). Releases no key.
+    CaRoot {
+        issuer: Option<String>,
+    },
+    /// Plan a request through the code that would carry it out, and change
+    /// nothing (`--dry-run`): answered with `Plan`.
+    DryRun(Planned),
 }
 
 /// Broad class of a failed request, so clients can choose exit codes.
@@ -878,6 +886,82 @@ pub enum Response {
     Status(FleetStatus),
     Inventory(InventoryList),
     Adoption(AdoptionInfo),
+    CaRoot(CaRoot),
+    Plan(Plan),
+}
+
+/// `certfleet ca root`: what anchors an issuer's certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRoot {
+    pub issuer: String,
+    pub kind: IssuerKind,
+    /// The self-signed root; empty when certfleet does not hold it (ACME).
+    pub root_pem: String,
+    /// The intermediates that sign leaves, leaf-side first, without the
+    /// root: the issuing CA of a built-in issuer, or the chain the ACME CA
+    /// sent with its newest certificate.
+    pub chain_pem: String,
+    /// What is missing and where to get it, when something is.
+    pub note: Option<String>,
+}
+
+/// The requests `--dry-run` plans. A closed set rather than a boxed
+/// `Request`, so a peer cannot nest dry runs to exhaust the decoder's stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Planned {
+    Deploy {
+        certificate: String,
+        selector: String,
+        target: String,
+        strategy: StrategySpec,
+    },
+    CertRenew {
+        id: String,
+    },
+    CertRevoke {
+        id: String,
+        reason: RevocationReason,
+        force: bool,
+    },
+    InventoryAdopt {
+        agent: String,
+        certificate: String,
+        issuer: String,
+        validity_days: Option<u32>,
+        key: KeyType,
+    },
+}
+
+/// What a planned request would answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanOutcome {
+    Rollout(RolloutInfo),
+    /// A renewal: the application it would start, and the deployments its
+    /// certificate would be rolled out to once issued.
+    Renewal {
+        application: ApplicationInfo,
+        rollout_to: Vec<DeploymentInfo>,
+    },
+    Certificate(CertInfo),
+    Adoption(AdoptionInfo),
+}
+
+/// What a request would do, computed by the code that would do it and then
+/// rolled back (`--dry-run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The action as the audit log names it: `deploy`, `cert.renew`,
+    /// `cert.revoke`, `inventory.adopt`.
+    pub action: String,
+    /// What it acts on (a certificate id, an agent).
+    pub target: String,
+    /// Why it would be refused; `None` when it would go ahead.
+    pub refused: Option<RpcError>,
+    /// What it would answer: the rollout with its targets and waves, the
+    /// renewal's application, the revoked certificate, the adoption. Ids
+    /// in it were never stored.
+    pub outcome: Option<PlanOutcome>,
 }
 
 #[cfg(test)]
@@ -1170,6 +1254,36 @@ mod tests {
             Request::InventoryScan {
                 agent: "web-1".into(),
             },
+            Request::CaRoot {
+                issuer: Some("ca".into()),
+            },
+            Request::DryRun(Planned::Deploy {
+                certificate: "cert-1".into(),
+                selector: "agent=web-1".into(),
+                target: "nginx".into(),
+                strategy: StrategySpec {
+                    canary: 1,
+                    wave: "25%".into(),
+                    pause_secs: 0,
+                    max_failures: 0,
+                    offline_deadline_secs: 600,
+                },
+            }),
+            Request::DryRun(Planned::CertRenew {
+                id: "cert-1".into(),
+            }),
+            Request::DryRun(Planned::CertRevoke {
+                id: "cert-1".into(),
+                reason: RevocationReason::Superseded,
+                force: true,
+            }),
+            Request::DryRun(Planned::InventoryAdopt {
+                agent: "web-1".into(),
+                certificate: "/etc/nginx/tls/fullchain.pem".into(),
+                issuer: "ca".into(),
+                validity_days: None,
+                key: KeyType::EcdsaP256,
+            }),
         ]
     }
 
@@ -1304,7 +1418,38 @@ mod tests {
                 fingerprint: "ab".repeat(32),
                 domains: vec!["www.example.test".into()],
                 instance: "inst-1".into(),
-                application: app,
+                application: app.clone(),
+            }),
+            Response::CaRoot(CaRoot {
+                issuer: "ca".into(),
+                kind: IssuerKind::Acme,
+                root_pem: String::new(),
+                chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+                note: Some("the CA publishes its root".into()),
+            }),
+            Response::Plan(Plan {
+                action: "deploy".into(),
+                target: "cert-1".into(),
+                refused: None,
+                outcome: Some(PlanOutcome::Rollout(rollout())),
+            }),
+            Response::Plan(Plan {
+                action: "cert.renew".into(),
+                target: "cert-1".into(),
+                refused: None,
+                outcome: Some(PlanOutcome::Renewal {
+                    application: app,
+                    rollout_to: vec![],
+                }),
+            }),
+            Response::Plan(Plan {
+                action: "cert.revoke".into(),
+                target: "cert-1".into(),
+                refused: Some(RpcError {
+                    kind: ErrorKind::Conflict,
+                    message: "in service".into(),
+                }),
+                outcome: None,
             }),
         ]
     }

@@ -434,11 +434,16 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `certfleet-agent status --json`.
+    /// `certfleet-agent status --output json`.
     pub fn status(&self) -> Result<serde_json::Value> {
         let out = run_with_timeout(
-            self.command()
-                .args(["status", "--json", "--config", utf8(&self.config)?]),
+            self.command().args([
+                "status",
+                "--output",
+                "json",
+                "--config",
+                utf8(&self.config)?,
+            ]),
             Duration::from_secs(20),
         )?;
         ensure!(

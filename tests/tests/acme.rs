@@ -101,6 +101,13 @@ fn http01_through_an_agent_then_deploy_and_revoke() -> Result<()> {
     );
     let shown = ctl.cli_json(&["issuer", "show", "pebble"])?;
     assert_eq!(shown["account_url"], issuer["account_url"]);
+    // Before its first certificate, certfleet knows nothing of an ACME CA's
+    // chain, and says where the root comes from.
+    let err = ctl.cli_err(&["ca", "root", "--issuer", "pebble"])?;
+    ensure!(
+        err.contains("pebble") && err.contains(&pebble.directory_url()),
+        "{err}"
+    );
 
     // The agent serves NAME on a TLS nginx and answers HTTP-01 from the
     // webroot nginx Pebble validates against.
@@ -145,6 +152,27 @@ fn http01_through_an_agent_then_deploy_and_revoke() -> Result<()> {
     ])?;
     ensure!(verified.contains("OK"), "{verified}");
 
+    // `ca root` gives the chain Pebble sent (no root: Pebble publishes it),
+    // and it verifies the leaf against Pebble's root.
+    let root = ctl.cli_json(&["ca", "root", "--issuer", "pebble"])?;
+    assert_eq!(root["kind"], "acme", "{root}");
+    assert_eq!(root["root_pem"], "", "{root}");
+    ensure!(
+        root["note"].as_str().is_some_and(|n| n.contains("root")),
+        "{root}"
+    );
+    let chain = dl.path().join("ca-root-chain.pem");
+    fs::write(&chain, str_field(&root, "chain_pem")?)?;
+    let verified = openssl_ok(&[
+        "verify",
+        "-CAfile",
+        utf8(&roots)?,
+        "-untrusted",
+        utf8(&chain)?,
+        utf8(&dl.path().join("cert.pem"))?,
+    ])?;
+    ensure!(verified.contains("OK"), "{verified}");
+
     // Deploy: nginx serves it.
     let shown = ctl.cli_json(&["cert", "show", &cert])?;
     let fp = str_field(&shown, "fingerprint")?.to_owned();
@@ -154,8 +182,21 @@ fn http01_through_an_agent_then_deploy_and_revoke() -> Result<()> {
     assert_eq!(r["state"], "completed", "{r}");
     assert_eq!(served_fingerprint(tls.port, NAME)?, fp);
 
-    // Revoke: Pebble reports it revoked.
+    // A dry run of the revocation never reaches the CA.
     let serial = str_field(&shown, "serial")?.to_owned();
+    ctl.cli_json(&[
+        "cert",
+        "revoke",
+        &cert,
+        "--reason",
+        "keyCompromise",
+        "--force",
+        "--dry-run",
+    ])?;
+    let status = pebble.cert_status_by_serial(&serial)?;
+    assert_eq!(status["Status"], "Valid", "{status}");
+
+    // Revoke: Pebble reports it revoked.
     ctl.cli_json(&[
         "cert",
         "revoke",

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use certfleet_protocol::message::CertBundle;
+use certfleet_protocol::message::{CaRoot, CertBundle};
 use clap::ValueEnum;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -158,4 +158,34 @@ pub(super) fn write_crl(der: &[u8], path: &Path, format: CrlFormat) -> anyhow::R
         }
     };
     write_file(path, &bytes, 0o644)
+}
+
+/// `certfleet ca root`: the root and then the chain as one PEM bundle, to
+/// stdout or (0644: nothing secret) into `file`. JSON prints the fields.
+pub(super) fn write_ca_root(
+    root: &CaRoot,
+    file: Option<&Path>,
+    out: &super::output::Output,
+) -> anyhow::Result<()> {
+    let mut bundle = String::new();
+    for pem in [&root.root_pem, &root.chain_pem] {
+        let pem = pem.trim();
+        if !pem.is_empty() {
+            bundle.push_str(pem);
+            bundle.push('\n');
+        }
+    }
+    if let Some(note) = &root.note {
+        eprintln!("note: {note}");
+    }
+    match file {
+        Some(path) => {
+            write_file(path, bundle.as_bytes(), 0o644)?;
+            out.files(
+                path.parent().unwrap_or(Path::new(".")),
+                &[path.to_path_buf()],
+            )
+        }
+        None => out.emit(root, || bundle),
+    }
 }

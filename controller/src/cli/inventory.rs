@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use certfleet_protocol::message::{AdoptionInfo, InventoryList, KeyType, Request, Response};
+use certfleet_protocol::message::{
+    AdoptionInfo, InventoryList, KeyType, Planned, Request, Response,
+};
 use clap::Subcommand;
 
 use super::output::{fields, table, Output};
@@ -25,8 +27,8 @@ pub enum InventoryCmd {
         /// Only this agent (id or name).
         #[arg(long)]
         agent: Option<String>,
-        /// Print JSON (same as --output json).
-        #[arg(long)]
+        /// Same as --output json (kept for older scripts).
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Ask a connected agent to scan now, and show what it found.
@@ -56,8 +58,12 @@ pub enum InventoryCmd {
         #[arg(long, default_value = "ecdsa-p256", value_parser = parse_named::<KeyType>)]
         key: KeyType,
         /// Wait until the replacement is issued and installed.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dry_run")]
         wait: bool,
+        /// Print what would be adopted (target, names, instance), or why it
+        /// would be refused, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Give up waiting after this long.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -121,7 +127,7 @@ fn show_list(out: &Output, list: &InventoryList) -> anyhow::Result<()> {
     })
 }
 
-fn show_adoption(out: &Output, a: &AdoptionInfo) -> anyhow::Result<()> {
+pub(super) fn show_adoption(out: &Output, a: &AdoptionInfo) -> anyhow::Result<()> {
     out.emit(a, || {
         fields(&[
             ("agent", format!("{} ({})", a.agent_name, a.agent)),
@@ -169,7 +175,18 @@ pub(super) async fn run(client: &Client, cmd: InventoryCmd, out: &Output) -> any
             key,
             wait,
             timeout,
+            dry_run,
         } => {
+            if dry_run {
+                let planned = Planned::InventoryAdopt {
+                    agent,
+                    certificate,
+                    issuer,
+                    validity_days,
+                    key,
+                };
+                return super::plan::run(client, planned, out).await;
+            }
             let r = client
                 .call(&Request::InventoryAdopt {
                     agent,

@@ -14,6 +14,7 @@ macro_rules! expect_response {
 mod download;
 mod inventory;
 mod output;
+mod plan;
 mod rollout;
 
 use std::net::SocketAddr;
@@ -22,10 +23,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{
-    ApplicationInfo, ApplicationState, InstanceSpec, IssuerKind, KeyType, Request, Response,
-    RevocationReason, ValidationType,
+    ApplicationInfo, ApplicationState, InstanceSpec, IssuerKind, KeyType, Planned, Request,
+    Response, RevocationReason, ValidationType,
 };
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::client::{Client, Credential};
 
@@ -92,7 +93,7 @@ pub enum Command {
     /// Applications to a CA.
     #[command(subcommand)]
     Application(ApplicationCmd),
-    /// The built-in CA's revocation list.
+    /// Issuers' roots and revocation lists.
     #[command(subcommand)]
     Ca(CaCmd),
     /// Who did what, when.
@@ -116,6 +117,17 @@ pub enum Command {
     /// adopt them into certfleet.
     #[command(subcommand)]
     Inventory(inventory::InventoryCmd),
+    /// Print a shell completion script (`source <(certfleet completion bash)`).
+    Completion {
+        #[arg(value_enum)]
+        shell: certfleet_agent::manual::Shell,
+    },
+    /// Write the man pages (one per subcommand) into a directory.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,10 +138,16 @@ pub enum AgentCmd {
     /// List enrolled agents.
     List,
     /// Show one agent.
-    Show { id: String },
+    Show {
+        /// Agent id or unique name.
+        id: String,
+    },
     /// Remove an agent: its identity is refused at once, even on a live
     /// connection, and its deployments are dropped.
-    Remove { id: String },
+    Remove {
+        /// Agent id or unique name.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,7 +171,8 @@ pub enum TokenCmd {
 pub struct DeployArgs {
     /// Certificate id.
     pub certificate: String,
-    /// Which agents: labels (role=web,env=prod) or agent=ID.
+    /// Which agents: labels (role=web,env=prod), or one agent by id or
+    /// unique name (agent=web-1).
     #[arg(long = "to")]
     pub selector: String,
     /// Target name, as declared in the agents' configs.
@@ -162,8 +181,12 @@ pub struct DeployArgs {
     #[command(flatten)]
     pub strategy: rollout::StrategyArgs,
     /// Wait until the rollout completes, halts or is aborted.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     pub wait: bool,
+    /// Print the rollout that would start (targets, waves) or why it would
+    /// be refused, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Give up waiting after this long.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -176,7 +199,7 @@ pub enum DeploymentCmd {
         /// Only deployments of this certificate (or its lineage).
         #[arg(long)]
         cert: Option<String>,
-        /// Only deployments on this agent.
+        /// Only deployments on this agent (id or unique name).
         #[arg(long)]
         agent: Option<String>,
     },
@@ -362,10 +385,20 @@ pub enum CertCmd {
         /// Revoke even though servers still use it.
         #[arg(long)]
         force: bool,
+        /// Print what would be revoked, or why it would be refused, and
+        /// change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Renew a certificate now (renewal is otherwise automatic) and roll
     /// the new one out wherever the lineage is deployed.
-    Renew { id: String },
+    Renew {
+        id: String,
+        /// Print the application that would start, or why it would be
+        /// refused, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,6 +409,16 @@ pub enum ApplicationCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum CaCmd {
+    /// Print the root and issuing chain (PEM) of an issuer, to trust its
+    /// certificates. Releases no key.
+    Root {
+        /// Issuer name; may be omitted when there is only one.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Write the PEM bundle (root, then chain) to this file instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write an issuer's current CRL to a file.
     Crl {
         /// File to write the CRL to.
@@ -448,6 +491,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output::new(cli.output);
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        // Neither needs a controller: they describe this binary.
+        Command::Completion { shell } => {
+            let mut stdout = std::io::stdout().lock();
+            certfleet_agent::manual::completion(shell, &Cli::command(), &mut stdout);
+            Ok(())
+        }
+        Command::Man { out: dir } => {
+            // The agent binary's own page is `certfleet-agent.1`; the
+            // `certfleet agent` group page would take its name.
+            let mut taken =
+                std::collections::BTreeSet::from([certfleet_agent::manual::AGENT_PAGE.to_owned()]);
+            let written =
+                certfleet_agent::manual::write_man_pages(&Cli::command(), &dir, &mut taken)?;
+            out.files(&dir, &written)
+        }
         command => {
             let client = connect(&cli.controller, cli.credential.as_deref()).await?;
             let r = client_command(&client, command, &out).await;
@@ -654,7 +712,9 @@ async fn dev_agent(running: &server::Running, dir: &std::path::Path) -> anyhow::
 
 async fn client_command(client: &Client, command: Command, out: &Output) -> anyhow::Result<()> {
     match command {
-        Command::Serve(_) => unreachable!("serve is handled before connecting"),
+        Command::Serve(_) | Command::Completion { .. } | Command::Man { .. } => {
+            unreachable!("serve, completion and man are handled before connecting")
+        }
         Command::Issuer(IssuerCmd::Add {
             name,
             kind,
@@ -776,7 +836,21 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             )?;
             out.files(&dir, &files)
         }
-        Command::Cert(CertCmd::Revoke { id, reason, force }) => {
+        Command::Cert(CertCmd::Revoke {
+            id,
+            reason,
+            force,
+            dry_run: true,
+        }) => plan::run(client, Planned::CertRevoke { id, reason, force }, out).await,
+        Command::Cert(CertCmd::Renew { id, dry_run: true }) => {
+            plan::run(client, Planned::CertRenew { id }, out).await
+        }
+        Command::Cert(CertCmd::Revoke {
+            id,
+            reason,
+            force,
+            dry_run: false,
+        }) => {
             let request = if force {
                 Request::CertRevokeForced { id, reason }
             } else {
@@ -785,7 +859,7 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             let r = client.call(&request).await?;
             out.cert(&expect_response!(r, Certificate))
         }
-        Command::Cert(CertCmd::Renew { id }) => {
+        Command::Cert(CertCmd::Renew { id, dry_run: false }) => {
             let r = client.call(&Request::CertRenew { id }).await?;
             out.application(&expect_response!(r, Application))
         }
@@ -794,6 +868,11 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
         Command::Status => {
             let r = client.call(&Request::Status).await?;
             out.status(&expect_response!(r, Status))
+        }
+        Command::Ca(CaCmd::Root { issuer, out: file }) => {
+            let r = client.call(&Request::CaRoot { issuer }).await?;
+            let root = expect_response!(r, CaRoot);
+            download::write_ca_root(&root, file.as_deref(), out)
         }
         Command::Ca(CaCmd::Crl {
             out: path,
@@ -835,6 +914,15 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
         Command::Agent(AgentCmd::Remove { id }) => {
             let r = client.call(&Request::AgentRemove { id }).await?;
             out.agent(&expect_response!(r, Agent))
+        }
+        Command::Deploy(args) if args.dry_run => {
+            let planned = Planned::Deploy {
+                certificate: args.certificate,
+                selector: args.selector,
+                target: args.target,
+                strategy: args.strategy.spec(),
+            };
+            plan::run(client, planned, out).await
         }
         Command::Deploy(args) => {
             let r = client

@@ -22,6 +22,7 @@ use rusqlite::Connection;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::plan::Mode;
 use crate::service::{apply_in_tx, Result, Service, ServiceError};
 use crate::store::{self, AuditRecord, CertRow};
 
@@ -140,7 +141,12 @@ fn renew_in_tx(
 
 impl Service {
     /// `certfleet cert renew ID`: renew now, due or not.
-    pub async fn cert_renew(&self, actor: String, id: String) -> Result<ApplicationInfo> {
+    pub async fn cert_renew(
+        &self,
+        actor: String,
+        id: String,
+        mode: Mode,
+    ) -> Result<ApplicationInfo> {
         let now = self.now().unix_timestamp();
         let app = self
             .store
@@ -161,12 +167,14 @@ impl Service {
                         "renewal of {id} is blocked: no unused instance with its spec is left; \
                          purchase one with `certfleet instance create`"
                     ))
-                });
-                tx.commit()?;
-                app
+                })?;
+                mode.finish(tx)?;
+                Ok(app)
             })
             .await?;
-        self.start_application(&app.id);
+        if mode == Mode::Commit {
+            self.start_application(&app.id);
+        }
         Ok(app)
     }
 

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::fleet::SessionEvent;
 use crate::identity::{peer_identity, IdentityCa, PeerIdentity, Role};
+use crate::plan::Mode;
 use crate::service::{Service, ServiceError};
 use crate::store::{self, Store};
 
@@ -359,15 +360,15 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             .await
             .map(Response::Bundle),
         Request::CertRevoke { id, reason } => svc
-            .cert_revoke(actor.clone(), id, reason, false)
+            .cert_revoke(actor.clone(), id, reason, false, Mode::Commit)
             .await
             .map(Response::Certificate),
         Request::CertRevokeForced { id, reason } => svc
-            .cert_revoke(actor.clone(), id, reason, true)
+            .cert_revoke(actor.clone(), id, reason, true, Mode::Commit)
             .await
             .map(Response::Certificate),
         Request::CertRenew { id } => svc
-            .cert_renew(actor.clone(), id)
+            .cert_renew(actor.clone(), id, Mode::Commit)
             .await
             .map(Response::Application),
         Request::DeployRollout {
@@ -377,7 +378,14 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             strategy,
         } => match crate::rollout::strategy_from_spec(&strategy) {
             Ok(strategy) => svc
-                .deploy(actor.clone(), certificate, selector, target, strategy)
+                .deploy(
+                    actor.clone(),
+                    certificate,
+                    selector,
+                    target,
+                    strategy,
+                    Mode::Commit,
+                )
                 .await
                 .map(Response::Rollout),
             Err(e) => Err(ServiceError::Invalid(e)),
@@ -467,6 +475,7 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
                 selector,
                 target,
                 crate::rollout::policy::Strategy::default(),
+                Mode::Commit,
             )
             .await
             .map(Response::Rollout),
@@ -493,14 +502,21 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
         } => svc
             .inventory_adopt(
                 actor.clone(),
-                agent,
-                certificate,
-                issuer,
-                validity_days,
-                key,
+                crate::inventory::AdoptRequest {
+                    agent,
+                    certificate,
+                    issuer,
+                    validity_days,
+                    key,
+                },
+                Mode::Commit,
             )
             .await
             .map(Response::Adoption),
+        Request::CaRoot { issuer } => svc.ca_root(issuer).await.map(Response::CaRoot),
+        // Not in `mutation`: a dry run changes nothing, so nothing is
+        // audited, not even a refusal (the plan carries it).
+        Request::DryRun(planned) => Ok(Response::Plan(svc.plan(actor.clone(), planned).await)),
         Request::Enroll { .. }
         | Request::InventoryReport(_)
         | Request::AgentHello(_)

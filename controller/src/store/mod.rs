@@ -912,6 +912,17 @@ pub fn agent_list(conn: &Connection) -> Result<Vec<AgentRow>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Agents that have not been removed and carry this name (names are not
+/// unique: two hosts may enroll with the same hostname).
+pub fn agents_named(conn: &Connection, name: &str) -> Result<Vec<AgentRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {AGENT_COLS} FROM agents a WHERE a.name = ?1 AND a.removed_at IS NULL \
+         ORDER BY a.id"
+    ))?;
+    let rows = stmt.query_map([name], agent_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub fn agent_seen(
     conn: &Connection,
     id: &str,

@@ -12,13 +12,22 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
-use clap::{Command, CommandFactory};
-use clap_complete::Shell;
+use anyhow::Context;
+use certfleet_agent::manual::{self, Shell};
+use clap::{Command, CommandFactory, Parser};
+
+/// Render the man pages and shell completions the packages ship.
+#[derive(Debug, Parser)]
+#[command(name = "certfleet-packaging-gen")]
+struct Args {
+    /// Directory to write man/ and completions/ into (created if missing).
+    out_dir: PathBuf,
+}
 
 /// Every binary the packages ship, as its clap command.
 /// The agent comes first so that its `certfleet-agent.1` wins over the
-/// controller's `certfleet agent` group (see [`write_man_pages`]).
+/// controller's `certfleet agent` group (see [`manual::write_man_pages`]),
+/// and the two packages never both own it.
 fn commands() -> Vec<Command> {
     vec![
         certfleet_agent::cli::Cli::command(),
@@ -26,56 +35,18 @@ fn commands() -> Vec<Command> {
     ]
 }
 
-/// Writes `<display name>.1` for `cmd`, then one page per visible
-/// subcommand, named `certfleet-cert-apply.1` the way git and cargo name
-/// theirs (clap's display name once the command is built). A page whose name
-/// is already in `taken` is not written, its subcommands still are: the
-/// controller's `certfleet agent` group would otherwise overwrite the agent
-/// binary's `certfleet-agent.1`, and the two packages would both own it.
-fn write_man_pages(
-    cmd: &Command,
-    dir: &Path,
-    taken: &mut BTreeSet<String>,
-) -> anyhow::Result<Vec<PathBuf>> {
-    let mut written = Vec::new();
-    let name = cmd
-        .get_display_name()
-        .unwrap_or_else(|| cmd.get_name())
-        .to_owned();
-    if taken.insert(name.clone()) {
-        let mut buf = Vec::new();
-        clap_mangen::Man::new(cmd.clone())
-            .render(&mut buf)
-            .with_context(|| format!("rendering the man page of {name}"))?;
-        let path = dir.join(format!("{name}.1"));
-        fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
-        written.push(path);
-    }
-    for sub in cmd.get_subcommands() {
-        if sub.is_hide_set() || sub.get_name() == "help" {
-            continue;
-        }
-        written.extend(write_man_pages(sub, dir, taken)?);
-    }
-    Ok(written)
-}
-
 /// Writes the bash, zsh and fish completions of `cmd` under
 /// `dir/<shell>/` with the file names each shell looks up.
 fn write_completions(cmd: &Command, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let name = cmd.get_name().to_owned();
     let mut written = Vec::new();
-    for (shell, file) in [
-        (Shell::Bash, name.clone()),
-        (Shell::Zsh, format!("_{name}")),
-        (Shell::Fish, format!("{name}.fish")),
-    ] {
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         let shell_dir = dir.join(shell.to_string());
         fs::create_dir_all(&shell_dir)
             .with_context(|| format!("creating {}", shell_dir.display()))?;
         let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut cmd.clone(), &name, &mut buf);
-        let path = shell_dir.join(file);
+        manual::completion(shell, cmd, &mut buf);
+        let path = shell_dir.join(manual::completion_file_name(shell, &name));
         fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
     }
@@ -86,35 +57,27 @@ fn generate(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let completions = out.join("completions");
     let mut written = Vec::new();
     let mut taken = BTreeSet::new();
-    for mut cmd in commands() {
-        // Building propagates the version and global arguments to the
-        // subcommands and gives them their `certfleet-cert-apply` names.
-        cmd.build();
+    for cmd in commands() {
         let man = out.join("man").join(cmd.get_name());
-        fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
-        written.extend(write_man_pages(&cmd, &man, &mut taken)?);
+        written.extend(manual::write_man_pages(&cmd, &man, &mut taken)?);
         written.extend(write_completions(&cmd, &completions)?);
     }
     Ok(written)
 }
 
-fn run() -> anyhow::Result<()> {
-    let mut args = std::env::args_os().skip(1);
-    let (Some(out), None) = (args.next(), args.next()) else {
-        bail!("usage: certfleet-packaging-gen OUT_DIR");
-    };
-    let written = generate(Path::new(&out))?;
-    println!(
-        "wrote {} files under {}",
-        written.len(),
-        Path::new(&out).display()
-    );
-    Ok(())
-}
-
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    // clap answers --help and --version itself and refuses unknown flags,
+    // so no option is ever taken for the output directory.
+    let args = Args::parse();
+    match generate(&args.out_dir) {
+        Ok(written) => {
+            println!(
+                "wrote {} files under {}",
+                written.len(),
+                args.out_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -160,6 +123,16 @@ mod tests {
             enroll.contains("ca\\-pin"),
             "enroll page lacks --ca-pin:\n{enroll}"
         );
+    }
+
+    #[test]
+    fn help_and_unknown_flags_are_not_taken_for_the_output_directory() {
+        let help = Args::try_parse_from(["certfleet-packaging-gen", "--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        let unknown = Args::try_parse_from(["certfleet-packaging-gen", "--out"]).unwrap_err();
+        assert_eq!(unknown.kind(), clap::error::ErrorKind::UnknownArgument);
+        let args = Args::try_parse_from(["certfleet-packaging-gen", "target/gen"]).unwrap();
+        assert_eq!(args.out_dir, Path::new("target/gen"));
     }
 
     #[test]

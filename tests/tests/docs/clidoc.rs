@@ -57,6 +57,9 @@ pub(crate) const OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
     ("inventory list", Some(("InventoryList", false))),
     ("inventory scan", Some(("InventoryList", false))),
     ("inventory adopt", Some(("AdoptionInfo", false))),
+    ("ca root", Some(("CaRoot", false))),
+    ("completion", None),
+    ("man", None),
 ];
 
 /// The same for `certfleet-agent` (its `--json` flag).
@@ -66,6 +69,8 @@ const AGENT_OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
     ("status", Some(("AgentState", false))),
     ("check-config", None),
     ("discover", Some(("InventoryReport", false))),
+    ("completion", None),
+    ("man", None),
 ];
 
 /// `cert download` and `ca crl` print the files they wrote; the CLI
@@ -322,6 +327,10 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::AdoptionInfo>(&mut t)?;
     trace::<m::InventoryReport>(&mut t)?;
     trace::<certfleet_agent::state::AgentState>(&mut t)?;
+    trace::<m::CaRoot>(&mut t)?;
+    trace::<m::Plan>(&mut t)?;
+    trace::<m::PlanOutcome>(&mut t)?;
+    trace::<m::ErrorKind>(&mut t)?;
     // Tracing a struct sees only the first variant of its enums; tracing
     // an enum itself walks them all.
     trace::<m::KeyType>(&mut t)?;

@@ -230,7 +230,7 @@ fn valid_hostname(name: &str) -> bool {
 }
 
 impl Service {
-    fn agent_info(&self, a: &AgentRow) -> AgentInfo {
+    pub(crate) fn agent_info(&self, a: &AgentRow) -> AgentInfo {
         AgentInfo {
             id: a.id.clone(),
             name: a.name.clone(),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod fleet;
 pub mod identity;
 pub mod inventory;
+pub mod list;
 pub mod issuer;
 pub mod renewal;
 pub mod rollout;

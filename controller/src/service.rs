@@ -1680,7 +1680,7 @@ fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<
 }
 
 /// A certificate's public description with its renewal state filled in.
-fn with_renewal(conn: &Connection, row: CertRow) -> Result<CertInfo> {
+pub(crate) fn with_renewal(conn: &Connection, row: CertRow) -> Result<CertInfo> {
     let renewal = crate::renewal::info(conn, &row)?;
     let mut info = row.info;
     info.renewal = renewal;

@@ -7,7 +7,8 @@ use anyhow::bail;
 use certfleet_protocol::message::{AdoptionInfo, InventoryList, KeyType, Request, Response};
 use clap::Subcommand;
 
-use super::output::{fields, table, Output};
+use super::output::{fields, Output};
+use super::table::table;
 use super::{parse_named, wait_application, Format};
 use crate::client::Client;
 

@@ -238,7 +238,8 @@ impl Service {
             targets: a.targets.clone(),
             version: a.version.clone(),
             enrolled_at: Timestamp(a.enrolled_at),
-            last_seen: a.last_seen.map(Timestamp),
+            // The store's time is at most a minute behind (see activity.rs).
+            last_seen: a.last_seen.max(self.activity.last(&a.id)).map(Timestamp),
             connected: self.sessions.is_connected(&a.id),
             identity_expires: a.identity_expires.map(Timestamp),
             clock_skew_secs: a.skew_secs,

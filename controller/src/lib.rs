@@ -3,6 +3,7 @@
 //! `serve` runs the controller (store, issuers, QUIC endpoint, CRL endpoint,
 //! reconcilers); every other subcommand is a client of a running controller.
 
+pub mod activity;
 pub mod challenge;
 pub mod check;
 pub mod cli;

@@ -113,6 +113,8 @@ pub struct Service {
     pub(crate) rollout_wake: tokio::sync::Notify,
     /// Wakes the renewal reconciler.
     pub(crate) renewal_wake: tokio::sync::Notify,
+    /// Agents' last activity, kept in memory and stored coarsely.
+    pub(crate) activity: crate::activity::Activity,
 }
 
 pub(crate) fn key_aad(cert_id: &str) -> String {
@@ -162,6 +164,7 @@ impl Service {
                 sessions: Default::default(),
                 rollout_wake: tokio::sync::Notify::new(),
                 renewal_wake: tokio::sync::Notify::new(),
+                activity: Default::default(),
             }),
             rx,
         )

@@ -555,6 +555,7 @@ fn denied(message: &str) -> Response {
 async fn agent_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Response {
     let svc = &ctx.service;
     let agent = peer.subject.clone();
+    svc.note_agent_activity(&agent).await;
     let result = match request {
         Request::AgentHello(hello) => svc.agent_hello(agent, hello).await.map(|()| Response::Ack),
         Request::DesiredState => svc.desired_state(agent).await.map(Response::Desired),

@@ -18,6 +18,7 @@ pub mod issuer;
 pub mod renewal;
 pub mod rollout;
 pub mod seal;
+pub mod seed;
 pub mod server;
 pub mod service;
 pub mod store;

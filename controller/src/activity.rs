@@ -104,7 +104,9 @@ mod tests {
     #[test]
     fn writes_at_most_once_a_minute_with_every_agent_seen_since() {
         let a = Activity::default();
-        let first = a.touch("agent-1", 1_000).expect("first activity is written");
+        let first = a
+            .touch("agent-1", 1_000)
+            .expect("first activity is written");
         assert_eq!(first, vec![("agent-1".to_string(), 1_000)]);
         assert_eq!(a.touch("agent-1", 1_010), None);
         assert_eq!(a.touch("agent-2", 1_020), None);

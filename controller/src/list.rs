@@ -296,18 +296,22 @@ mod tests {
         .unwrap();
         assert_eq!(taken.len(), 3);
         assert_eq!(key_of(next.as_deref()).unwrap(), "2");
-        let (taken, next) =
-            fill("audit", rows, 5, PAGE_BYTE_BUDGET, |r| r.id.to_string()).unwrap();
+        let (taken, next) = fill("audit", rows, 5, PAGE_BYTE_BUDGET, |r| r.id.to_string()).unwrap();
         assert_eq!(taken.len(), 5);
         assert_eq!(next, None);
     }
 
     #[test]
     fn a_row_larger_than_a_page_is_an_error_naming_the_limit() {
-        let err = fill("audit", vec![entry(1, 5000)], 10, 1000, |r| r.id.to_string())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("1000 bytes") && err.contains("frame limit"), "{err}");
+        let err = fill("audit", vec![entry(1, 5000)], 10, 1000, |r| {
+            r.id.to_string()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("1000 bytes") && err.contains("frame limit"),
+            "{err}"
+        );
     }
 
     #[test]

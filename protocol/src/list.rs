@@ -25,7 +25,9 @@ pub const MAX_PAGE_ROWS: u32 = 1000;
 pub enum ListQuery {
     /// Certificates by id; with `expiring_within_secs`, only those still in
     /// service that expire within that many seconds from now.
-    Certificates { expiring_within_secs: Option<i64> },
+    Certificates {
+        expiring_within_secs: Option<i64>,
+    },
     /// Agents that were not removed, by id.
     Agents,
     /// Deployments by id; `certificate` matches the desired or installed

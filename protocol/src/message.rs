@@ -1458,12 +1458,18 @@ mod tests {
         struct Pairs {
             labels: Vec<(String, String)>,
         }
-        let pairs = vec![("role".to_string(), "web".to_string()), ("env".into(), "prod".into())];
+        let pairs = vec![
+            ("role".to_string(), "web".to_string()),
+            ("env".into(), "prod".into()),
+        ];
         let map = Map {
             labels: pairs.clone(),
         };
         let json = serde_json::to_value(&map).unwrap();
-        assert_eq!(json, serde_json::json!({"labels": {"role": "web", "env": "prod"}}));
+        assert_eq!(
+            json,
+            serde_json::json!({"labels": {"role": "web", "env": "prod"}})
+        );
         // Same postcard bytes as the pair list the wire carried before.
         assert_eq!(
             postcard::to_stdvec(&map).unwrap(),

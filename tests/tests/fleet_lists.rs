@@ -105,17 +105,27 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
     let t = Instant::now();
     let certs = json_list(&ctl, &["cert", "list"])?;
     eprintln!("cert list --output json: {:?}", t.elapsed());
-    ensure!(certs.len() == CERTS + 1, "{} certificates listed", certs.len());
-    ensure!(distinct_ids(&certs)? == CERTS + 1, "a certificate was listed twice");
     ensure!(
-        certs.iter().all(|c| c.get("leaf_pem").is_none() && c.get("chain_pem").is_none()),
+        certs.len() == CERTS + 1,
+        "{} certificates listed",
+        certs.len()
+    );
+    ensure!(
+        distinct_ids(&certs)? == CERTS + 1,
+        "a certificate was listed twice"
+    );
+    ensure!(
+        certs
+            .iter()
+            .all(|c| c.get("leaf_pem").is_none() && c.get("chain_pem").is_none()),
         "a list row carries PEM: {}",
         certs[0]
     );
     let rows = table_rows(&ctl, &["cert", "list", "--page-size", "1000"])?;
     ensure!(rows.len() == CERTS + 1, "{} table rows", rows.len());
     ensure!(
-        rows.iter().all(|r| r.contains(" in 3") || r.contains(" in ")),
+        rows.iter()
+            .all(|r| r.contains(" in 3") || r.contains(" in ")),
         "NOT AFTER is not relative: {}",
         rows[0]
     );
@@ -123,7 +133,10 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
     // Agents: labels as an object, every agent once.
     let agents = json_list(&ctl, &["agent", "list"])?;
     ensure!(agents.len() == AGENTS, "{} agents listed", agents.len());
-    ensure!(distinct_ids(&agents)? == AGENTS, "an agent was listed twice");
+    ensure!(
+        distinct_ids(&agents)? == AGENTS,
+        "an agent was listed twice"
+    );
     ensure!(
         agents[0]["labels"] == serde_json::json!({"role": "web"}),
         "labels are not an object: {}",
@@ -133,7 +146,11 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
 
     // Deployments, all and filtered in the store by agent and certificate.
     let deployments = json_list(&ctl, &["deployment", "list"])?;
-    ensure!(deployments.len() == AGENTS, "{} deployments", deployments.len());
+    ensure!(
+        deployments.len() == AGENTS,
+        "{} deployments",
+        deployments.len()
+    );
     ensure!(distinct_ids(&deployments)? == AGENTS);
     ensure!(table_rows(&ctl, &["deployment", "list"])?.len() == AGENTS);
     let one = json_list(&ctl, &["deployment", "list", "--agent", &seeded.agents[7]])?;
@@ -143,11 +160,17 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
     );
     let of_template = json_list(&ctl, &["deployment", "list", "--cert", &template])?;
     ensure!(of_template.len() == AGENTS);
-    let none = json_list(&ctl, &["deployment", "list", "--cert", &seeded.certificates[0]])?;
+    let none = json_list(
+        &ctl,
+        &["deployment", "list", "--cert", &seeded.certificates[0]],
+    )?;
     ensure!(none.is_empty(), "{none:?}");
 
     // --limit: rows in all, across pages.
-    let some = json_list(&ctl, &["cert", "list", "--limit", "1234", "--page-size", "500"])?;
+    let some = json_list(
+        &ctl,
+        &["cert", "list", "--limit", "1234", "--page-size", "500"],
+    )?;
     ensure!(some.len() == 1234, "{} rows with --limit 1234", some.len());
     ensure!(table_rows(&ctl, &["agent", "list", "--limit", "3"])?.len() == 3);
 
@@ -175,7 +198,11 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
         let Response::Page(page) = &page else {
             anyhow::bail!("not a page: {page:?}");
         };
-        ensure!(page.rows.len() == MAX_PAGE_ROWS as usize, "page of {}", page.rows.len());
+        ensure!(
+            page.rows.len() == MAX_PAGE_ROWS as usize,
+            "page of {}",
+            page.rows.len()
+        );
         let size = frame::encode(&Response::Page(page.clone()), DEFAULT_MAX_FRAME)?.len();
         ensure!(size < DEFAULT_MAX_FRAME, "{size}");
 

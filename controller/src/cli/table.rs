@@ -119,7 +119,10 @@ mod tests {
     #[test]
     fn columns_line_up_across_pages_and_long_cells_wrap() {
         let header = ["ID", "OUTCOME", "DETAIL"];
-        let first = vec![row(&["1", "ok", "short"]), row(&["2", "refused", "also short"])];
+        let first = vec![
+            row(&["1", "ok", "short"]),
+            row(&["2", "refused", "also short"]),
+        ];
         let layout = Layout::fit(&header, &first, Some(40));
         let page1 = layout.render(Some(&header), first);
         let long = "still in service on 1 deployment: dev-agent/files; revoke anyway with --force";
@@ -133,7 +136,10 @@ mod tests {
         let lines: Vec<&str> = page2.lines().collect();
         assert!(lines.len() > 1, "{page2}");
         assert_eq!(lines[0].find("still"), Some(detail_col), "{page1}{page2}");
-        assert_eq!(page1.lines().nth(1).unwrap().find("short"), Some(detail_col));
+        assert_eq!(
+            page1.lines().nth(1).unwrap().find("short"),
+            Some(detail_col)
+        );
     }
 
     #[test]

@@ -66,12 +66,19 @@ pub fn deployment_page(
            AND (?3 IS NULL OR d.agent = ?3)
          ORDER BY d.id LIMIT ?4"
     ))?;
-    let rows = stmt.query_map(params![after, certificate, agent, limit], deployment_from_row)?;
+    let rows = stmt.query_map(
+        params![after, certificate, agent, limit],
+        deployment_from_row,
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Audit entries with an id below `before`, newest first.
-pub fn audit_page(conn: &Connection, before: i64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+pub fn audit_page(
+    conn: &Connection,
+    before: i64,
+    limit: u32,
+) -> Result<Vec<AuditEntry>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, at, actor, action, target, outcome, detail FROM audit
          WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
@@ -103,7 +110,11 @@ pub fn instance_page(
 }
 
 /// Issuers by name (their key).
-pub fn issuer_page(conn: &Connection, after: &str, limit: u32) -> Result<Vec<IssuerRow>, StoreError> {
+pub fn issuer_page(
+    conn: &Connection,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<IssuerRow>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ISSUER_COLS} FROM issuers WHERE name > ?1 ORDER BY name LIMIT ?2"
     ))?;
@@ -127,9 +138,10 @@ pub fn rollout_page(
 /// A rollout's target count, installed count and number of waves, counted
 /// in SQL so a list does not load every target of a fleet-wide rollout.
 pub fn rollout_counts(conn: &Connection, rollout: &str) -> Result<(u32, u32, u32), StoreError> {
-    Ok(conn.prepare_cached(
-        "SELECT count(*), coalesce(sum(state = 'installed'), 0), coalesce(max(wave) + 1, 0)
+    Ok(conn
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(state = 'installed'), 0), coalesce(max(wave) + 1, 0)
          FROM rollout_targets WHERE rollout = ?1",
-    )?
-    .query_row([rollout], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
+        )?
+        .query_row([rollout], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
 }

@@ -223,3 +223,66 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
     eprintln!("whole test: {:?}", started.elapsed());
     Ok(())
 }
+
+/// `agent list` LAST SEEN follows the agent's requests (here the
+/// desired-state fetch and report of a deploy), not its connect time.
+#[test]
+fn agent_list_last_seen_is_last_activity() -> Result<()> {
+    use certfleet_tests::fleet::{
+        named_files_agent_config, parse_rfc3339, token, wait_connected, Agent,
+    };
+    use std::time::Duration;
+
+    let ctl = Controller::start()?;
+    let cert = ctl.issue_default()?;
+    let cert_id = str_field(&cert, "id")?.to_owned();
+    let (tok, pin) = token(&ctl, &[])?;
+    let mut agent = Agent::new(&ctl, "")?;
+    let tls = agent.dir.join("tls");
+    std::fs::create_dir_all(&tls)?;
+    let config = named_files_agent_config("web-1", "files", &tls, "www.example.test");
+    std::fs::write(
+        &agent.config,
+        format!("{}{config}", std::fs::read_to_string(&agent.config)?),
+    )?;
+    agent.enroll(&ctl, &tok, &pin)?;
+    let id = agent.id.clone().context("enrolled agent has no id")?;
+    agent.start()?;
+    wait_connected(&ctl, &id, true, Duration::from_secs(30))?;
+    let seen = |ctl: &Controller| -> Result<i64> {
+        let list = ctl.cli_json(&["agent", "list"])?;
+        let a = array(&list)?
+            .iter()
+            .find(|a| a["id"] == id.as_str())
+            .context("agent missing from agent list")?;
+        parse_rfc3339(str_field(a, "last_seen")?)
+    };
+    let connected_at = seen(&ctl)?;
+
+    std::thread::sleep(Duration::from_secs(3));
+    ctl.cli_ok(&[
+        "deploy",
+        &cert_id,
+        "--to",
+        &format!("agent={id}"),
+        "--target",
+        "files",
+        "--wait",
+    ])?;
+    let after = seen(&ctl)?;
+    ensure!(
+        after >= connected_at + 3,
+        "LAST SEEN stayed at the connect time ({connected_at}) after the agent \
+         fetched and reported a deployment (now {after})"
+    );
+    let table = String::from_utf8(ctl.cli_ok(&["agent", "list"])?.stdout)?;
+    let row = table
+        .lines()
+        .find(|l| l.contains("web-1"))
+        .unwrap_or_default();
+    ensure!(
+        row.trim_end().ends_with("now") || row.contains(" ago"),
+        "LAST SEEN should be relative, not a timestamp: {table}"
+    );
+    Ok(())
+}

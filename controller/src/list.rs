@@ -209,6 +209,48 @@ fn list_in_store(
             let (rows, next) = fill("rollout", fetched, n, PAGE_BYTE_BUDGET, |r| r.id.clone())?;
             (PageRows::Rollouts(rows), next)
         }
+        ListQuery::Inventory {
+            expiring_within_secs,
+            agent,
+        } => {
+            let agent = agent
+                .map(|a| crate::inventory::resolve_agent(c, &a).map(|r| r.id))
+                .transpose()?;
+            let before = expiring_within_secs.map(|s| now.saturating_add(s));
+            // The key is the agent id and the position in its report.
+            let (key_agent, key_pos) = match after.rsplit_once('\n') {
+                None if after.is_empty() => ("", -1),
+                Some((a, p)) => (a, p.parse().map_err(|_| bad_token(&token(after)))?),
+                None => return Err(bad_token(&token(after))),
+            };
+            let fetched = crate::inventory::inventory_page(
+                c,
+                agent.as_deref(),
+                before,
+                (key_agent, key_pos),
+                limit + 1,
+            )?;
+            let (rows, next) = fill("inventory", fetched, n, PAGE_BYTE_BUDGET, |(pos, i)| {
+                format!("{}\n{pos}", i.agent)
+            })?;
+            (
+                PageRows::Inventory(rows.into_iter().map(|(_, i)| i).collect()),
+                next,
+            )
+        }
+        ListQuery::InventoryProblems { agent } => {
+            let agent = agent
+                .map(|a| crate::inventory::resolve_agent(c, &a).map(|r| r.id))
+                .transpose()?;
+            let fetched = crate::inventory::problems_page(c, agent.as_deref(), after, limit + 1)?;
+            let (rows, next) = fill("problem", fetched, n, PAGE_BYTE_BUDGET, |(id, _)| {
+                id.clone()
+            })?;
+            (
+                PageRows::InventoryProblems(rows.into_iter().flat_map(|(_, p)| p).collect()),
+                next,
+            )
+        }
         ListQuery::Agents | ListQuery::Issuers => {
             return Err(internal("agents and issuers are listed outside the store"));
         }

@@ -12,8 +12,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::message::{
-    AgentInfo, AuditEntry, CertState, DeploymentInfo, InstanceInfo, IssuerInfo, KeyType,
-    RenewalInfo, RevocationReason, StrategySpec, Timestamp,
+    AgentInfo, AuditEntry, CertState, DeploymentInfo, InstanceInfo, InventoryItem, IssuerInfo,
+    KeyType, RenewalInfo, RevocationReason, StrategySpec, Timestamp,
 };
 
 /// Rows per page when a client does not say; also the most a controller
@@ -42,6 +42,17 @@ pub enum ListQuery {
     Issuers,
     /// Rollouts by id, each with counts instead of its targets.
     Rollouts,
+    /// Discovered certificates, by agent id and position in its report;
+    /// `agent` is an id or a unique name; with `expiring_within_secs`,
+    /// only readable ones that expire within that many seconds from now.
+    Inventory {
+        expiring_within_secs: Option<i64>,
+        agent: Option<String>,
+    },
+    /// Problems of the agents' latest scans, by agent id.
+    InventoryProblems {
+        agent: Option<String>,
+    },
 }
 
 /// One page of a list request.
@@ -104,6 +115,9 @@ pub enum PageRows {
     Instances(Vec<InstanceInfo>),
     Issuers(Vec<IssuerInfo>),
     Rollouts(Vec<RolloutSummary>),
+    Inventory(Vec<InventoryItem>),
+    /// `(agent name, problem)`.
+    InventoryProblems(Vec<(String, String)>),
 }
 
 impl PageRows {
@@ -116,6 +130,8 @@ impl PageRows {
             PageRows::Instances(r) => r.len(),
             PageRows::Issuers(r) => r.len(),
             PageRows::Rollouts(r) => r.len(),
+            PageRows::Inventory(r) => r.len(),
+            PageRows::InventoryProblems(r) => r.len(),
         }
     }
 

@@ -7,6 +7,11 @@ use anyhow::bail;
 use certfleet_protocol::message::{AdoptionInfo, InventoryList, KeyType, Request, Response};
 use clap::Subcommand;
 
+use std::io::Write;
+
+use certfleet_protocol::list::ListQuery;
+
+use super::list::{stream_to, Empty, ListArgs};
 use super::output::{fields, Output};
 use super::table::table;
 use super::{parse_named, wait_application, Format};
@@ -29,6 +34,10 @@ pub enum InventoryCmd {
         /// Print JSON (same as --output json).
         #[arg(long)]
         json: bool,
+        /// --limit and --page-size count certificates; the agents'
+        /// problems follow them in full.
+        #[command(flatten)]
+        page: ListArgs,
     },
     /// Ask a connected agent to scan now, and show what it found.
     Scan {
@@ -72,6 +81,58 @@ fn days_left(not_after: i64, now: i64) -> String {
     } else {
         format!("{d}d")
     }
+}
+
+/// `inventory list`, page by page: the certificates, then the problems of
+/// the agents' last scans. JSON keeps the shape of [`InventoryList`]
+/// (`{"items": [...], "problems": [...]}`), streamed.
+async fn stream_list(
+    client: &Client,
+    format: Format,
+    expiring_within_secs: Option<i64>,
+    agent: Option<String>,
+    page: &ListArgs,
+) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    let items = ListQuery::Inventory {
+        expiring_within_secs,
+        agent: agent.clone(),
+    };
+    let problems = ListQuery::InventoryProblems { agent };
+    let every = ListArgs {
+        limit: None,
+        page_size: page.page_size,
+    };
+    match format {
+        Format::Json => {
+            w.write_all(b"{\n\"items\": ")?;
+            stream_to(client, &mut w, format, items, page, Empty::Header).await?;
+            w.write_all(b",\n\"problems\": ")?;
+            stream_to(client, &mut w, format, problems, &every, Empty::Header).await?;
+            w.write_all(b"}\n")?;
+        }
+        Format::Table => {
+            stream_to(client, &mut w, format, items, page, Empty::Header).await?;
+            // Problems are a second table, only when there are any.
+            let mut section = Vec::new();
+            let n = stream_to(
+                client,
+                &mut section,
+                format,
+                problems,
+                &every,
+                Empty::Nothing,
+            )
+            .await?;
+            if n > 0 {
+                w.write_all(b"\nProblems reported by the agents' last scans:\n")?;
+                w.write_all(&section)?;
+            }
+        }
+    }
+    w.flush()?;
+    Ok(())
 }
 
 fn show_list(out: &Output, list: &InventoryList) -> anyhow::Result<()> {
@@ -143,20 +204,11 @@ pub(super) async fn run(client: &Client, cmd: InventoryCmd, out: &Output) -> any
             expiring_within,
             agent,
             json,
+            page,
         } => {
             let secs = expiring_within.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            let r = client
-                .call(&Request::InventoryList {
-                    expiring_within_secs: secs,
-                    agent,
-                })
-                .await?;
-            let list = expect_response!(r, Inventory);
-            if json {
-                show_list(&Output::new(Format::Json), &list)
-            } else {
-                show_list(out, &list)
-            }
+            let format = if json { Format::Json } else { out.format() };
+            stream_list(client, format, secs, agent, &page).await
         }
         InventoryCmd::Scan { agent } => {
             let r = client.call(&Request::InventoryScan { agent }).await?;

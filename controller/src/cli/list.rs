@@ -69,6 +69,8 @@ impl<W: Write> Sink<W> {
                 PageRows::Instances(r) => self.json_rows(r)?,
                 PageRows::Issuers(r) => self.json_rows(r)?,
                 PageRows::Rollouts(r) => self.json_rows(r)?,
+                PageRows::Inventory(r) => self.json_rows(r)?,
+                PageRows::InventoryProblems(r) => self.json_rows(r)?,
             },
             Format::Table => {
                 let (header, cells) = rows_of(rows, self.now);
@@ -111,6 +113,8 @@ fn truncate(rows: &mut PageRows, n: usize) {
         PageRows::Instances(r) => r.truncate(n),
         PageRows::Issuers(r) => r.truncate(n),
         PageRows::Rollouts(r) => r.truncate(n),
+        PageRows::Inventory(r) => r.truncate(n),
+        PageRows::InventoryProblems(r) => r.truncate(n),
     }
 }
 
@@ -121,10 +125,33 @@ pub(super) async fn stream(
     query: ListQuery,
     args: &ListArgs,
 ) -> anyhow::Result<()> {
-    let header = super::output::header_of(&query);
     let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    stream_to(client, &mut out, format, query, args, Empty::Header).await?;
+    Ok(())
+}
+
+/// What a table with no rows prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Empty {
+    /// Its header, so an empty list still shows its columns.
+    Header,
+    /// Nothing (a section that only matters when it has rows).
+    Nothing,
+}
+
+/// Fetch `query` page by page into `out`; returns the rows printed.
+pub(super) async fn stream_to<W: Write>(
+    client: &Client,
+    out: &mut W,
+    format: Format,
+    query: ListQuery,
+    args: &ListArgs,
+    empty: Empty,
+) -> anyhow::Result<u64> {
+    let header = super::output::header_of(&query);
     let mut sink = Sink {
-        out: std::io::BufWriter::new(stdout.lock()),
+        out,
         format,
         printed: 0,
         layout: None,
@@ -158,13 +185,18 @@ pub(super) async fn stream(
         if let Some(l) = left {
             truncate(&mut rows, usize::try_from(l).unwrap_or(usize::MAX));
         }
-        sink.page(&rows)?;
+        if !rows.is_empty() {
+            sink.page(&rows)?;
+        }
         match page.continue_token {
             Some(t) if !rows.is_empty() => token = Some(t),
             _ => break,
         }
     }
-    sink.finish(header)
+    if !(empty == Empty::Nothing && sink.printed == 0 && sink.format == Format::Table) {
+        sink.finish(header)?;
+    }
+    Ok(sink.printed)
 }
 
 #[cfg(test)]

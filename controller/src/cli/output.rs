@@ -108,6 +108,19 @@ const ROLLOUT_HEADER: &[&str] = &[
     "UPDATED",
 ];
 
+const INVENTORY_HEADER: &[&str] = &[
+    "NOT AFTER",
+    "LEFT",
+    "AGENT",
+    "SOURCE",
+    "SITE",
+    "TARGET",
+    "MANAGED",
+    "PATH",
+    "NAMES",
+];
+const PROBLEM_HEADER: &[&str] = &["AGENT", "PROBLEM"];
+
 /// The table header of a list.
 pub(super) fn header_of(q: &ListQuery) -> &'static [&'static str] {
     match q {
@@ -118,6 +131,8 @@ pub(super) fn header_of(q: &ListQuery) -> &'static [&'static str] {
         ListQuery::Instances => INSTANCE_HEADER,
         ListQuery::Issuers => ISSUER_HEADER,
         ListQuery::Rollouts => ROLLOUT_HEADER,
+        ListQuery::Inventory { .. } => INVENTORY_HEADER,
+        ListQuery::InventoryProblems { .. } => PROBLEM_HEADER,
     }
 }
 
@@ -251,6 +266,38 @@ pub(super) fn rows_of(rows: &PageRows, now: i64) -> (&'static [&'static str], Ve
                         rel(r.updated_at, now),
                     ]
                 })
+                .collect(),
+        ),
+        PageRows::Inventory(list) => (
+            INVENTORY_HEADER,
+            list.iter()
+                .map(|i| {
+                    let e = &i.entry;
+                    vec![
+                        e.not_after.map(|t| t.to_rfc3339()).unwrap_or("-".into()),
+                        match e.not_after {
+                            Some(t) if t.0 <= now => "expired".into(),
+                            Some(t) => rel(t, now),
+                            None => "-".into(),
+                        },
+                        i.agent_name.clone(),
+                        e.source.clone(),
+                        e.site.clone().unwrap_or("-".into()),
+                        e.target.clone().unwrap_or("-".into()),
+                        i.managed.clone().unwrap_or("-".into()),
+                        e.path.clone(),
+                        match &e.error {
+                            Some(err) => format!("error: {err}"),
+                            None => e.sans.join(","),
+                        },
+                    ]
+                })
+                .collect(),
+        ),
+        PageRows::InventoryProblems(list) => (
+            PROBLEM_HEADER,
+            list.iter()
+                .map(|(agent, p)| vec![agent.clone(), p.clone()])
                 .collect(),
         ),
     }

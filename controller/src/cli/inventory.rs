@@ -9,10 +9,10 @@ use clap::Subcommand;
 
 use std::io::Write;
 
-use certfleet_protocol::list::ListQuery;
+use certfleet_protocol::list::{ListQuery, PageRows};
 
 use super::list::{stream_to, Empty, ListArgs};
-use super::output::{fields, Output};
+use super::output::{fields, rows_of, Output};
 use super::table::table;
 use super::{parse_named, wait_application, Format};
 use crate::client::Client;
@@ -20,8 +20,8 @@ use crate::client::Client;
 #[derive(Debug, Subcommand)]
 pub enum InventoryCmd {
     /// Every certificate the agents found in use (nginx, Apache, HAProxy,
-    /// their `[discovery] paths`), managed by certfleet or not, soonest
-    /// expiry first. MANAGED names the certfleet certificate with the same
+    /// their `[discovery] paths`), managed by certfleet or not, agent by
+    /// agent, page by page. MANAGED names the certfleet certificate with the same
     /// fingerprint; `-` marks one certfleet does not renew.
     List {
         /// Only certificates that expire within this period (e.g. 30d);
@@ -72,15 +72,6 @@ pub enum InventoryCmd {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-}
-
-fn days_left(not_after: i64, now: i64) -> String {
-    let d = (not_after - now).div_euclid(86_400);
-    if not_after <= now {
-        "expired".into()
-    } else {
-        format!("{d}d")
-    }
 }
 
 /// `inventory list`, page by page: the certificates, then the problems of
@@ -138,46 +129,12 @@ async fn stream_list(
 fn show_list(out: &Output, list: &InventoryList) -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     out.emit(list, || {
-        let mut text = table(
-            &[
-                "NOT AFTER",
-                "LEFT",
-                "AGENT",
-                "SOURCE",
-                "SITE",
-                "TARGET",
-                "MANAGED",
-                "PATH",
-                "NAMES",
-            ],
-            list.items
-                .iter()
-                .map(|i| {
-                    let e = &i.entry;
-                    vec![
-                        e.not_after.map(|t| t.to_string()).unwrap_or("-".into()),
-                        e.not_after
-                            .map(|t| days_left(t.0, now))
-                            .unwrap_or("-".into()),
-                        i.agent_name.clone(),
-                        e.source.clone(),
-                        e.site.clone().unwrap_or("-".into()),
-                        e.target.clone().unwrap_or("-".into()),
-                        i.managed.clone().unwrap_or("-".into()),
-                        e.path.clone(),
-                        match &e.error {
-                            Some(err) => format!("error: {err}"),
-                            None => e.sans.join(","),
-                        },
-                    ]
-                })
-                .collect(),
-        );
+        let (header, rows) = rows_of(&PageRows::Inventory(list.items.clone()), now);
+        let mut text = table(header, rows);
         if !list.problems.is_empty() {
             text.push_str("\nProblems reported by the agents' last scans:\n");
-            for (agent, p) in &list.problems {
-                text.push_str(&format!("  {agent}: {p}\n"));
-            }
+            let (header, rows) = rows_of(&PageRows::InventoryProblems(list.problems.clone()), now);
+            text.push_str(&table(header, rows));
         }
         text
     })

@@ -166,6 +166,13 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
     )?;
     ensure!(none.is_empty(), "{none:?}");
 
+    // Audit times are RFC 3339 in the table, never epoch seconds.
+    let audit = String::from_utf8(cli(&ctl, &["audit", "list", "--limit", "5"])?.stdout)?;
+    let first = audit.lines().nth(1).unwrap_or_default();
+    let at = first.split_whitespace().nth(1).unwrap_or_default();
+    certfleet_tests::fleet::parse_rfc3339(at)
+        .with_context(|| format!("audit AT is not RFC 3339: {audit}"))?;
+
     // --limit: rows in all, across pages.
     let some = json_list(
         &ctl,

@@ -34,7 +34,9 @@ fn cli(ctl: &Controller, args: &[&str]) -> Result<Output> {
         .arg("--credential")
         .arg(ctl.credential_path())
         .args(args);
+    let started = Instant::now();
     let out = certfleet_tests::run_with_timeout(&mut cmd, certfleet_tests::CLI_TIMEOUT)?;
+    eprintln!("certfleet {}: {:?}", args.join(" "), started.elapsed());
     ensure!(
         out.status.success(),
         "`certfleet {}` failed: {}",

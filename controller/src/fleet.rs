@@ -293,7 +293,11 @@ impl Service {
                         action: "agent.token.create",
                         target: &row.id,
                         outcome: "ok",
-                        detail: &format!("uses={} expires_at={expires_at}", row.uses_left),
+                        detail: &format!(
+                            "uses={} expires_at={}",
+                            row.uses_left,
+                            Timestamp(expires_at)
+                        ),
                     },
                 )?;
                 tx.commit()?;

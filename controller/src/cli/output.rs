@@ -614,3 +614,18 @@ impl Output {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_use_the_largest_whole_unit() {
+        assert_eq!(relative(100, 100), "now");
+        assert_eq!(relative(100 + 12 * 86_400 + 5, 100), "in 12 d");
+        assert_eq!(relative(100, 100 + 3 * 3600 + 59), "3 h ago");
+        assert_eq!(relative(100, 100 + 90), "1 min ago");
+        // Far-off times saturate instead of overflowing.
+        assert!(relative(i64::MIN, i64::MAX).ends_with(" d ago"));
+    }
+}

@@ -6,7 +6,8 @@
 //! is therefore decided once, from the header and the first page: each
 //! column gets its widest cell (at most [`MAX_COLUMN`] characters), then
 //! the widest columns give way until the row fits the width (the terminal,
-//! else `$COLUMNS`, else no limit beyond [`MAX_COLUMN`]). Every page is a
+//! else `$COLUMNS`, else no limit beyond [`MAX_COLUMN`]); the last column,
+//! where every list keeps its free text, wraps first. Every page is a
 //! comfy-table with those same fixed column widths, so rows line up across
 //! pages, and a longer cell on a later page wraps within its column.
 
@@ -16,6 +17,9 @@ use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width};
 const MAX_COLUMN: usize = 60;
 /// Narrowest a column is squeezed to (a header may still be wider).
 const MIN_COLUMN: usize = 6;
+/// Narrowest the last (free text) column is squeezed to before the others
+/// give way.
+const LAST_COLUMN_MIN: usize = 24;
 /// Spaces between columns.
 const GAP: u16 = 2;
 
@@ -50,9 +54,19 @@ impl Layout {
                 .iter()
                 .map(|h| h.chars().count().max(MIN_COLUMN))
                 .collect();
-            // Shave the widest column one character at a time: the columns
-            // that gave way end up the same width, and narrow ones stay whole.
-            while widths.iter().sum::<usize>() + gaps > total {
+            let over = |w: &[usize]| w.iter().sum::<usize>() + gaps > total;
+            // The last column holds the free text of every list (domains,
+            // errors, audit details): it wraps first, down to a readable
+            // width, so ids and times stay on one line.
+            if let Some(last) = widths.len().checked_sub(1) {
+                let keep = floor[last].max(LAST_COLUMN_MIN).min(widths[last]);
+                while over(&widths) && widths[last] > keep {
+                    widths[last] -= 1;
+                }
+            }
+            // Then shave the widest column one character at a time: the
+            // columns that give way end up the same width, narrow ones stay.
+            while over(&widths) {
                 let Some((i, _)) = widths
                     .iter()
                     .enumerate()
@@ -148,5 +162,14 @@ mod tests {
         let rows = vec![row(&["cert-1", &"d".repeat(50)])];
         let layout = Layout::fit(&header, &rows, Some(30));
         assert_eq!(layout.widths, vec![6, 22]);
+        // The free-text last column wraps before ids and times do.
+        let header = ["ID", "AT", "DETAIL"];
+        let rows = vec![row(&[
+            "cert-0123456789",
+            "2026-12-01T01:00:52Z",
+            &"x".repeat(60),
+        ])];
+        let layout = Layout::fit(&header, &rows, Some(80));
+        assert_eq!(layout.widths, vec![15, 20, 41]);
     }
 }

@@ -106,20 +106,16 @@ async fn stream_list(
         Format::Table => {
             stream_to(client, &mut w, format, items, page, Empty::Header).await?;
             // Problems are a second table, only when there are any.
-            let mut section = Vec::new();
-            let n = stream_to(
+            let title = "\nProblems reported by the agents' last scans:";
+            stream_to(
                 client,
-                &mut section,
+                &mut w,
                 format,
                 problems,
                 &every,
-                Empty::Nothing,
+                Empty::Section(title),
             )
             .await?;
-            if n > 0 {
-                w.write_all(b"\nProblems reported by the agents' last scans:\n")?;
-                w.write_all(&section)?;
-            }
         }
     }
     w.flush()?;

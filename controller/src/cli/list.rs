@@ -39,6 +39,8 @@ struct Sink<W: Write> {
     printed: u64,
     layout: Option<Layout>,
     now: i64,
+    /// Printed before the first row of a table.
+    title: Option<&'static str>,
 }
 
 impl<W: Write> Sink<W> {
@@ -75,6 +77,9 @@ impl<W: Write> Sink<W> {
             Format::Table => {
                 let (header, cells) = rows_of(rows, self.now);
                 let first = self.layout.is_none();
+                if let (true, Some(t)) = (first, self.title) {
+                    writeln!(self.out, "{t}")?;
+                }
                 let layout = self
                     .layout
                     .get_or_insert_with(|| Layout::for_terminal(header, &cells));
@@ -136,8 +141,9 @@ pub(super) async fn stream(
 pub(super) enum Empty {
     /// Its header, so an empty list still shows its columns.
     Header,
-    /// Nothing (a section that only matters when it has rows).
-    Nothing,
+    /// Nothing: a section of a larger output that only matters when it
+    /// has rows; its title line is printed before its first row.
+    Section(&'static str),
 }
 
 /// Fetch `query` page by page into `out`; returns the rows printed.
@@ -156,6 +162,10 @@ pub(super) async fn stream_to<W: Write>(
         printed: 0,
         layout: None,
         now: time::OffsetDateTime::now_utc().unix_timestamp(),
+        title: match empty {
+            Empty::Section(t) => Some(t),
+            Empty::Header => None,
+        },
     };
     let mut token = None;
     loop {
@@ -193,7 +203,8 @@ pub(super) async fn stream_to<W: Write>(
             _ => break,
         }
     }
-    if !(empty == Empty::Nothing && sink.printed == 0 && sink.format == Format::Table) {
+    let silent = matches!(empty, Empty::Section(_)) && sink.printed == 0;
+    if !(silent && sink.format == Format::Table) {
         sink.finish(header)?;
     }
     Ok(sink.printed)
@@ -223,6 +234,7 @@ mod tests {
             printed: 0,
             layout: None,
             now: 0,
+            title: None,
         }
     }
 
@@ -246,6 +258,25 @@ mod tests {
         empty.finish(&["ID"]).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&empty.out).unwrap();
         assert_eq!(v, serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_section_title_comes_once_before_its_first_row() {
+        let mut s = sink(Format::Table);
+        s.title = Some("Problems:");
+        s.page(&PageRows::InventoryProblems(vec![(
+            "web-1".into(),
+            "a".into(),
+        )]))
+        .unwrap();
+        s.page(&PageRows::InventoryProblems(vec![(
+            "web-2".into(),
+            "b".into(),
+        )]))
+        .unwrap();
+        let text = String::from_utf8(s.out).unwrap();
+        assert!(text.starts_with("Problems:\nAGENT"), "{text}");
+        assert_eq!(text.matches("Problems:").count(), 1, "{text}");
     }
 
     #[test]

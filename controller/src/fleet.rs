@@ -272,7 +272,7 @@ fn valid_hostname(name: &str) -> bool {
 }
 
 impl Service {
-    fn agent_info(&self, a: &AgentRow) -> AgentInfo {
+    pub(crate) fn agent_info(&self, a: &AgentRow) -> AgentInfo {
         AgentInfo {
             id: a.id.clone(),
             name: a.name.clone(),
@@ -280,7 +280,8 @@ impl Service {
             targets: a.targets.clone(),
             version: a.version.clone(),
             enrolled_at: Timestamp(a.enrolled_at),
-            last_seen: a.last_seen.map(Timestamp),
+            // The store's time is at most a minute behind (see activity.rs).
+            last_seen: a.last_seen.max(self.activity.last(&a.id)).map(Timestamp),
             connected: self.sessions.is_connected(&a.id),
             identity_expires: a.identity_expires.map(Timestamp),
             clock_skew_secs: a.skew_secs,
@@ -334,7 +335,11 @@ impl Service {
                         action: "agent.token.create",
                         target: &row.id,
                         outcome: "ok",
-                        detail: &format!("uses={} expires_at={expires_at}", row.uses_left),
+                        detail: &format!(
+                            "uses={} expires_at={}",
+                            row.uses_left,
+                            Timestamp(expires_at)
+                        ),
                     },
                 )?;
                 tx.commit()?;

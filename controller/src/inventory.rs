@@ -78,6 +78,103 @@ fn replace(conn: &Connection, agent: &str, report: &InventoryReport, now: i64) -
     Ok(())
 }
 
+/// The columns [`item_from_row`] reads, from `inventory i`, `agents a`
+/// and `inventory_scans s`.
+const ITEM_COLS: &str = "i.agent, a.name, s.scanned_at, i.path, i.source, i.site, i.target, \
+    i.subject, i.sans, i.issuer, i.serial, i.not_before, i.not_after, i.fingerprint, i.error, \
+    COALESCE( \
+      (SELECT c.id FROM certificates c WHERE c.fingerprint = i.fingerprint), \
+      (SELECT COALESCE(d.installed_cert, d.desired_cert) FROM deployments d \
+       WHERE d.agent = i.agent AND d.target = i.target))";
+
+fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InventoryItem> {
+    let sans: String = r.get(8)?;
+    Ok(InventoryItem {
+        agent: r.get(0)?,
+        agent_name: r.get(1)?,
+        scanned_at: Timestamp(r.get(2)?),
+        entry: InventoryEntry {
+            path: r.get(3)?,
+            source: r.get(4)?,
+            site: r.get(5)?,
+            target: r.get(6)?,
+            subject: r.get(7)?,
+            sans: serde_json::from_str(&sans).unwrap_or_default(),
+            issuer: r.get(9)?,
+            serial: r.get(10)?,
+            not_before: r.get::<_, Option<i64>>(11)?.map(Timestamp),
+            not_after: r.get::<_, Option<i64>>(12)?.map(Timestamp),
+            fingerprint: r.get(13)?,
+            error: r.get(14)?,
+        },
+        managed: r.get(15)?,
+    })
+}
+
+/// One page of discovered certificates in key order (agent id, position
+/// in its report), after `after`; with `agent` only that agent's, with
+/// `not_after_before` only those readable and expiring by then.
+pub(crate) fn inventory_page(
+    conn: &Connection,
+    agent: Option<&str>,
+    not_after_before: Option<i64>,
+    after: (&str, i64),
+    limit: u32,
+) -> Result<Vec<(i64, InventoryItem)>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {ITEM_COLS}, i.position
+             FROM inventory i
+             JOIN agents a ON a.id = i.agent AND a.removed_at IS NULL
+             JOIN inventory_scans s ON s.agent = i.agent
+             WHERE (i.agent, i.position) > (?1, ?2)
+               AND (?3 IS NULL OR i.agent = ?3)
+               AND (?4 IS NULL OR (i.not_after IS NOT NULL AND i.not_after <= ?4))
+             ORDER BY i.agent, i.position LIMIT ?5"
+        ))
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(
+            params![after.0, after.1, agent, not_after_before, limit],
+            |r| Ok((r.get(16)?, item_from_row(r)?)),
+        )
+        .map_err(sql)?;
+    rows.collect::<std::result::Result<_, _>>().map_err(sql)
+}
+
+/// An agent's id and the `(agent name, problem)` pairs of its last scan.
+pub(crate) type AgentProblems = (String, Vec<(String, String)>);
+
+/// One page of agents' scan problems, by agent id after `after`.
+pub(crate) fn problems_page(
+    conn: &Connection,
+    agent: Option<&str>,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<AgentProblems>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT s.agent, a.name, s.problems FROM inventory_scans s
+             JOIN agents a ON a.id = s.agent AND a.removed_at IS NULL
+             WHERE s.agent > ?1 AND (?2 IS NULL OR s.agent = ?2)
+             ORDER BY s.agent LIMIT ?3",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(params![after, agent, limit], |r| {
+            let name: String = r.get(1)?;
+            let list: String = r.get(2)?;
+            let problems = serde_json::from_str::<Vec<String>>(&list)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| (name.clone(), p))
+                .collect();
+            Ok((r.get(0)?, problems))
+        })
+        .map_err(sql)?;
+    rows.collect::<std::result::Result<_, _>>().map_err(sql)
+}
+
 /// Every discovered certificate of agents still enrolled (of one agent when
 /// given), with the certfleet certificate that manages it: the one of the
 /// same fingerprint, else the one deployed to the agent's target that holds
@@ -86,44 +183,17 @@ fn replace(conn: &Connection, agent: &str, report: &InventoryReport, now: i64) -
 /// agent's next scan sees the replacement.
 fn load(conn: &Connection, agent: Option<&str>) -> Result<InventoryList> {
     let mut stmt = conn
-        .prepare(
-            "SELECT i.agent, a.name, s.scanned_at, i.path, i.source, i.site, i.target, i.subject,
-                    i.sans, i.issuer, i.serial, i.not_before, i.not_after, i.fingerprint, i.error,
-                    COALESCE(
-                      (SELECT c.id FROM certificates c WHERE c.fingerprint = i.fingerprint),
-                      (SELECT COALESCE(d.installed_cert, d.desired_cert) FROM deployments d
-                       WHERE d.agent = i.agent AND d.target = i.target))
+        .prepare(&format!(
+            "SELECT {ITEM_COLS}
              FROM inventory i
              JOIN agents a ON a.id = i.agent AND a.removed_at IS NULL
              JOIN inventory_scans s ON s.agent = i.agent
              WHERE ?1 IS NULL OR i.agent = ?1
-             ORDER BY a.name, i.position",
-        )
+             ORDER BY a.name, i.position"
+        ))
         .map_err(sql)?;
     let items = stmt
-        .query_map([agent], |r| {
-            let sans: String = r.get(8)?;
-            Ok(InventoryItem {
-                agent: r.get(0)?,
-                agent_name: r.get(1)?,
-                scanned_at: Timestamp(r.get(2)?),
-                entry: InventoryEntry {
-                    path: r.get(3)?,
-                    source: r.get(4)?,
-                    site: r.get(5)?,
-                    target: r.get(6)?,
-                    subject: r.get(7)?,
-                    sans: serde_json::from_str(&sans).unwrap_or_default(),
-                    issuer: r.get(9)?,
-                    serial: r.get(10)?,
-                    not_before: r.get::<_, Option<i64>>(11)?.map(Timestamp),
-                    not_after: r.get::<_, Option<i64>>(12)?.map(Timestamp),
-                    fingerprint: r.get(13)?,
-                    error: r.get(14)?,
-                },
-                managed: r.get(15)?,
-            })
-        })
+        .query_map([agent], item_from_row)
         .map_err(sql)?
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(sql)?;

@@ -4,6 +4,7 @@
 //! reconcilers); every other subcommand is a client of a running controller.
 
 pub mod ca;
+pub mod activity;
 pub mod challenge;
 pub mod check;
 pub mod cli;
@@ -15,9 +16,11 @@ pub mod identity;
 pub mod inventory;
 pub mod issuer;
 pub mod plan;
+pub mod list;
 pub mod renewal;
 pub mod rollout;
 pub mod seal;
+pub mod seed;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -114,6 +114,8 @@ pub struct Service {
     pub(crate) rollout_wake: tokio::sync::Notify,
     /// Wakes the renewal reconciler.
     pub(crate) renewal_wake: tokio::sync::Notify,
+    /// Agents' last activity, kept in memory and stored coarsely.
+    pub(crate) activity: crate::activity::Activity,
 }
 
 pub(crate) fn key_aad(cert_id: &str) -> String {
@@ -163,6 +165,7 @@ impl Service {
                 sessions: Default::default(),
                 rollout_wake: tokio::sync::Notify::new(),
                 renewal_wake: tokio::sync::Notify::new(),
+                activity: Default::default(),
             }),
             rx,
         )
@@ -1658,7 +1661,7 @@ fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<
 }
 
 /// A certificate's public description with its renewal state filled in.
-fn with_renewal(conn: &Connection, row: CertRow) -> Result<CertInfo> {
+pub(crate) fn with_renewal(conn: &Connection, row: CertRow) -> Result<CertInfo> {
     let renewal = crate::renewal::info(conn, &row)?;
     let mut info = row.info;
     info.renewal = renewal;

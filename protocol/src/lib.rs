@@ -7,6 +7,7 @@
 //! than the frame limit.
 
 pub mod frame;
+pub mod list;
 pub mod message;
 pub mod name;
 pub mod secret;

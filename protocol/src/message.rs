@@ -58,6 +58,37 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// Labels as a map: `{"role":"web"}` in JSON. Postcard encodes a map
+/// exactly as it encodes a sequence of pairs (a length, then key and value
+/// of each), so the wire bytes are those of `Vec<(String, String)>`.
+pub mod labels {
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(labels: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(labels.iter().map(|(k, v)| (k, v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = Vec<(String, String)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of label names to values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // The hint comes from the peer: bound what it may reserve.
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(pair) = map.next_entry()? {
+                    out.push(pair);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Pairs)
+    }
+}
+
 /// First message of a connection, from the connecting side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -330,6 +361,7 @@ pub struct JoinToken {
     pub id: String,
     /// `sha256:<hex>` of the identity CA's public key.
     pub ca_pin: String,
+    #[serde(with = "labels")]
     pub labels: Vec<(String, String)>,
     pub uses: u32,
     pub expires_at: Timestamp,
@@ -396,6 +428,7 @@ pub struct AgentHello {
 pub struct AgentInfo {
     pub id: String,
     pub name: String,
+    #[serde(with = "labels")]
     pub labels: Vec<(String, String)>,
     pub targets: Vec<TargetInfo>,
     pub version: Option<String>,
@@ -834,6 +867,11 @@ pub enum Request {
     /// Plan a request through the code that would carry it out, and change
     /// nothing (`--dry-run`): answered with `Plan`.
     DryRun(Planned),
+    /// One page of a list (see [`crate::list`]).
+    List {
+        query: crate::list::ListQuery,
+        page: crate::list::PageRequest,
+    },
 }
 
 /// Broad class of a failed request, so clients can choose exit codes.
@@ -888,6 +926,7 @@ pub enum Response {
     Adoption(AdoptionInfo),
     CaRoot(CaRoot),
     Plan(Plan),
+    Page(crate::list::ListPage),
 }
 
 /// `certfleet ca root`: what anchors an issuer's certificates.
@@ -1284,6 +1323,16 @@ mod tests {
                 validity_days: None,
                 key: KeyType::EcdsaP256,
             }),
+            Request::List {
+                query: crate::list::ListQuery::Deployments {
+                    certificate: Some("cert-1".into()),
+                    agent: None,
+                },
+                page: crate::list::PageRequest {
+                    limit: 500,
+                    continue_token: Some("c1.00".into()),
+                },
+            },
         ]
     }
 
@@ -1451,6 +1500,18 @@ mod tests {
                 }),
                 outcome: None,
             }),
+            Response::Page(crate::list::ListPage {
+                rows: crate::list::PageRows::Audit(vec![AuditEntry {
+                    id: 9,
+                    at: Timestamp(9),
+                    actor: "admin".into(),
+                    action: "cert.revoke".into(),
+                    target: "cert-1".into(),
+                    outcome: "refused".into(),
+                    detail: "still deployed".into(),
+                }]),
+                continue_token: None,
+            }),
         ]
     }
 
@@ -1529,6 +1590,45 @@ mod tests {
         assert_eq!(json["not_before"], "2023-11-14T22:13:20Z");
         let back: CertInfo = serde_json::from_value(json).unwrap();
         assert_eq!(back, cert());
+    }
+
+    #[test]
+    fn labels_are_a_json_object_and_pairs_on_the_wire() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Map {
+            #[serde(with = "labels")]
+            labels: Vec<(String, String)>,
+        }
+        #[derive(Serialize)]
+        struct Pairs {
+            labels: Vec<(String, String)>,
+        }
+        let pairs = vec![
+            ("role".to_string(), "web".to_string()),
+            ("env".into(), "prod".into()),
+        ];
+        let map = Map {
+            labels: pairs.clone(),
+        };
+        let json = serde_json::to_value(&map).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"labels": {"role": "web", "env": "prod"}})
+        );
+        // Same postcard bytes as the pair list the wire carried before.
+        assert_eq!(
+            postcard::to_stdvec(&map).unwrap(),
+            postcard::to_stdvec(&Pairs { labels: pairs }).unwrap()
+        );
+        round_trip_map(&map);
+    }
+
+    fn round_trip_map<T>(msg: &T)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let back: T = postcard::from_bytes(&postcard::to_stdvec(msg).unwrap()).unwrap();
+        assert_eq!(&back, msg);
     }
 
     #[test]

@@ -9,15 +9,21 @@ use certfleet_protocol::message::{
 };
 use clap::Subcommand;
 
-use super::output::{fields, table, Output};
+use std::io::Write;
+
+use certfleet_protocol::list::{ListQuery, PageRows};
+
+use super::list::{stream_to, Empty, ListArgs};
+use super::output::{fields, rows_of, Output};
+use super::table::table;
 use super::{parse_named, wait_application, Format};
 use crate::client::Client;
 
 #[derive(Debug, Subcommand)]
 pub enum InventoryCmd {
     /// Every certificate the agents found in use (nginx, Apache, HAProxy,
-    /// their `[discovery] paths`), managed by certfleet or not, soonest
-    /// expiry first. MANAGED names the certfleet certificate with the same
+    /// their `[discovery] paths`), managed by certfleet or not, agent by
+    /// agent, page by page. MANAGED names the certfleet certificate with the same
     /// fingerprint; `-` marks one certfleet does not renew.
     List {
         /// Only certificates that expire within this period (e.g. 30d);
@@ -30,6 +36,10 @@ pub enum InventoryCmd {
         /// Same as --output json (kept for older scripts).
         #[arg(long, hide = true)]
         json: bool,
+        /// --limit and --page-size count certificates; the agents'
+        /// problems follow them in full.
+        #[command(flatten)]
+        page: ListArgs,
     },
     /// Ask a connected agent to scan now, and show what it found.
     Scan {
@@ -70,58 +80,63 @@ pub enum InventoryCmd {
     },
 }
 
-fn days_left(not_after: i64, now: i64) -> String {
-    let d = (not_after - now).div_euclid(86_400);
-    if not_after <= now {
-        "expired".into()
-    } else {
-        format!("{d}d")
+/// `inventory list`, page by page: the certificates, then the problems of
+/// the agents' last scans. JSON keeps the shape of [`InventoryList`]
+/// (`{"items": [...], "problems": [...]}`), streamed.
+async fn stream_list(
+    client: &Client,
+    format: Format,
+    expiring_within_secs: Option<i64>,
+    agent: Option<String>,
+    page: &ListArgs,
+) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    let items = ListQuery::Inventory {
+        expiring_within_secs,
+        agent: agent.clone(),
+    };
+    let problems = ListQuery::InventoryProblems { agent };
+    let every = ListArgs {
+        limit: None,
+        page_size: page.page_size,
+    };
+    match format {
+        Format::Json => {
+            w.write_all(b"{\n\"items\": ")?;
+            stream_to(client, &mut w, format, items, page, Empty::Header).await?;
+            w.write_all(b",\n\"problems\": ")?;
+            stream_to(client, &mut w, format, problems, &every, Empty::Header).await?;
+            w.write_all(b"}\n")?;
+        }
+        Format::Table => {
+            stream_to(client, &mut w, format, items, page, Empty::Header).await?;
+            // Problems are a second table, only when there are any.
+            let title = "\nProblems reported by the agents' last scans:";
+            stream_to(
+                client,
+                &mut w,
+                format,
+                problems,
+                &every,
+                Empty::Section(title),
+            )
+            .await?;
+        }
     }
+    w.flush()?;
+    Ok(())
 }
 
 fn show_list(out: &Output, list: &InventoryList) -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     out.emit(list, || {
-        let mut text = table(
-            &[
-                "NOT AFTER",
-                "LEFT",
-                "AGENT",
-                "SOURCE",
-                "SITE",
-                "TARGET",
-                "MANAGED",
-                "PATH",
-                "NAMES",
-            ],
-            list.items
-                .iter()
-                .map(|i| {
-                    let e = &i.entry;
-                    vec![
-                        e.not_after.map(|t| t.to_string()).unwrap_or("-".into()),
-                        e.not_after
-                            .map(|t| days_left(t.0, now))
-                            .unwrap_or("-".into()),
-                        i.agent_name.clone(),
-                        e.source.clone(),
-                        e.site.clone().unwrap_or("-".into()),
-                        e.target.clone().unwrap_or("-".into()),
-                        i.managed.clone().unwrap_or("-".into()),
-                        e.path.clone(),
-                        match &e.error {
-                            Some(err) => format!("error: {err}"),
-                            None => e.sans.join(","),
-                        },
-                    ]
-                })
-                .collect(),
-        );
+        let (header, rows) = rows_of(&PageRows::Inventory(list.items.clone()), now);
+        let mut text = table(header, rows);
         if !list.problems.is_empty() {
             text.push_str("\nProblems reported by the agents' last scans:\n");
-            for (agent, p) in &list.problems {
-                text.push_str(&format!("  {agent}: {p}\n"));
-            }
+            let (header, rows) = rows_of(&PageRows::InventoryProblems(list.problems.clone()), now);
+            text.push_str(&table(header, rows));
         }
         text
     })
@@ -148,20 +163,11 @@ pub(super) async fn run(client: &Client, cmd: InventoryCmd, out: &Output) -> any
             expiring_within,
             agent,
             json,
+            page,
         } => {
             let secs = expiring_within.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            let r = client
-                .call(&Request::InventoryList {
-                    expiring_within_secs: secs,
-                    agent,
-                })
-                .await?;
-            let list = expect_response!(r, Inventory);
-            if json {
-                show_list(&Output::new(Format::Json), &list)
-            } else {
-                show_list(out, &list)
-            }
+            let format = if json { Format::Json } else { out.format() };
+            stream_list(client, format, secs, agent, &page).await
         }
         InventoryCmd::Scan { agent } => {
             let r = client.call(&Request::InventoryScan { agent }).await?;

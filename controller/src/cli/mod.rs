@@ -13,9 +13,11 @@ macro_rules! expect_response {
 
 mod download;
 mod inventory;
+mod list;
 mod output;
 mod plan;
 mod rollout;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +31,10 @@ use certfleet_protocol::message::{
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::client::{Client, Credential};
+use certfleet_protocol::list::ListQuery;
+
+/// Rows `audit list` prints without `--limit`: the log only grows.
+const DEFAULT_AUDIT_ROWS: u64 = 100;
 
 use crate::server::{self, ServeOptions};
 use output::Output;
@@ -135,8 +141,8 @@ pub enum AgentCmd {
     /// Join tokens for `certfleet-agent enroll`.
     #[command(subcommand)]
     Token(TokenCmd),
-    /// List enrolled agents.
-    List,
+    /// List enrolled agents, by id.
+    List(list::ListArgs),
     /// Show one agent.
     Show {
         /// Agent id or unique name.
@@ -202,6 +208,8 @@ pub enum DeploymentCmd {
         /// Only deployments on this agent (id or unique name).
         #[arg(long)]
         agent: Option<String>,
+        #[command(flatten)]
+        page: list::ListArgs,
     },
 }
 
@@ -252,8 +260,8 @@ pub enum IssuerCmd {
         #[command(flatten)]
         acme: Box<AcmeArgs>,
     },
-    /// List issuers.
-    List,
+    /// List issuers, by name.
+    List(list::ListArgs),
     /// Show one issuer (for ACME: directory, account URL, default challenge).
     Show { name: String },
 }
@@ -324,8 +332,8 @@ pub enum InstanceCmd {
         #[arg(long)]
         renew_before_days: Option<u32>,
     },
-    /// List instances.
-    List,
+    /// List instances, by id.
+    List(list::ListArgs),
     /// Show one instance.
     Show { id: String },
 }
@@ -351,12 +359,14 @@ pub enum CertCmd {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// List certificates, soonest expiry first.
+    /// List certificates, by id (PEMs are in `cert show` and `cert download`).
     List {
         /// Only certificates in service that expire within this period
         /// (e.g. 30d, 12h).
         #[arg(long, value_parser = humantime::parse_duration)]
         expiring_within: Option<Duration>,
+        #[command(flatten)]
+        page: list::ListArgs,
     },
     /// Show one certificate.
     Show { id: String },
@@ -434,12 +444,9 @@ pub enum CaCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
-    /// The newest audit entries, oldest first.
-    List {
-        /// How many of the newest entries to print.
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
+    /// Audit entries, newest first: the newest 100 unless --limit says
+    /// how many.
+    List(list::ListArgs),
 }
 
 fn parse_named<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> {
@@ -732,9 +739,8 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             let r = client.call(&Request::IssuerShow { name }).await?;
             out.issuer(&expect_response!(r, Issuer))
         }
-        Command::Issuer(IssuerCmd::List) => {
-            let r = client.call(&Request::IssuerList).await?;
-            out.issuers(&expect_response!(r, Issuers))
+        Command::Issuer(IssuerCmd::List(page)) => {
+            list::stream(client, out.format(), ListQuery::Issuers, &page).await
         }
         Command::Instance(InstanceCmd::Create {
             issuer,
@@ -758,9 +764,8 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
                 .await?;
             out.instance(&expect_response!(r, Instance))
         }
-        Command::Instance(InstanceCmd::List) => {
-            let r = client.call(&Request::InstanceList).await?;
-            out.instances(&expect_response!(r, Instances))
+        Command::Instance(InstanceCmd::List(page)) => {
+            list::stream(client, out.format(), ListQuery::Instances, &page).await
         }
         Command::Instance(InstanceCmd::Show { id }) => {
             let r = client.call(&Request::InstanceShow { id }).await?;
@@ -801,14 +806,15 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             let r = client.call(&Request::ApplicationShow { id }).await?;
             out.application(&expect_response!(r, Application))
         }
-        Command::Cert(CertCmd::List { expiring_within }) => {
+        Command::Cert(CertCmd::List {
+            expiring_within,
+            page,
+        }) => {
             let secs = expiring_within.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            let r = client
-                .call(&Request::CertList {
-                    expiring_within_secs: secs,
-                })
-                .await?;
-            out.certs(&expect_response!(r, Certificates))
+            let query = ListQuery::Certificates {
+                expiring_within_secs: secs,
+            };
+            list::stream(client, out.format(), query, &page).await
         }
         Command::Cert(CertCmd::Show { id }) => {
             let r = client.call(&Request::CertShow { id }).await?;
@@ -887,9 +893,9 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
                 std::slice::from_ref(&path),
             )
         }
-        Command::Audit(AuditCmd::List { limit }) => {
-            let r = client.call(&Request::AuditList { limit }).await?;
-            out.audit(&expect_response!(r, Audit))
+        Command::Audit(AuditCmd::List(mut page)) => {
+            page.limit = page.limit.or(Some(DEFAULT_AUDIT_ROWS));
+            list::stream(client, out.format(), ListQuery::Audit, &page).await
         }
         Command::Agent(AgentCmd::Token(TokenCmd::Create { labels, ttl, uses })) => {
             let labels =
@@ -903,9 +909,8 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
                 .await?;
             out.token(&expect_response!(r, Token))
         }
-        Command::Agent(AgentCmd::List) => {
-            let r = client.call(&Request::AgentList).await?;
-            out.agents(&expect_response!(r, Agents))
+        Command::Agent(AgentCmd::List(page)) => {
+            list::stream(client, out.format(), ListQuery::Agents, &page).await
         }
         Command::Agent(AgentCmd::Show { id }) => {
             let r = client.call(&Request::AgentShow { id }).await?;
@@ -940,14 +945,12 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
                 out.rollout(&rollout)
             }
         }
-        Command::Deployment(DeploymentCmd::List { cert, agent }) => {
-            let r = client
-                .call(&Request::DeploymentList {
-                    certificate: cert,
-                    agent,
-                })
-                .await?;
-            out.deployments(&expect_response!(r, Deployments))
+        Command::Deployment(DeploymentCmd::List { cert, agent, page }) => {
+            let query = ListQuery::Deployments {
+                certificate: cert,
+                agent,
+            };
+            list::stream(client, out.format(), query, &page).await
         }
     }
 }

@@ -45,8 +45,9 @@ impl StrategyArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCmd {
-    /// List rollouts, newest first.
-    List,
+    /// List rollouts, by id, with target counts (`rollout show` has every
+    /// target).
+    List(super::list::ListArgs),
     /// Show a rollout: strategy, waves, and every target's state and error.
     Show { id: String },
     /// Follow a rollout until it ends; exits 0 when it completes, non-zero
@@ -239,9 +240,9 @@ pub(super) async fn wait(
 
 pub(super) async fn run(client: &Client, cmd: RolloutCmd, out: &Output) -> anyhow::Result<()> {
     let r = match cmd {
-        RolloutCmd::List => {
-            let r = client.call(&Request::RolloutList).await?;
-            return out.rollouts(&expect_response!(r, Rollouts));
+        RolloutCmd::List(page) => {
+            let query = certfleet_protocol::list::ListQuery::Rollouts;
+            return super::list::stream(client, out.format(), query, &page).await;
         }
         RolloutCmd::Show { id } => client.call(&Request::RolloutShow { id }).await?,
         RolloutCmd::Watch { id, timeout } => return wait(client, &id, timeout, out).await,

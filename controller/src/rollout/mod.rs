@@ -61,7 +61,7 @@ pub fn spec_from_strategy(s: &Strategy) -> StrategySpec {
     }
 }
 
-fn parse_strategy(text: &str) -> Result<Strategy> {
+pub(crate) fn parse_strategy(text: &str) -> Result<Strategy> {
     serde_json::from_str(text).map_err(|e| internal(format!("stored rollout strategy: {e}")))
 }
 

@@ -290,7 +290,30 @@ async fn serve_stream(
         Some(p) => agent_request(&ctx, p, request).await,
         None => enroll_request(&ctx, request).await,
     };
-    match frame::write(&mut send, &response, DEFAULT_MAX_FRAME).await {
+    // An answer too large for a frame becomes an error the client can
+    // show, instead of a reset stream it could only call a stream error.
+    // Paged lists never get here (list.rs bounds every page).
+    let bytes = match frame::encode(&response, DEFAULT_MAX_FRAME) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "response too large for a frame; answering with an error");
+            let refusal = Response::Error(RpcError {
+                kind: ErrorKind::Internal,
+                message: format!(
+                    "the answer does not fit in one message ({e}); \
+                     use a paged list command or a narrower filter"
+                ),
+            });
+            match frame::encode(&refusal, DEFAULT_MAX_FRAME) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(error = %e, "could not encode the error response");
+                    return;
+                }
+            }
+        }
+    };
+    match send.write_all(&bytes).await {
         Ok(()) => {
             let _ = send.finish();
         }
@@ -493,6 +516,7 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
         Request::InventoryScan { agent } => {
             svc.inventory_scan(agent).await.map(Response::Inventory)
         }
+        Request::List { query, page } => svc.list_page(query, page).await.map(Response::Page),
         Request::InventoryAdopt {
             agent,
             certificate,
@@ -547,6 +571,7 @@ fn denied(message: &str) -> Response {
 async fn agent_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Response {
     let svc = &ctx.service;
     let agent = peer.subject.clone();
+    svc.note_agent_activity(&agent).await;
     let result = match request {
         Request::AgentHello(hello) => svc.agent_hello(agent, hello).await.map(|()| Response::Ack),
         Request::DesiredState => svc.desired_state(agent).await.map(Response::Desired),

@@ -16,6 +16,7 @@
 //! disk — the same promise as `synchronous=FULL`.
 
 mod migrations;
+pub mod page;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -32,7 +32,7 @@ pub(crate) const OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
     ("instance list", Some(("InstanceInfo", true))),
     ("instance show", Some(("InstanceInfo", false))),
     ("cert apply", Some(("ApplicationInfo", false))),
-    ("cert list", Some(("CertInfo", true))),
+    ("cert list", Some(("CertSummary", true))),
     ("cert show", Some(("CertInfo", false))),
     ("cert download", Some(("FilesWritten", false))),
     ("cert revoke", Some(("CertInfo", false))),
@@ -46,7 +46,7 @@ pub(crate) const OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
     ("agent remove", Some(("AgentInfo", false))),
     ("deploy", Some(("RolloutInfo", false))),
     ("deployment list", Some(("DeploymentInfo", true))),
-    ("rollout list", Some(("RolloutInfo", true))),
+    ("rollout list", Some(("RolloutSummary", true))),
     ("rollout show", Some(("RolloutInfo", false))),
     ("rollout watch", Some(("RolloutInfo", false))),
     ("rollout pause", Some(("RolloutInfo", false))),
@@ -327,6 +327,8 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::AdoptionInfo>(&mut t)?;
     trace::<m::InventoryReport>(&mut t)?;
     trace::<certfleet_agent::state::AgentState>(&mut t)?;
+    trace::<certfleet_protocol::list::CertSummary>(&mut t)?;
+    trace::<certfleet_protocol::list::RolloutSummary>(&mut t)?;
     trace::<m::CaRoot>(&mut t)?;
     trace::<m::Plan>(&mut t)?;
     trace::<m::PlanOutcome>(&mut t)?;

@@ -11,17 +11,15 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{Hello, HelloReply, Request, Response, RpcError};
-use certfleet_protocol::skew::Skew;
+use certfleet_protocol::skew::{SkewSeen, SkewWatch};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 use crate::clock::Clock;
 
@@ -101,71 +99,6 @@ pub fn create_private_file(path: &Path, mode: u32) -> std::io::Result<std::fs::F
         .truncate(true)
         .mode(mode)
         .open(path)
-}
-
-/// What the handshake's certificate check saw, when the controller's
-/// certificate failed only on its validity dates.
-type SkewSeen = Arc<Mutex<Option<Skew>>>;
-
-/// The WebPKI check of the controller's certificate, remembering a failure
-/// that is only about validity dates: the error can then say "clock skew"
-/// and by how much instead of blaming the credential.
-#[derive(Debug)]
-struct SkewWatch {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    seen: SkewSeen,
-}
-
-impl ServerCertVerifier for SkewWatch {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        use rustls::CertificateError as C;
-        let result =
-            self.inner
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        let secs = |t: UnixTime| i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
-        let skew = match &result {
-            Err(rustls::Error::InvalidCertificate(C::NotValidYetContext { time, not_before })) => {
-                Some(Skew::not_yet_valid(secs(*time), secs(*not_before)))
-            }
-            Err(rustls::Error::InvalidCertificate(C::ExpiredContext { time, not_after })) => {
-                Some(Skew::expired(secs(*time), secs(*not_after)))
-            }
-            _ => None,
-        };
-        if skew.is_some() {
-            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = skew;
-        }
-        result
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 /// rustls reads the time through the CLI's clock, so the end-to-end tests'
@@ -264,16 +197,13 @@ pub async fn connect(addr: SocketAddr, cred: &Credential) -> anyhow::Result<quin
         .with_context(|| format!("cannot connect to {addr}"))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => {
-            let skew = *skew.lock().unwrap_or_else(|p| p.into_inner());
-            match skew {
-                Some(skew) => Err(anyhow!(
-                    "TLS handshake with the controller at {addr} failed: {}",
-                    skew.explain("the controller")
-                )),
-                None => Err(explain(addr, e)),
-            }
-        }
+        Ok(Err(e)) => match certfleet_protocol::skew::seen(&skew) {
+            Some(skew) => Err(anyhow!(
+                "TLS handshake with the controller at {addr} failed: {}",
+                skew.explain("the controller")
+            )),
+            None => Err(explain(addr, e)),
+        },
         Err(_) => Err(explain(addr, quinn::ConnectionError::TimedOut)),
     }
 }

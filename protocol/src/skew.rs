@@ -3,7 +3,9 @@
 //! when that fails only because the certificate is not valid *yet* or *any
 //! more*, the cause is almost always a clock that is off, and saying so
 //! (with the offset) beats "the credential does not belong to this
-//! controller". Pure: the caller passes both times.
+//! controller". Pure: the caller passes both times. With the `tls` feature,
+//! [`SkewWatch`] is the rustls certificate check that records such a
+//! failure for the caller's error message.
 
 /// How a peer certificate's validity compares with this host's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,91 @@ pub fn duration(secs: u64) -> String {
         (0, 0, _) => format!("{m} min {s} s"),
         (0, _, _) => format!("{h} h {m} min"),
         _ => format!("{d} d {h} h"),
+    }
+}
+
+#[cfg(feature = "tls")]
+pub use self::tls::{seen, SkewSeen, SkewWatch};
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::sync::{Arc, Mutex};
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    use super::Skew;
+
+    /// What the handshake's certificate check saw, when the controller's
+    /// certificate failed only on its validity dates.
+    pub type SkewSeen = Arc<Mutex<Option<Skew>>>;
+
+    /// The WebPKI check of the controller's certificate, remembering a failure
+    /// that is only about validity dates: the error can then say "clock skew"
+    /// and by how much instead of blaming the credential.
+    #[derive(Debug)]
+    pub struct SkewWatch {
+        pub inner: Arc<rustls::client::WebPkiServerVerifier>,
+        pub seen: SkewSeen,
+    }
+
+    impl ServerCertVerifier for SkewWatch {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            use rustls::CertificateError as C;
+            let result =
+                self.inner
+                    .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+            let secs = |t: UnixTime| i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+            let skew = match &result {
+                Err(rustls::Error::InvalidCertificate(C::NotValidYetContext {
+                    time,
+                    not_before,
+                })) => Some(Skew::not_yet_valid(secs(*time), secs(*not_before))),
+                Err(rustls::Error::InvalidCertificate(C::ExpiredContext { time, not_after })) => {
+                    Some(Skew::expired(secs(*time), secs(*not_after)))
+                }
+                _ => None,
+            };
+            if skew.is_some() {
+                *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = skew;
+            }
+            result
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
+    /// The skew a [`SkewWatch`] recorded, if its last check failed on dates.
+    pub fn seen(seen: &SkewSeen) -> Option<Skew> {
+        *seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -1,13 +1,17 @@
 //! A clock that is off shows up at the TLS handshake as a certificate that
 //! is not valid yet (or any more); the CLI says "clock skew" and by how much,
 //! not that the credential belongs to another controller. The CLI's clock
-//! is moved with the test seam its rustls time provider reads
-//! (`CERTFLEET_CLOCK_OFFSET_FILE`), as a wrong system clock would be.
+//! and the agent's are moved with the test seam their rustls time providers
+//! read (`CERTFLEET_CLOCK_OFFSET_FILE`), as a wrong system clock would be.
 
 use std::fs;
+use std::time::Duration;
 
 use anyhow::Result;
-use certfleet_tests::{expect_cli_error, run_with_timeout, Controller, CLI_TIMEOUT};
+use certfleet_tests::fleet::{token, write_clock_offset, Agent, CLOCK_OFFSET_ENV};
+use certfleet_tests::{
+    expect_cli_error, run_with_timeout, utf8, wait_for, Controller, CLI_TIMEOUT,
+};
 
 /// Runs `certfleet issuer list` against `ctl` with the CLI's clock moved by
 /// `offset` seconds; returns its error message.
@@ -61,5 +65,31 @@ fn cli_clock_past_the_controller_certificate_is_named_too() -> Result<()> {
         "{err}"
     );
     assert!(!err.contains("does not belong"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn agent_clock_behind_the_controller_is_named_clock_skew_in_its_log() -> Result<()> {
+    let ctl = Controller::start()?;
+    let (tok, pin) = token(&ctl, &[])?;
+    let mut agent = Agent::new(&ctl, "")?;
+    agent.enroll(&ctl, &tok, &pin)?;
+    // The agent's host runs 3 h 12 min slow; it reads the controller's
+    // certificate (made 5 min before the controller started) as starting
+    // 3 h 7 min in its future.
+    let offset = agent.dir.join("clock-offset");
+    write_clock_offset(&offset, -(3 * 3600 + 12 * 60))?;
+    agent.set_env(CLOCK_OFFSET_ENV, utf8(&offset)?);
+    agent.start()?;
+    let log = wait_for(Duration::from_secs(30), "a clock skew message", || {
+        let log = agent.log_text();
+        Ok(log.contains("clock skew").then_some(log))
+    })?;
+    assert!(
+        log.contains("3 h 7 min behind the controller's certificate validity")
+            || log.contains("3 h 6 min behind the controller's certificate validity"),
+        "{log}"
+    );
+    assert!(!log.contains("does not belong"), "{log}");
     Ok(())
 }

@@ -182,4 +182,37 @@ mod tests {
         assert!(text.contains("unknown issuer"), "{text}");
         assert!(text.contains("--ca-bundle"), "{text}");
     }
+
+    #[test]
+    fn every_cause_has_its_words() {
+        let url = "https://ca.test/dir";
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(classify(url, &timed_out).to_string().contains("timed out"));
+        for (cert, words) in [
+            (rustls::CertificateError::Expired, "expired"),
+            (rustls::CertificateError::NotValidForName, "name mismatch"),
+            (rustls::CertificateError::NotValidYet, "not yet valid"),
+        ] {
+            let e = std::io::Error::other(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(cert),
+            ));
+            let text = classify(url, &e).to_string();
+            assert!(
+                text.contains(words) && text.contains("--ca-bundle"),
+                "{text}"
+            );
+        }
+        let status = HttpFailure::Status {
+            url: url.into(),
+            status: hyper::StatusCode::NOT_FOUND,
+        };
+        assert!(status.to_string().contains("HTTP 404 Not Found"));
+        let other = std::io::Error::other("dns error: no such host");
+        let text = classify(url, &other).to_string();
+        assert!(
+            text.contains("no such host") && text.contains(url),
+            "{text}"
+        );
+    }
 }

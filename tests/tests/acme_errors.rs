@@ -1,9 +1,10 @@
 //! ACME failures name their cause and the fix, against a real Pebble: an
 //! untrusted TLS certificate (and `--ca-bundle`), a directory URL that
 //! answers 404, a CA that refuses connections both at `issuer add` and
-//! during an application.
+//! during an application, a CA whose address does not answer (timed out).
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use certfleet_tests::acme::{free_udp_tcp_port, Pebble, PebbleOptions};
@@ -74,6 +75,30 @@ fn refused_connection_at_issuer_add_names_the_ca() -> Result<()> {
     assert!(err.contains("connection refused"), "{err}");
     assert!(err.contains(&url), "{err}");
     assert!(err.contains("\"down-ca\""), "{err}");
+    Ok(())
+}
+
+#[test]
+fn timed_out_connection_at_issuer_add_names_the_ca() -> Result<()> {
+    // A listener whose accept queue holds one connection, and one that
+    // fills it: the kernel drops every further SYN, so connecting times out
+    // as it does towards a firewalled CA.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(0)?)?;
+    let addr = listener.local_addr()?;
+    let _fills_the_queue = TcpStream::connect(addr)?;
+    let ctl = Controller::start()?;
+    let url = format!("https://{addr}/dir");
+    let started = Instant::now();
+    let err = issuer_add(&ctl, "firewalled-ca", &url, None)?;
+    assert!(err.contains("timed out"), "{err}");
+    assert!(err.contains(&url), "{err}");
+    assert!(err.contains("\"firewalled-ca\""), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the connect timeout bounds the wait: {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 

@@ -5,7 +5,8 @@
 #
 # Usage: scripts/test.sh [--deps-only] [ARGS passed to the test runner]
 #
-# Tools the tests need now: openssl (required). Tools later end-to-end tests
+# Tools the tests need now: openssl (required); pkilint from PyPI (pip,
+# optional: its test skips loudly without it). Tools later end-to-end tests
 # start (nginx, apache2, haproxy, Pebble, BIND) are installed when the
 # distribution has them and only warned about otherwise. Services are never
 # started by the installation (policy-rc.d), the tests start their own.
@@ -113,7 +114,32 @@ install_packages() {
   POLICY_RC_OURS=false
 }
 
+# pkilint (the CA/Browser Forum certificate linter, tests/tests/names.rs)
+# comes from PyPI; the test runs it as `python3 -m pkilint.bin...`, so a
+# --user install is enough. Without it that test skips loudly.
+install_pkilint() {
+  if python3 -c 'import pkilint' >/dev/null 2>&1; then
+    log "pkilint present"
+    return 0
+  fi
+  if ! command -v python3 >/dev/null 2>&1; then
+    warn "no python3: cannot install pkilint; tests/tests/names.rs will skip its lint"
+    return 0
+  fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    if as_root true && has_candidate python3-pip; then
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends python3-pip || warn "apt-get install python3-pip failed"
+    fi
+  fi
+  log "pip install pkilint"
+  python3 -m pip install --quiet --user pkilint \
+    || python3 -m pip install --quiet --user --break-system-packages pkilint \
+    || warn "pip install pkilint failed; tests/tests/names.rs will skip its lint"
+}
+
 install_packages
+install_pkilint
 
 for cmd in "${REQUIRED_COMMANDS[@]}"; do
   if ! command -v "$cmd" >/dev/null 2>&1; then

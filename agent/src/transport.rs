@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{Hello, HelloReply, Request, Response, RpcError};
+use certfleet_protocol::skew::{SkewSeen, SkewWatch};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -141,16 +142,40 @@ fn enroll_config(pin: &str) -> anyhow::Result<quinn::ClientConfig> {
     quic_config(tls)
 }
 
-fn mtls_config(id: &Identity) -> anyhow::Result<quinn::ClientConfig> {
+/// rustls reads the time through the agent's clock, so the end-to-end
+/// tests' simulated clock reaches the handshake as a wrong system clock
+/// would.
+#[derive(Debug)]
+struct AgentTime;
+
+impl rustls::time_provider::TimeProvider for AgentTime {
+    fn current_time(&self) -> Option<UnixTime> {
+        let secs = u64::try_from(crate::clock::now()).ok()?;
+        Some(UnixTime::since_unix_epoch(Duration::from_secs(secs)))
+    }
+}
+
+/// The mutual-TLS configuration, and where its certificate check records a
+/// controller certificate that failed only on its dates (clock skew).
+fn mtls_config(id: &Identity) -> anyhow::Result<(quinn::ClientConfig, SkewSeen)> {
+    let provider = provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(id.ca.clone())?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    let seen = SkewSeen::default();
+    let verifier = SkewWatch {
+        inner: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .context("the identity CA certificate is unusable")?,
+        seen: seen.clone(),
+    };
+    let mut tls = rustls::ClientConfig::builder_with_details(provider, Arc::new(AgentTime))
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key())
         .context("identity certificate and key do not belong together")?;
     tls.alpn_protocols = vec![certfleet_protocol::ALPN.to_vec()];
-    quic_config(tls)
+    Ok((quic_config(tls)?, seen))
 }
 
 /// Resolve `host:port`.
@@ -202,19 +227,34 @@ pub struct Conn {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, config: quinn::ClientConfig) -> anyhow::Result<Conn> {
-        Self::open_on(client_endpoint(addr)?, addr, config).await
+    async fn open(
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+        skew: Option<SkewSeen>,
+    ) -> anyhow::Result<Conn> {
+        Self::open_on(client_endpoint(addr)?, addr, config, skew).await
     }
 
     async fn open_on(
         endpoint: quinn::Endpoint,
         addr: SocketAddr,
         config: quinn::ClientConfig,
+        skew: Option<SkewSeen>,
     ) -> anyhow::Result<Conn> {
         let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(explain(addr, e)),
+            Ok(Err(e)) => {
+                return Err(
+                    match skew.as_ref().and_then(certfleet_protocol::skew::seen) {
+                        Some(skew) => anyhow!(
+                            "TLS handshake with the controller at {addr} failed: {}",
+                            skew.explain("the controller")
+                        ),
+                        None => explain(addr, e),
+                    },
+                )
+            }
             Err(_) => return Err(explain(addr, quinn::ConnectionError::TimedOut)),
         };
         let this = Conn {
@@ -228,12 +268,13 @@ impl Conn {
 
     /// Connect for enrollment, trusting only a CA that matches `pin`.
     pub async fn enroll(addr: SocketAddr, pin: &str) -> anyhow::Result<Conn> {
-        Self::open(addr, enroll_config(pin)?).await
+        Self::open(addr, enroll_config(pin)?, None).await
     }
 
     /// Connect with the agent's identity.
     pub async fn mtls(addr: SocketAddr, id: &Identity) -> anyhow::Result<Conn> {
-        Self::open(addr, mtls_config(id)?).await
+        let (config, skew) = mtls_config(id)?;
+        Self::open(addr, config, Some(skew)).await
     }
 
     /// Connect with the agent's identity over an existing client endpoint.
@@ -244,7 +285,8 @@ impl Conn {
         addr: SocketAddr,
         id: &Identity,
     ) -> anyhow::Result<Conn> {
-        Self::open_on(endpoint.clone(), addr, mtls_config(id)?).await
+        let (config, skew) = mtls_config(id)?;
+        Self::open_on(endpoint.clone(), addr, config, Some(skew)).await
     }
 
     async fn hello(&self) -> anyhow::Result<()> {

@@ -53,8 +53,24 @@ fn app_key_aad(app: &str) -> String {
     format!("application-key:{app}")
 }
 
-fn acme_error(e: AcmeError) -> ServiceError {
+/// The service error for a failure talking to the ACME issuer `issuer`.
+/// Transport failures name the issuer and its URL: a controller may have
+/// several ACME issuers, and "connection refused" alone does not say which.
+fn acme_error(issuer: &str, e: AcmeError) -> ServiceError {
+    use crate::issuer::acme_http::HttpFailure;
     match e {
+        AcmeError::Http(f) => {
+            let text = format!("ACME issuer {issuer:?}: {f}");
+            match f {
+                // Retrying cannot fix a wrong URL or an untrusted root.
+                HttpFailure::Status { .. } | HttpFailure::Untrusted { .. } => {
+                    ServiceError::Invalid(text)
+                }
+                HttpFailure::Refused { .. }
+                | HttpFailure::TimedOut { .. }
+                | HttpFailure::Other { .. } => ServiceError::Transient(text),
+            }
+        }
         AcmeError::Unreachable { .. } | AcmeError::Solver(_) => {
             ServiceError::Invalid(e.to_string())
         }
@@ -268,7 +284,7 @@ impl Service {
             AcmeError::Problem(p) => {
                 ServiceError::Invalid(format!("the ACME server refused the account: {p}"))
             }
-            other => acme_error(other),
+            other => acme_error(&spec.name, other),
         })?;
         let now = self.now().unix_timestamp();
         let row = IssuerRow {
@@ -503,10 +519,10 @@ impl Service {
         .await
         .map_err(|e| match e {
             AcmeError::Problem(p) => ServiceError::Invalid(format!("the CA refused: {p}")),
-            other => acme_error(other),
+            other => acme_error(&issuer.name, other),
         })?;
 
-        let certs = acme::split_chain(&chain_pem).map_err(acme_error)?;
+        let certs = acme::split_chain(&chain_pem).map_err(|e| acme_error(&issuer.name, e))?;
         let (leaf, rest) = certs.split_first().ok_or_else(|| internal("empty chain"))?;
         let (anchor, intermediates) = rest
             .split_last()
@@ -545,7 +561,7 @@ impl Service {
             .map_err(internal)?;
         acme::load_account(&creds, acme_issuer.ca_bundle.as_deref())
             .await
-            .map_err(acme_error)
+            .map_err(|e| acme_error(&issuer.name, e))
     }
 
     /// Revoke at an ACME CA (before the local state changes).
@@ -567,7 +583,7 @@ impl Service {
                 AcmeError::Problem(p) => {
                     ServiceError::Conflict(format!("the CA refused to revoke: {p}"))
                 }
-                other => acme_error(other),
+                other => acme_error(&issuer.name, other),
             })
     }
 }

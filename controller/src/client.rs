@@ -16,9 +16,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{Hello, HelloReply, Request, Response, RpcError};
+use certfleet_protocol::skew::{SkewSeen, SkewWatch};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+use crate::clock::Clock;
 
 use crate::identity::SERVER_NAME;
 
@@ -98,13 +101,43 @@ pub fn create_private_file(path: &Path, mode: u32) -> std::io::Result<std::fs::F
         .open(path)
 }
 
-fn client_config(cred: &Credential) -> anyhow::Result<quinn::ClientConfig> {
+/// rustls reads the time through the CLI's clock, so the end-to-end tests'
+/// simulated clock (`CERTFLEET_CLOCK_OFFSET_FILE`) reaches the handshake the
+/// way a wrong system clock would.
+struct ClockTime(Arc<dyn Clock>);
+
+impl std::fmt::Debug for ClockTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockTime")
+    }
+}
+
+impl rustls::time_provider::TimeProvider for ClockTime {
+    fn current_time(&self) -> Option<UnixTime> {
+        let secs = u64::try_from(self.0.now().unix_timestamp()).ok()?;
+        Some(UnixTime::since_unix_epoch(Duration::from_secs(secs)))
+    }
+}
+
+fn client_config(cred: &Credential) -> anyhow::Result<(quinn::ClientConfig, SkewSeen)> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cred.ca.clone())?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let seen = SkewSeen::default();
+    let verifier = SkewWatch {
+        inner: rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .context("the credential's CA certificate is unusable")?,
+        seen: seen.clone(),
+    };
+    let time = Arc::new(ClockTime(crate::clock::from_env()));
+    let mut tls = rustls::ClientConfig::builder_with_details(provider, time)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(vec![cred.cert.clone()], cred.key.clone_key())
         .context("credential's certificate and key do not belong together")?;
     tls.alpn_protocols = vec![certfleet_protocol::ALPN.to_vec()];
@@ -114,7 +147,7 @@ fn client_config(cred: &Credential) -> anyhow::Result<quinn::ClientConfig> {
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
     config.transport_config(Arc::new(transport));
-    Ok(config)
+    Ok((config, seen))
 }
 
 /// Explain a failed connection in the operator's terms.
@@ -158,12 +191,19 @@ pub async fn connect(addr: SocketAddr, cred: &Credential) -> anyhow::Result<quin
         "[::]:0".parse()?
     };
     let endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
+    let (config, skew) = client_config(cred)?;
     let connecting = endpoint
-        .connect_with(client_config(cred)?, addr, SERVER_NAME)
+        .connect_with(config, addr, SERVER_NAME)
         .with_context(|| format!("cannot connect to {addr}"))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(explain(addr, e)),
+        Ok(Err(e)) => match certfleet_protocol::skew::seen(&skew) {
+            Some(skew) => Err(anyhow!(
+                "TLS handshake with the controller at {addr} failed: {}",
+                skew.explain("the controller")
+            )),
+            None => Err(explain(addr, e)),
+        },
         Err(_) => Err(explain(addr, quinn::ConnectionError::TimedOut)),
     }
 }

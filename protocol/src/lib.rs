@@ -11,6 +11,7 @@ pub mod list;
 pub mod message;
 pub mod name;
 pub mod secret;
+pub mod skew;
 pub mod version;
 
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};

@@ -86,6 +86,11 @@ pub enum Format {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller.
+    ///
+    /// Each setting is taken from the first of: its flag, its environment
+    /// variable (shown as [env: …] below; systemd sets them from
+    /// /etc/default/certfleet or /etc/sysconfig/certfleet), the --config
+    /// file (controller.toml), the built-in default.
     Serve(ServeArgs),
     /// Certificate authorities to apply to.
     #[command(subcommand)]
@@ -215,8 +220,7 @@ pub enum DeploymentCmd {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Settings file (/etc/certfleet/controller.toml); flags given as well
-    /// win over it.
+    /// Settings file (/etc/certfleet/controller.toml).
     #[arg(long, env = "CERTFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Directory for the database, master key and admin credential
@@ -224,21 +228,22 @@ pub struct ServeArgs {
     #[arg(long, env = "CERTFLEET_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// QUIC address for admins and agents [default: 127.0.0.1:7443].
-    #[arg(long)]
+    #[arg(long, env = "CERTFLEET_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Plain-HTTP address that serves CRLs [default: 127.0.0.1:7480].
-    #[arg(long)]
+    #[arg(long, env = "CERTFLEET_CRL_LISTEN")]
     pub crl_listen: Option<SocketAddr>,
     /// URL base written into certificates' CRL distribution point
     /// [default: http://<crl-listen>].
-    #[arg(long)]
+    #[arg(long, env = "CERTFLEET_CRL_URL_BASE")]
     pub crl_url_base: Option<String>,
     /// Master key file [default: <state-dir>/master.key, created at first
     /// start]. Also read from $CREDENTIALS_DIRECTORY/master.key under systemd.
-    #[arg(long)]
+    #[arg(long, env = "CERTFLEET_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
-    /// Throwaway controller: temporary state, a built-in issuer named `dev`;
-    /// prints how to point the CLI at it. Everything is deleted on exit.
+    /// Throwaway controller: temporary state (mode 0700), a built-in issuer
+    /// named `dev`; prints how to point the CLI at it. Everything is deleted
+    /// on exit.
     #[arg(long, conflicts_with_all = ["state_dir", "config"])]
     pub dev: bool,
 }
@@ -623,8 +628,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !args.dev {
         return server::run(opts, clock, shutdown_signal()).await;
     }
+    // 0700 from the start: the directory holds the master key and the admin
+    // credential, and the state-directory check warns about anything wider.
     let dir = tempfile::Builder::new()
         .prefix("certfleet-dev-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .context("cannot create a temporary state directory")?;
     opts.state_dir = dir.path().to_path_buf();

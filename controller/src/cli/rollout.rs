@@ -206,21 +206,19 @@ pub(super) async fn wait(
     progress.finish();
     out.rollout(&r)?;
     if r.state != "completed" {
-        let failed: Vec<String> = r
+        // Each failed target's whole error: the first line of a failed
+        // command is only "`nginx -t` failed (exit status: 1):", the cause
+        // is on the lines after it.
+        let failed: String = r
             .targets
             .iter()
             .filter(|t| t.state == "failed")
             .map(|t| {
                 format!(
-                    "{}/{}: {}",
+                    "\n  {}/{}: {}",
                     t.agent_name,
                     t.target,
-                    t.error
-                        .as_deref()
-                        .unwrap_or("-")
-                        .lines()
-                        .next()
-                        .unwrap_or("")
+                    indent(t.error.as_deref().unwrap_or("no error reported").trim_end())
                 )
             })
             .collect();
@@ -231,11 +229,16 @@ pub(super) async fn wait(
             if failed.is_empty() {
                 String::new()
             } else {
-                format!("; failed: {}", failed.join("; "))
+                format!("; failed targets:{failed}")
             }
         );
     }
     Ok(())
+}
+
+/// `text` with every line after the first indented under the target name.
+fn indent(text: &str) -> String {
+    text.lines().collect::<Vec<_>>().join("\n    ")
 }
 
 pub(super) async fn run(client: &Client, cmd: RolloutCmd, out: &Output) -> anyhow::Result<()> {

@@ -46,6 +46,9 @@ pub enum AcmeError {
     RateLimited(String),
     #[error("cannot reach the ACME directory {url}: {detail}")]
     Unreachable { url: String, detail: String },
+    /// The HTTP exchange failed; the variant names the cause.
+    #[error(transparent)]
+    Http(super::acme_http::HttpFailure),
     /// Publishing a challenge response failed (no agent, DNS refused).
     #[error("{0}")]
     Solver(String),
@@ -70,6 +73,12 @@ fn describe(e: instant_acme::Error) -> AcmeError {
                 AcmeError::RateLimited(text)
             } else {
                 AcmeError::Problem(text)
+            }
+        }
+        instant_acme::Error::Other(inner) => {
+            match inner.downcast::<super::acme_http::HttpFailure>() {
+                Ok(failure) => AcmeError::Http(*failure),
+                Err(inner) => AcmeError::Other(inner.to_string()),
             }
         }
         other => AcmeError::Other(other.to_string()),
@@ -117,6 +126,7 @@ pub fn account_builder(ca_bundle: Option<&str>) -> Result<AccountBuilder, AcmeEr
     };
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(super::acme_http::CONNECT_TIMEOUT));
     tcp.enforce_http(false);
     let connector = tls
         .https_only()
@@ -125,7 +135,9 @@ pub fn account_builder(ca_bundle: Option<&str>) -> Result<AccountBuilder, AcmeEr
         .wrap_connector(tcp);
     let client = Client::builder(TokioExecutor::new())
         .build::<_, instant_acme::BodyWrapper<hyper::body::Bytes>>(connector);
-    Ok(Account::builder_with_http(Box::new(client)))
+    Ok(Account::builder_with_http(Box::new(
+        super::acme_http::AcmeHttp(client),
+    )))
 }
 
 /// Register (or find) the account; returns the credentials as JSON and the
@@ -149,12 +161,12 @@ pub async fn create_account(
             eab.as_ref(),
         )
         .await
-        .map_err(|e| match e {
-            instant_acme::Error::Api(_) => describe(e),
-            other => AcmeError::Unreachable {
+        .map_err(|e| match describe(e) {
+            AcmeError::Other(detail) => AcmeError::Unreachable {
                 url: directory.to_string(),
-                detail: other.to_string(),
+                detail,
             },
+            described => described,
         })?;
     let json = serde_json::to_string(&creds).map_err(|e| AcmeError::Other(e.to_string()))?;
     Ok((json, account.id().to_string()))

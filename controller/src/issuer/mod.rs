@@ -2,6 +2,7 @@
 //! own private CA; ACME issuers join it later behind the same lifecycle.
 
 pub mod acme;
+pub mod acme_http;
 pub mod builtin;
 pub mod dns;
 

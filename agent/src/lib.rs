@@ -4,12 +4,14 @@
 //! rolling back when it is not.
 
 pub mod challenge;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod identity;
 pub mod install;
+pub mod sandbox;
 pub mod session;
 pub mod state;
 pub mod transport;

@@ -1585,6 +1585,9 @@ mod tests {
 
         // Anything else: just the OS error, no advice that would mislead.
         let enospc = sys_err("write staged file", path)(Errno::ENOSPC).to_string();
-        assert!(enospc.ends_with("No space left on device (os error 28)"), "{enospc}");
+        assert!(
+            enospc.ends_with("No space left on device (os error 28)"),
+            "{enospc}"
+        );
     }
 }

@@ -10,7 +10,7 @@
 //! never followed through symlinks.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use certfleet_protocol::message::{AgentCommand, AgentCommandReply};
@@ -63,6 +63,11 @@ fn challenge_dir(webroot: &Path) -> Result<PathBuf, String> {
                     .mode(0o755)
                     .create(&dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                // The web server's workers (www-data) must traverse it; the
+                // mode given to mkdir is cut by the umask, and the packaged
+                // unit runs the agent with UMask=0077.
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
             }
             Err(e) => return Err(format!("{}: {e}", dir.display())),
         }
@@ -80,6 +85,10 @@ fn publish(webroot: &Path, token: &str, key_authorization: &[u8]) -> Result<(), 
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(&path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    // World-readable whatever the umask (the unit's UMask=0077 would make it
+    // 0600 and the web server would answer the CA with 403).
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
     f.write_all(key_authorization)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -39,16 +39,21 @@ pub fn check_paths(config: &Config, sandbox: Result<&UnitSandbox, NotChecked>) -
     let mut findings = Findings::default();
     for t in &config.targets {
         let mut dirs = BTreeSet::new();
+        let mut missing = BTreeSet::new();
         for path in target_files(t) {
             match files::check_path(path, &config.allowed_dirs) {
                 Ok(()) => {}
-                Err(FileError::MissingDirectory { path: dir }) => findings.warnings.push(format!(
-                    "warning: target {:?}: {} does not exist yet; installs into {} fail \
-                     until it is created",
-                    t.name,
-                    dir.display(),
-                    path.display()
-                )),
+                // Once per directory, however many of the target's files are in it.
+                Err(FileError::MissingDirectory { path: dir }) => {
+                    if missing.insert(dir.clone()) {
+                        findings.warnings.push(format!(
+                            "warning: target {:?}: {} does not exist yet; installs fail \
+                             until it is created",
+                            t.name,
+                            dir.display(),
+                        ))
+                    }
+                }
                 Err(e) => findings
                     .errors
                     .push(format!("target {:?}: {e} (the install refuses it)", t.name)),

@@ -168,8 +168,13 @@ boot() { # boot N
     sleep 0.2
   done
   [[ -n $LEADER ]] || { tail -30 "$WORK/boot-$1.log" >&2; fail "systemd-nspawn did not start systemd as the container's PID 1"; }
-  local state
-  state=$(in_c timeout 120 systemctl is-system-running --wait 2>&1 || true)
+  # systemctl cannot connect until PID 1 has set up its private socket.
+  local state deadline=$(($(date +%s) + 120))
+  while :; do
+    state=$(in_c timeout 120 systemctl is-system-running --wait 2>&1 || true)
+    [[ $state == *"Failed to connect"* && $(date +%s) -lt $deadline ]] || break
+    sleep 0.5
+  done
   case $state in
     running) ;;
     degraded) log "boot $1 finished degraded: $(in_c systemctl --failed --no-legend --plain | tr '\n' ';')" ;;

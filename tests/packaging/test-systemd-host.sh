@@ -472,6 +472,8 @@ wait_until 60 "inventory list shows certificates discovered in nginx, Apache and
 
 # ---------------------------------------------------------------------------
 # 8. renewal, rolled out to all three (HTTP-01 again)
+# A renewal takes a fresh instance of the same spec (a purchased slot).
+cf instance create --issuer pebble --domains 1 >/dev/null || fail "instance create for the renewal failed"
 cf cert renew "$CERT" >"$WORK/renew.json" 2>"$WORK/renew.err" || fail "cert renew failed: $(cat "$WORK/renew.err")"
 renewed() {
   local fp

@@ -14,7 +14,7 @@
 #   - discovery (`certfleet inventory list`) reports all three servers;
 #   - a files target outside the unit's ReadWritePaths: check-config warns,
 #     the install fails naming the read-only file system and the drop-in;
-#     with the drop-in (`systemctl edit certfleet-agent` equivalent) it works;
+#     with the drop-in (made with `systemctl edit certfleet-agent`) it works;
 #   - `systemd-analyze security` of both units, printed;
 #   - the container powered off and booted again: the units come back, the
 #     agent reconnects, the servers still serve the renewed certificate.
@@ -442,10 +442,17 @@ grep -q 'Read-only file system' <<<"$err" || fail "install into /srv/tls/app: no
 grep -q 'systemctl edit certfleet-agent' <<<"$err" && grep -q 'ReadWritePaths=/srv/tls/app' <<<"$err" \
   || fail "install error into /srv/tls/app does not name the drop-in: $err"
 ok "install outside ReadWritePaths fails naming the read-only file system and the drop-in"
-# What `systemctl edit certfleet-agent` writes, as docs/packaging.md shows.
-mkdir -p "$RFS/etc/systemd/system/certfleet-agent.service.d"
-printf '[Service]\nReadWritePaths=/srv/tls\n' >"$RFS/etc/systemd/system/certfleet-agent.service.d/override.conf"
-in_c systemctl daemon-reload
+# The drop-in exactly as docs/packaging.md says: `systemctl edit
+# certfleet-agent` (which writes override.conf and reloads), with an
+# "editor" that writes the two lines; systemctl edit insists on a terminal,
+# so script(1) gives it one.
+printf '#!/bin/sh\nprintf "[Service]\\nReadWritePaths=/srv/tls\\n" >"$1"\n' >"$RFS/root/write-drop-in"
+chmod 0755 "$RFS/root/write-drop-in"
+in_c env TERM=dumb SYSTEMD_EDITOR=/root/write-drop-in script -qec 'systemctl edit certfleet-agent' /dev/null \
+  </dev/null >"$WORK/edit.log" 2>&1 || fail "systemctl edit certfleet-agent failed: $(cat "$WORK/edit.log")"
+in_c systemctl show certfleet-agent -p ReadWritePaths | grep -q ' /srv/tls$' \
+  || fail "after systemctl edit, ReadWritePaths= does not end with /srv/tls"
+ok "systemctl edit certfleet-agent added ReadWritePaths=/srv/tls"
 in_c systemctl restart certfleet-agent
 check_out=$(in_c certfleet-agent check-config 2>&1) || fail "check-config after the drop-in: $check_out"
 grep -q 'not be writable' <<<"$check_out" && fail "check-config still warns after the drop-in: $check_out"

@@ -168,6 +168,44 @@ pub async fn handle(config: &Config, command: AgentCommand) -> AgentCommandReply
 mod tests {
     use super::*;
 
+    /// Set in the re-executed test binary: the webroot to publish into.
+    const CHILD_WEBROOT: &str = "CERTFLEET_CHALLENGE_TEST_WEBROOT";
+
+    /// The packaged unit runs the agent with UMask=0077; the web server's
+    /// workers must still read the challenge. The umask is per process, so
+    /// the publish runs in a re-executed copy of this test binary.
+    #[test]
+    fn challenge_files_are_world_readable_under_the_units_umask() {
+        if let Some(webroot) = std::env::var_os(CHILD_WEBROOT) {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            publish(Path::new(&webroot), "tok-en_1", b"key-authz").expect("publish");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let module = module_path!();
+        let module = module.split_once("::").map_or(module, |(_, rest)| rest);
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                &format!("{module}::challenge_files_are_world_readable_under_the_units_umask"),
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(CHILD_WEBROOT, tmp.path())
+            .status()
+            .expect("re-run the test binary");
+        assert!(status.success(), "child publish failed: {status}");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let well_known = tmp.path().join(".well-known");
+        let dir = well_known.join("acme-challenge");
+        assert_eq!(mode(&well_known), 0o755);
+        assert_eq!(mode(&dir), 0o755);
+        assert_eq!(mode(&dir.join("tok-en_1")), 0o644);
+        assert_eq!(
+            std::fs::read(dir.join("tok-en_1")).expect("read"),
+            b"key-authz"
+        );
+    }
+
     #[test]
     fn tokens_are_base64url_only() {
         assert!(valid_token("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"));

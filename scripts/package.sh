@@ -19,8 +19,9 @@
 #   --out DIR    output directory [default: target/packages]
 #   --only NAME  build only package NAME (certfleet-agent or certfleet)
 #   --test       then run tests/packaging/test-packages.sh on the packages
-#                (root; installs them only into a throwaway overlay root,
-#                never into this system; needs lintian, rpmlint, rpm, gpg)
+#                (root; installs them only into throwaway overlay roots and
+#                a booted Debian container, never into this system; needs
+#                lintian, rpmlint, rpm, gpg, mmdebstrap, systemd-nspawn)
 #
 # Release binaries are built into $CARGO_TARGET_DIR [default: target/pkg], a
 # target directory of their own so packaging does not invalidate debug
@@ -33,7 +34,9 @@
 #
 # Tools: cargo-deb (cargo install cargo-deb --locked), rpmbuild (Debian:
 #   apt-get install rpm), gzip, strip; rpmsign and gpg to sign; the test
-#   also needs lintian, rpmlint and systemd-analyze.
+#   also needs lintian, rpmlint and systemd-analyze, and its systemd host
+#   part mmdebstrap, systemd-nspawn (systemd-container), nsenter, pebble,
+#   pebble-challtestsrv, jq, curl, openssl and ss.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -87,7 +90,9 @@ install_missing_tools() {
   local apt=() cmd pkg pair
   for pair in rpmbuild:rpm rpmsign:rpm rpmlint:rpmlint lintian:lintian gpg:gnupg \
     gzip:gzip strip:binutils readelf:binutils dpkg-shlibdeps:dpkg-dev \
-    systemd-analyze:systemd; do
+    systemd-analyze:systemd mmdebstrap:mmdebstrap systemd-nspawn:systemd-container \
+    nsenter:util-linux pebble:pebble pebble-challtestsrv:pebble jq:jq curl:curl \
+    openssl:openssl ss:iproute2; do
     cmd=${pair%%:*} pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || apt+=("$pkg")
   done

@@ -10,7 +10,7 @@
 //! never followed through symlinks.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use certfleet_protocol::message::{AgentCommand, AgentCommandReply};
@@ -63,6 +63,11 @@ fn challenge_dir(webroot: &Path) -> Result<PathBuf, String> {
                     .mode(0o755)
                     .create(&dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                // The web server's workers (www-data) must traverse it; the
+                // mode given to mkdir is cut by the umask, and the packaged
+                // unit runs the agent with UMask=0077.
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
             }
             Err(e) => return Err(format!("{}: {e}", dir.display())),
         }
@@ -80,6 +85,10 @@ fn publish(webroot: &Path, token: &str, key_authorization: &[u8]) -> Result<(), 
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(&path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    // World-readable whatever the umask (the unit's UMask=0077 would make it
+    // 0600 and the web server would answer the CA with 403).
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
     f.write_all(key_authorization)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
@@ -158,6 +167,44 @@ pub async fn handle(config: &Config, command: AgentCommand) -> AgentCommandReply
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Set in the re-executed test binary: the webroot to publish into.
+    const CHILD_WEBROOT: &str = "CERTFLEET_CHALLENGE_TEST_WEBROOT";
+
+    /// The packaged unit runs the agent with UMask=0077; the web server's
+    /// workers must still read the challenge. The umask is per process, so
+    /// the publish runs in a re-executed copy of this test binary.
+    #[test]
+    fn challenge_files_are_world_readable_under_the_units_umask() {
+        if let Some(webroot) = std::env::var_os(CHILD_WEBROOT) {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            publish(Path::new(&webroot), "tok-en_1", b"key-authz").expect("publish");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let module = module_path!();
+        let module = module.split_once("::").map_or(module, |(_, rest)| rest);
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                &format!("{module}::challenge_files_are_world_readable_under_the_units_umask"),
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(CHILD_WEBROOT, tmp.path())
+            .status()
+            .expect("re-run the test binary");
+        assert!(status.success(), "child publish failed: {status}");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let well_known = tmp.path().join(".well-known");
+        let dir = well_known.join("acme-challenge");
+        assert_eq!(mode(&well_known), 0o755);
+        assert_eq!(mode(&dir), 0o755);
+        assert_eq!(mode(&dir.join("tok-en_1")), 0o644);
+        assert_eq!(
+            std::fs::read(dir.join("tok-en_1")).expect("read"),
+            b"key-authz"
+        );
+    }
 
     #[test]
     fn tokens_are_base64url_only() {

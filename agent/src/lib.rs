@@ -4,6 +4,7 @@
 //! rolling back when it is not.
 
 pub mod challenge;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod discovery;
 pub mod identity;
 pub mod install;
 pub mod manual;
+pub mod sandbox;
 pub mod session;
 pub mod state;
 pub mod transport;

@@ -148,9 +148,16 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
-            let problems = certfleet_agent::install::pkcs12::check_password_files(&c);
+            let mut problems = certfleet_agent::install::pkcs12::check_password_files(&c);
+            let sandbox = certfleet_agent::sandbox::UnitSandbox::load();
+            let findings =
+                certfleet_agent::check::check_paths(&c, sandbox.as_ref().map_err(Clone::clone));
+            problems.extend(findings.errors);
             if !problems.is_empty() {
                 anyhow::bail!("{}", problems.join("\n"));
+            }
+            for w in &findings.warnings {
+                eprintln!("{w}");
             }
             println!(
                 "{}: ok ({} target(s): {})",
@@ -163,6 +170,16 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                     .join(", ")
             );
             println!("{}", c.discovery.summary());
+            match &findings.sandbox_not_checked {
+                None => println!(
+                    "target directories checked against {}'s ReadWritePaths=",
+                    certfleet_agent::sandbox::UNIT
+                ),
+                Some(why) => println!(
+                    "target directories not checked against {}'s sandbox: {why}",
+                    certfleet_agent::sandbox::UNIT
+                ),
+            }
             Ok(())
         }
     }

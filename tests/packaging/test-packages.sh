@@ -22,6 +22,10 @@
 #      against the imported throwaway public key (and NOKEY before), and the
 #      same lifecycle with `rpm --root` in a second throwaway root, with
 #      signature checking enforced (_pkgverify_level all).
+#   6. the .debs on a real systemd host: tests/packaging/test-systemd-host.sh
+#      boots a Debian rootfs with systemd-nspawn, installs and starts both
+#      units as shipped, and deploys into nginx, Apache and HAProxy (see its
+#      header).
 #
 # Usage: tests/packaging/test-packages.sh [--profile release|dev] [PACKAGE_DIR]
 #   --profile   profile for the upgrade packages it builds [default: release]
@@ -401,6 +405,11 @@ check "rpm: controller erase kept the state dir" test -d "$R/var/lib/certfleet"
 if [[ $HAD_USER == false ]]; then
   check "this system has no certfleet user (it stayed in the throwaway roots)" fails getent passwd certfleet
 fi
+
+# ---------------------------------------------------------------------------
+# 6. a real systemd host
+log "the .debs on a booted systemd (tests/packaging/test-systemd-host.sh)"
+tests/packaging/test-systemd-host.sh "$AGENT_DEB" "$CTL_DEB" || fail "the systemd host test failed"
 
 printf '\n%d checks passed in %ds (agent .deb exposure %s, controller .deb exposure %s)\n' \
   "$TESTS" "$(($(date +%s) - START))" "${agent_score:-?}" "${ctl_score:-?}"

@@ -173,16 +173,18 @@ pub enum FileError {
         /// Its journal.
         journal: PathBuf,
     },
-    /// A system call failed.
-    #[error("cannot {op} {path:?}")]
+    /// A system call failed. The OS error is part of the message (not only
+    /// a `source`): install errors travel to the controller as one string,
+    /// and "cannot remove X" alone hides whether the file system is
+    /// read-only or the permissions are wrong.
+    #[error("cannot {op} {path:?}: {}", os_error_advice(error, path))]
     Io {
         /// What was being done, e.g. "create staged file".
         op: &'static str,
         /// The path it was done on.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// A journal is not valid JSON of the expected shape.
     #[error(
@@ -253,13 +255,38 @@ fn sys_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(Errno) -> 
     move |errno| FileError::Io {
         op,
         path,
-        source: io::Error::from(errno),
+        error: io::Error::from(errno),
     }
 }
 
 fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> FileError {
     let path = path.into();
-    move |source| FileError::Io { op, path, source }
+    move |error| FileError::Io { op, path, error }
+}
+
+/// The OS error of a failed file operation on `path`, and what to do about
+/// the two an operator meets on a packaged host. A read-only file system is
+/// almost always the agent unit's sandbox (`ProtectSystem=strict` leaves
+/// only its `ReadWritePaths=` writable), so the drop-in that allows the
+/// directory is named.
+fn os_error_advice(error: &io::Error, path: &Path) -> String {
+    let dir = path.parent().unwrap_or(path);
+    match error.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EROFS) => format!(
+            "{error}; under systemd the certfleet-agent unit makes every path outside its \
+             ReadWritePaths= read-only: allow this directory with `systemctl edit \
+             certfleet-agent` adding \"[Service]\" and \"ReadWritePaths={}\", then \
+             `systemctl restart certfleet-agent` (docs/packaging.md)",
+            dir.display()
+        ),
+        Some(Errno::EACCES | Errno::EPERM) => format!(
+            "{error}; the agent (uid {}) may not write in {}: check that directory's \
+             owner and mode, and the unit's CapabilityBoundingSet= if it runs under systemd",
+            nix::unistd::geteuid(),
+            dir.display()
+        ),
+        _ => error.to_string(),
+    }
 }
 
 /// Check a path is allowed: absolute, no `..` or `.` components, inside one of
@@ -1529,5 +1556,38 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("[redacted]"), "{shown}");
+    }
+
+    #[test]
+    fn io_errors_name_the_os_error_and_the_drop_in_for_a_read_only_file_system() {
+        let path = Path::new("/etc/apache2/tls/www/.privkey.pem.certfleet-new");
+        let erofs = sys_err("remove", path)(Errno::EROFS).to_string();
+        assert!(
+            erofs.starts_with(
+                "cannot remove \"/etc/apache2/tls/www/.privkey.pem.certfleet-new\": \
+                 Read-only file system"
+            ),
+            "{erofs}"
+        );
+        assert!(erofs.contains("systemctl edit certfleet-agent"), "{erofs}");
+        assert!(
+            erofs.contains("ReadWritePaths=/etc/apache2/tls/www\""),
+            "{erofs}"
+        );
+
+        let eacces = sys_err("create staged file", path)(Errno::EACCES).to_string();
+        assert!(eacces.contains("Permission denied"), "{eacces}");
+        assert!(
+            eacces.contains("may not write in /etc/apache2/tls/www"),
+            "{eacces}"
+        );
+        assert!(!eacces.contains("ReadWritePaths"), "{eacces}");
+
+        // Anything else: just the OS error, no advice that would mislead.
+        let enospc = sys_err("write staged file", path)(Errno::ENOSPC).to_string();
+        assert!(
+            enospc.ends_with("No space left on device (os error 28)"),
+            "{enospc}"
+        );
     }
 }

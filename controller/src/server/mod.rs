@@ -3,6 +3,7 @@
 //! reconcilers, and drains them all on shutdown.
 
 mod crl_http;
+pub mod lock;
 mod rpc;
 
 use std::future::Future;
@@ -197,6 +198,8 @@ pub struct Running {
     endpoint: quinn::Endpoint,
     tasks: tokio::task::JoinSet<()>,
     state_dir: PathBuf,
+    // Held until the controller has stopped; dropped last.
+    _lock: lock::StateLock,
 }
 
 impl Running {
@@ -215,10 +218,16 @@ impl Running {
 
 /// Open the state, bind the sockets and start every task.
 pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
-    let state = {
+    // The lock comes first: nothing of the state directory is read or
+    // written while another controller may be using it.
+    let (state_lock, state) = {
         let opts = opts.clone();
         let clock = clock.clone();
-        tokio::task::spawn_blocking(move || open_state(&opts, clock.as_ref())).await??
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let state_lock = lock::acquire(&opts.state_dir)?;
+            Ok((state_lock, open_state(&opts, clock.as_ref())?))
+        })
+        .await??
     };
 
     let tls = state.identity.server_tls(clock.now())?;
@@ -295,6 +304,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         endpoint,
         tasks,
         state_dir: opts.state_dir,
+        _lock: state_lock,
     })
 }
 

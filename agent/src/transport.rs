@@ -24,6 +24,12 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The time the controller's certificate is judged by: the agent's clock
+/// ([`crate::clock`]), which the tests may shift like the controller's.
+fn tls_time() -> Arc<dyn rustls::time_provider::TimeProvider> {
+    Arc::new(crate::clock::TlsTime)
+}
+
 /// `sha256:<hex>` of a certificate's SubjectPublicKeyInfo.
 pub fn spki_pin(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, x) = x509_parser::parse_x509_certificate(cert).ok()?;
@@ -129,7 +135,7 @@ fn quic_config(tls: rustls::ClientConfig) -> anyhow::Result<quinn::ClientConfig>
 
 fn enroll_config(pin: &str) -> anyhow::Result<quinn::ClientConfig> {
     let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut tls = rustls::ClientConfig::builder_with_details(provider.clone(), tls_time())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerCheck {
@@ -144,7 +150,7 @@ fn enroll_config(pin: &str) -> anyhow::Result<quinn::ClientConfig> {
 fn mtls_config(id: &Identity) -> anyhow::Result<quinn::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(id.ca.clone())?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    let mut tls = rustls::ClientConfig::builder_with_details(provider(), tls_time())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key())

@@ -102,7 +102,10 @@ fn client_config(cred: &Credential) -> anyhow::Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cred.ca.clone())?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    // The controller's certificate is judged by the same clock the
+    // controller uses (the wall clock, or the tests' simulated one).
+    let time = Arc::new(crate::clock::TlsTime(crate::clock::from_env()));
+    let mut tls = rustls::ClientConfig::builder_with_details(provider, time)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(vec![cred.cert.clone()], cred.key.clone_key())
@@ -125,6 +128,16 @@ fn explain(addr: SocketAddr, e: quinn::ConnectionError) -> anyhow::Error {
             "no controller answered at {addr}: is `certfleet serve` running there? \
              (set --controller or CERTFLEET_CONTROLLER)"
         ),
+        // An expired or not-yet-valid controller certificate is a clock
+        // problem, not a wrong credential: say so.
+        E::TransportError(t)
+            if t.to_string().contains("certificate expired")
+                || t.to_string().contains("certificate not valid yet") =>
+        {
+            anyhow!(
+                "the controller at {addr} presented a certificate that is not valid at this                  host's time ({t}): check that this host's clock and the controller's agree                  (a running controller renews its own certificate two thirds into its life)"
+            )
+        }
         E::TransportError(t)
             if t.to_string().contains("certificate") || t.code.to_string().contains("crypto") =>
         {

@@ -1,10 +1,159 @@
 //! End-to-end: the controller's own identity over a long life (issue 13).
 //!
+//! - The QUIC endpoint certificate (90 days) is renewed while the controller
+//!   runs, so a CLI and a reconnecting agent still get in after day 91 and
+//!   day 200. Time is simulated: the controller, the CLI and the agent read
+//!   the same clock-offset file ([`CLOCK_OFFSET_ENV`]), and all three judge
+//!   certificate validity in TLS by it, so an expired endpoint certificate
+//!   fails here exactly as it would in production.
 //! - One controller per state directory: a second `serve` on it exits 1
 //!   naming the PID of the one that holds it.
 
-use anyhow::{ensure, Result};
-use certfleet_tests::{certfleet_command, run_with_timeout, Controller, STARTUP_TIMEOUT};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use certfleet_tests::fleet::{
+    named_files_agent_config, token, write_clock_offset, Agent, CLOCK_OFFSET_ENV,
+};
+use certfleet_tests::{
+    certfleet_command, run_with_timeout, Controller, ControllerOptions, CLI_TIMEOUT,
+    STARTUP_TIMEOUT,
+};
+use tempfile::TempDir;
+
+const DAY: i64 = 86_400;
+/// How long the controller may take to notice that its endpoint certificate
+/// is due (it checks every 2 s), and an agent to reconnect.
+const WAIT: Duration = Duration::from_secs(30);
+/// What the controller logs when it replaces its endpoint certificate.
+const RENEWED: &str = "endpoint certificate renewed";
+/// What the agent logs once a handshake and the version exchange succeeded.
+const AGENT_CONNECTED: &str = "session: connected";
+
+/// The CLI on the simulated clock: `certfleet --controller … --credential …
+/// ARGS` with the clock-offset file set.
+fn cli_at(ctl: &Controller, offset_file: &Path, args: &[&str]) -> Result<Output> {
+    let mut cmd = ctl.cli_command();
+    cmd.env(CLOCK_OFFSET_ENV, offset_file)
+        .arg("--controller")
+        .arg(ctl.listen().to_string())
+        .arg("--credential")
+        .arg(ctl.credential_path())
+        .args(args);
+    run_with_timeout(&mut cmd, CLI_TIMEOUT)
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Waits until `text()` has at least `n` lines containing `needle`.
+fn wait_lines(what: &str, text: impl Fn() -> Result<String>, needle: &str, n: usize) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = count(&text()?, needle);
+        if seen >= n {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{what}: {seen} lines with {needle:?} after {WAIT:?}, expected {n}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cli_and_agent_get_in_after_day_91_and_day_200() -> Result<()> {
+    let clock_dir = tempfile::Builder::new()
+        .prefix("certfleet-clock-")
+        .tempdir()?;
+    let offset_file: PathBuf = clock_dir.path().join("clock-offset");
+    write_clock_offset(&offset_file, 0)?;
+    let offset_env = (
+        CLOCK_OFFSET_ENV.to_owned(),
+        offset_file.to_string_lossy().into_owned(),
+    );
+    let ctl = Controller::start_with(ControllerOptions {
+        env: vec![offset_env.clone()],
+        ..ControllerOptions::default()
+    })?;
+
+    let files: TempDir = tempfile::Builder::new()
+        .prefix("certfleet-files-")
+        .tempdir()?;
+    let mut agent = Agent::new(
+        &ctl,
+        &named_files_agent_config("web-1", "files", files.path(), "www.example.test"),
+    )?;
+    let (tok, pin) = token(&ctl, &[])?;
+    agent.enroll(&ctl, &tok, &pin)?;
+    agent.set_env(&offset_env.0, &offset_env.1);
+    agent.start()?;
+    wait_lines("agent", || Ok(agent.log_text()), AGENT_CONNECTED, 1)?;
+
+    // Steps shorter than the agent's identity (30 days, renewed after 20 at
+    // each connect) so it stays valid; the controller's endpoint
+    // certificate (90 days) is due two thirds into its life, at day 60, 121
+    // and 181 of this run, and has expired by day 91 and 200 unless renewed.
+    let mut endpoint_not_before = 0;
+    let mut renewals = 0;
+    let mut connects = 1;
+    for day in [25, 50, 61, 75, 91, 100, 125, 150, 175, 200] {
+        write_clock_offset(&offset_file, day * DAY)?;
+        if day * DAY >= endpoint_not_before + 60 * DAY {
+            renewals += 1;
+            endpoint_not_before = day * DAY;
+            wait_lines(
+                &format!("controller log on day {day}"),
+                || ctl.log(),
+                RENEWED,
+                renewals,
+            )?;
+            // The agent's session from before the renewal lives on: no new
+            // connection was needed, and the controller still answers it.
+            ensure!(
+                count(&agent.log_text(), AGENT_CONNECTED) == connects,
+                "the agent reconnected when the endpoint certificate was renewed on day \
+                 {day}:\n{}",
+                agent.log_text()
+            );
+        }
+
+        // A CLI on the simulated clock gets in.
+        let out = cli_at(&ctl, &offset_file, &["--output", "json", "status"])?;
+        ensure!(
+            out.status.success(),
+            "`certfleet status` on day {day} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // So does an agent that reconnects (a new handshake).
+        agent.kill();
+        agent.start()?;
+        connects += 1;
+        wait_lines(
+            &format!("agent reconnecting on day {day}"),
+            || Ok(agent.log_text()),
+            AGENT_CONNECTED,
+            connects,
+        )
+        .with_context(|| format!("agent log:\n{}", agent.log_text()))?;
+    }
+    ensure!(
+        count(&ctl.log()?, RENEWED) == 3,
+        "expected 3 endpoint certificate renewals (days 61, 125, 200):\n{}",
+        ctl.log()?
+    );
+    // The agent kept its identity alive through every reconnect.
+    ensure!(
+        count(&agent.log_text(), "identity certificate renewed") >= 6,
+        "agent identity renewals missing:\n{}",
+        agent.log_text()
+    );
+    Ok(())
+}
 
 #[test]
 fn a_second_controller_on_a_state_directory_exits_naming_the_holder() -> Result<()> {
@@ -53,8 +202,7 @@ fn a_second_controller_on_a_state_directory_exits_naming_the_holder() -> Result<
     let out = second(&ctl)?;
     ensure!(
         out.status.code() == Some(1)
-            && String::from_utf8_lossy(&out.stderr)
-                .contains(&format!("PID {}", ctl.runtime().pid)),
+            && String::from_utf8_lossy(&out.stderr).contains(&format!("PID {}", ctl.runtime().pid)),
         "after a restart the refusal should name the new PID {}: {}",
         ctl.runtime().pid,
         String::from_utf8_lossy(&out.stderr)

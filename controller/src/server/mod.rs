@@ -3,6 +3,7 @@
 //! reconcilers, and drains them all on shutdown.
 
 mod crl_http;
+pub mod endpoint_cert;
 pub mod lock;
 mod rpc;
 
@@ -230,7 +231,15 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         .await??
     };
 
-    let tls = state.identity.server_tls(clock.now())?;
+    let endpoint_cert = Arc::new(endpoint_cert::EndpointCert::new(
+        &state.identity,
+        crate::identity::server_provider(),
+        clock.now(),
+    )?);
+    let tls = state.identity.server_tls(
+        endpoint_cert.clone(),
+        Arc::new(crate::clock::TlsTime(clock.clone())),
+    )?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -282,6 +291,12 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     tasks.spawn(expiry_loop(service.clone(), shutdown_rx.clone()));
     tasks.spawn(service.clone().run_rollouts(shutdown_rx.clone()));
     tasks.spawn(service.clone().run_renewals(shutdown_rx.clone()));
+    tasks.spawn(endpoint_cert::renew_loop(
+        endpoint_cert,
+        state.identity.clone(),
+        clock.clone(),
+        shutdown_rx.clone(),
+    ));
     let ctx = Arc::new(rpc::Ctx {
         service: service.clone(),
         store: state.store.clone(),

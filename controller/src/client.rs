@@ -135,7 +135,9 @@ fn explain(addr: SocketAddr, e: quinn::ConnectionError) -> anyhow::Error {
                 || t.to_string().contains("certificate not valid yet") =>
         {
             anyhow!(
-                "the controller at {addr} presented a certificate that is not valid at this                  host's time ({t}): check that this host's clock and the controller's agree                  (a running controller renews its own certificate two thirds into its life)"
+                "the controller at {addr} presented a certificate that is not valid at this \
+                 host's time ({t}): check that this host's clock and the controller's agree \
+                 (a running controller renews its own certificate two thirds into its life)"
             )
         }
         E::TransportError(t)

@@ -14,3 +14,19 @@ pub fn now() -> i64 {
         .unwrap_or(0);
     time::OffsetDateTime::now_utc().unix_timestamp() + offset
 }
+
+/// [`now`] as rustls' time source, so the controller's certificate is judged
+/// by the same (possibly shifted) clock as everything else the agent does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsTime;
+
+impl rustls::time_provider::TimeProvider for TlsTime {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        // Before 1970 is not a time rustls can express; `None` fails the
+        // handshake instead of judging validity wrongly.
+        let secs = u64::try_from(now()).ok()?;
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(
+            std::time::Duration::from_secs(secs),
+        ))
+    }
+}

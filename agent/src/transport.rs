@@ -25,6 +25,12 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The time the controller's certificate is judged by: the agent's clock
+/// ([`crate::clock`]), which the tests may shift like the controller's.
+fn tls_time() -> Arc<dyn rustls::time_provider::TimeProvider> {
+    Arc::new(crate::clock::TlsTime)
+}
+
 /// `sha256:<hex>` of a certificate's SubjectPublicKeyInfo.
 pub fn spki_pin(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, x) = x509_parser::parse_x509_certificate(cert).ok()?;
@@ -130,7 +136,7 @@ fn quic_config(tls: rustls::ClientConfig) -> anyhow::Result<quinn::ClientConfig>
 
 fn enroll_config(pin: &str) -> anyhow::Result<quinn::ClientConfig> {
     let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut tls = rustls::ClientConfig::builder_with_details(provider.clone(), tls_time())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerCheck {
@@ -140,19 +146,6 @@ fn enroll_config(pin: &str) -> anyhow::Result<quinn::ClientConfig> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![certfleet_protocol::ALPN.to_vec()];
     quic_config(tls)
-}
-
-/// rustls reads the time through the agent's clock, so the end-to-end
-/// tests' simulated clock reaches the handshake as a wrong system clock
-/// would.
-#[derive(Debug)]
-struct AgentTime;
-
-impl rustls::time_provider::TimeProvider for AgentTime {
-    fn current_time(&self) -> Option<UnixTime> {
-        let secs = u64::try_from(crate::clock::now()).ok()?;
-        Some(UnixTime::since_unix_epoch(Duration::from_secs(secs)))
-    }
 }
 
 /// The mutual-TLS configuration, and where its certificate check records a
@@ -168,7 +161,7 @@ fn mtls_config(id: &Identity) -> anyhow::Result<(quinn::ClientConfig, SkewSeen)>
             .context("the identity CA certificate is unusable")?,
         seen: seen.clone(),
     };
-    let mut tls = rustls::ClientConfig::builder_with_details(provider, Arc::new(AgentTime))
+    let mut tls = rustls::ClientConfig::builder_with_details(provider, tls_time())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))

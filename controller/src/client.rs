@@ -19,9 +19,8 @@ use certfleet_protocol::message::{Hello, HelloReply, Request, Response, RpcError
 use certfleet_protocol::skew::{SkewSeen, SkewWatch};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::clock::Clock;
 
 use crate::identity::SERVER_NAME;
 
@@ -101,24 +100,6 @@ pub fn create_private_file(path: &Path, mode: u32) -> std::io::Result<std::fs::F
         .open(path)
 }
 
-/// rustls reads the time through the CLI's clock, so the end-to-end tests'
-/// simulated clock (`CERTFLEET_CLOCK_OFFSET_FILE`) reaches the handshake the
-/// way a wrong system clock would.
-struct ClockTime(Arc<dyn Clock>);
-
-impl std::fmt::Debug for ClockTime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClockTime")
-    }
-}
-
-impl rustls::time_provider::TimeProvider for ClockTime {
-    fn current_time(&self) -> Option<UnixTime> {
-        let secs = u64::try_from(self.0.now().unix_timestamp()).ok()?;
-        Some(UnixTime::since_unix_epoch(Duration::from_secs(secs)))
-    }
-}
-
 fn client_config(cred: &Credential) -> anyhow::Result<(quinn::ClientConfig, SkewSeen)> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -133,7 +114,9 @@ fn client_config(cred: &Credential) -> anyhow::Result<(quinn::ClientConfig, Skew
         .context("the credential's CA certificate is unusable")?,
         seen: seen.clone(),
     };
-    let time = Arc::new(ClockTime(crate::clock::from_env()));
+    // The controller's certificate is judged by the same clock the
+    // controller uses (the wall clock, or the tests' simulated one).
+    let time = Arc::new(crate::clock::TlsTime(crate::clock::from_env()));
     let mut tls = rustls::ClientConfig::builder_with_details(provider, time)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -158,6 +141,18 @@ fn explain(addr: SocketAddr, e: quinn::ConnectionError) -> anyhow::Error {
             "no controller answered at {addr}: is `certfleet serve` running there? \
              (set --controller or CERTFLEET_CONTROLLER)"
         ),
+        // An expired or not-yet-valid controller certificate is a clock
+        // problem, not a wrong credential: say so.
+        E::TransportError(t)
+            if t.to_string().contains("certificate expired")
+                || t.to_string().contains("certificate not valid yet") =>
+        {
+            anyhow!(
+                "the controller at {addr} presented a certificate that is not valid at this \
+                 host's time ({t}): check that this host's clock and the controller's agree \
+                 (a running controller renews its own certificate two thirds into its life)"
+            )
+        }
         E::TransportError(t)
             if t.to_string().contains("certificate") || t.code.to_string().contains("crypto") =>
         {

@@ -9,7 +9,7 @@
 //! controller past a renewal point.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -68,11 +68,33 @@ impl Clock for OffsetClock {
     }
 }
 
+/// A [`Clock`] as rustls' time source, so certificate validity in TLS
+/// handshakes is judged by the same (possibly simulated) time as everything
+/// else: an expiry in a test fails the way it would in production.
+pub struct TlsTime(pub Arc<dyn Clock>);
+
+impl std::fmt::Debug for TlsTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsTime")
+    }
+}
+
+impl rustls::time_provider::TimeProvider for TlsTime {
+    fn current_time(&self) -> Option<rustls_pki_types::UnixTime> {
+        // A clock before 1970 is not a time rustls can express; `None`
+        // makes the handshake fail rather than judge validity wrongly.
+        let secs = u64::try_from(self.0.now().unix_timestamp()).ok()?;
+        Some(rustls_pki_types::UnixTime::since_unix_epoch(
+            Duration::from_secs(secs),
+        ))
+    }
+}
+
 /// The clock the environment asks for: the wall clock, or the test seam.
-pub fn from_env() -> std::sync::Arc<dyn Clock> {
+pub fn from_env() -> Arc<dyn Clock> {
     match std::env::var_os(OFFSET_FILE_ENV) {
-        Some(path) if !path.is_empty() => std::sync::Arc::new(OffsetClock::new(path.into())),
-        _ => std::sync::Arc::new(SystemClock),
+        Some(path) if !path.is_empty() => Arc::new(OffsetClock::new(path.into())),
+        _ => Arc::new(SystemClock),
     }
 }
 
@@ -91,5 +113,17 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         let later = clock.now() - OffsetDateTime::now_utc();
         assert!((later - time::Duration::days(1)).abs() < time::Duration::seconds(2));
+    }
+
+    #[test]
+    fn tls_time_reads_the_clock() {
+        use rustls::time_provider::TimeProvider;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offset");
+        std::fs::write(&path, "8640000").unwrap();
+        let tls = TlsTime(Arc::new(OffsetClock::new(path)));
+        let seen = tls.current_time().unwrap().as_secs();
+        let expected = (OffsetDateTime::now_utc() + time::Duration::days(100)).unix_timestamp();
+        assert!(seen.abs_diff(expected as u64) < 2, "{seen} vs {expected}");
     }
 }

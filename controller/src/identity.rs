@@ -82,6 +82,28 @@ pub struct IdentityCa {
     key: KeyPair,
 }
 
+/// How long the controller's endpoint certificate is valid.
+pub const SERVER_CERT_DAYS: i64 = 90;
+
+/// A freshly made endpoint certificate: chain (leaf, identity CA), key and
+/// validity.
+pub struct ServerCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for ServerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCert")
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .field("key", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
 /// A freshly issued client certificate.
 pub struct IssuedClient {
     pub cert_pem: String,
@@ -174,25 +196,28 @@ impl IdentityCa {
         Ok(Issuer::from_ca_cert_der(&self.cert_der, &self.key)?)
     }
 
-    /// A fresh server certificate for the QUIC endpoint.
-    pub fn server_cert(
-        &self,
-        now: OffsetDateTime,
-    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), IdentityError> {
+    /// A fresh server certificate for the QUIC endpoint, valid for
+    /// [`SERVER_CERT_DAYS`] from `now` (the endpoint renews it while running,
+    /// see `server::endpoint_cert`).
+    pub fn server_cert(&self, now: OffsetDateTime) -> Result<ServerCert, IdentityError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
         params.distinguished_name = DistinguishedName::new();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = now - Duration::minutes(5);
-        params.not_after = now + Duration::days(90);
+        let not_before = now - Duration::minutes(5);
+        let not_after = now + Duration::days(SERVER_CERT_DAYS);
+        params.not_before = not_before;
+        params.not_after = not_after;
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok((
-            vec![cert.der().clone(), self.cert_der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        ))
+        Ok(ServerCert {
+            chain: vec![cert.der().clone(), self.cert_der.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            not_before,
+            not_after,
+        })
     }
 
     /// Issue a client certificate for `public_key` with the given role.
@@ -241,15 +266,16 @@ impl IdentityCa {
     /// mostly after a controller restart, which empties the in-memory
     /// session cache anyway, so every handshake is a full one with the
     /// client certificate checked.
-    pub fn server_tls(&self, now: OffsetDateTime) -> Result<rustls::ServerConfig, IdentityError> {
-        use rustls::crypto::aws_lc_rs::cipher_suite;
-        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        provider.cipher_suites = vec![
-            cipher_suite::TLS13_AES_128_GCM_SHA256,
-            cipher_suite::TLS13_AES_256_GCM_SHA384,
-            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-        ];
-        let provider = Arc::new(provider);
+    ///
+    /// The server certificate comes from `certs` at each handshake (so it
+    /// can be replaced while the endpoint runs), and client certificates are
+    /// checked against `time`, the controller's clock.
+    pub fn server_tls(
+        &self,
+        certs: Arc<dyn rustls::server::ResolvesServerCert>,
+        time: Arc<dyn rustls::time_provider::TimeProvider>,
+    ) -> Result<rustls::ServerConfig, IdentityError> {
+        let provider = server_provider();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert_der.clone())?;
         let verifier =
@@ -260,17 +286,29 @@ impl IdentityCa {
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let (chain, key) = self.server_cert(now)?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_details(provider, time)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)?;
+            .with_cert_resolver(certs);
         config.alpn_protocols = vec![certfleet_protocol::ALPN.to_vec()];
         config.ignore_client_order = true;
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(config)
     }
+}
+
+/// The crypto provider of the controller's endpoint (see
+/// [`IdentityCa::server_tls`] for the cipher suite order).
+pub fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::cipher_suite;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites = vec![
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(provider)
 }
 
 /// `sha256:<hex>` of a DER SubjectPublicKeyInfo.
@@ -353,9 +391,9 @@ mod tests {
     #[test]
     fn server_certificate_has_no_role() {
         let ca = ca();
-        let (chain, _) = ca.server_cert(OffsetDateTime::now_utc()).unwrap();
+        let cert = ca.server_cert(OffsetDateTime::now_utc()).unwrap();
         assert!(matches!(
-            peer_identity(&chain[0]),
+            peer_identity(&cert.chain[0]),
             Err(IdentityError::NoRole)
         ));
     }

@@ -379,8 +379,21 @@ impl Controller {
 
     /// Runs the CLI against this controller with its admin credential.
     /// `args` follow the global flags, e.g. `["issuer", "list"]`.
+    ///
+    /// A controller started with a clock-offset file (`env`
+    /// `CERTFLEET_CLOCK_OFFSET_FILE`) shares it with its CLI: both judge
+    /// certificate validity by the same simulated time, as they would by
+    /// the same wall clock in production.
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = self.cli_command();
+        if let Some((key, value)) = self
+            .options
+            .env
+            .iter()
+            .find(|(key, _)| key == fleet::CLOCK_OFFSET_ENV)
+        {
+            cmd.env(key, value);
+        }
         cmd.arg("--controller")
             .arg(self.listen().to_string())
             .arg("--credential")

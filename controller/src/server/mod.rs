@@ -3,6 +3,8 @@
 //! reconcilers, and drains them all on shutdown.
 
 mod crl_http;
+pub mod endpoint_cert;
+pub mod lock;
 mod rpc;
 
 use std::future::Future;
@@ -197,6 +199,8 @@ pub struct Running {
     endpoint: quinn::Endpoint,
     tasks: tokio::task::JoinSet<()>,
     state_dir: PathBuf,
+    // Held until the controller has stopped; dropped last.
+    _lock: lock::StateLock,
 }
 
 impl Running {
@@ -215,13 +219,27 @@ impl Running {
 
 /// Open the state, bind the sockets and start every task.
 pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
-    let state = {
+    // The lock comes first: nothing of the state directory is read or
+    // written while another controller may be using it.
+    let (state_lock, state) = {
         let opts = opts.clone();
         let clock = clock.clone();
-        tokio::task::spawn_blocking(move || open_state(&opts, clock.as_ref())).await??
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let state_lock = lock::acquire(&opts.state_dir)?;
+            Ok((state_lock, open_state(&opts, clock.as_ref())?))
+        })
+        .await??
     };
 
-    let tls = state.identity.server_tls(clock.now())?;
+    let endpoint_cert = Arc::new(endpoint_cert::EndpointCert::new(
+        &state.identity,
+        crate::identity::server_provider(),
+        clock.now(),
+    )?);
+    let tls = state.identity.server_tls(
+        endpoint_cert.clone(),
+        Arc::new(crate::clock::TlsTime(clock.clone())),
+    )?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -273,6 +291,12 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     tasks.spawn(expiry_loop(service.clone(), shutdown_rx.clone()));
     tasks.spawn(service.clone().run_rollouts(shutdown_rx.clone()));
     tasks.spawn(service.clone().run_renewals(shutdown_rx.clone()));
+    tasks.spawn(endpoint_cert::renew_loop(
+        endpoint_cert,
+        state.identity.clone(),
+        clock.clone(),
+        shutdown_rx.clone(),
+    ));
     let ctx = Arc::new(rpc::Ctx {
         service: service.clone(),
         store: state.store.clone(),
@@ -295,6 +319,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         endpoint,
         tasks,
         state_dir: opts.state_dir,
+        _lock: state_lock,
     })
 }
 

@@ -1,0 +1,213 @@
+//! End-to-end: the controller's own identity over a long life (issue 13).
+//!
+//! - The QUIC endpoint certificate (90 days) is renewed while the controller
+//!   runs, so a CLI and a reconnecting agent still get in after day 91 and
+//!   day 200. Time is simulated: the controller, the CLI and the agent read
+//!   the same clock-offset file ([`CLOCK_OFFSET_ENV`]), and all three judge
+//!   certificate validity in TLS by it, so an expired endpoint certificate
+//!   fails here exactly as it would in production.
+//! - One controller per state directory: a second `serve` on it exits 1
+//!   naming the PID of the one that holds it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use certfleet_tests::fleet::{
+    named_files_agent_config, token, write_clock_offset, Agent, CLOCK_OFFSET_ENV,
+};
+use certfleet_tests::{
+    certfleet_command, run_with_timeout, Controller, ControllerOptions, STARTUP_TIMEOUT,
+};
+use tempfile::TempDir;
+
+const DAY: i64 = 86_400;
+/// How long the controller may take to notice that its endpoint certificate
+/// is due (it checks every 2 s), and an agent to reconnect.
+const WAIT: Duration = Duration::from_secs(30);
+/// Longer than the controller caches its clock offset (200 ms).
+const OFFSET_SETTLE: Duration = Duration::from_millis(400);
+/// What the controller logs when it replaces its endpoint certificate.
+const RENEWED: &str = "endpoint certificate renewed";
+/// What the agent logs once a handshake and the version exchange succeeded.
+const AGENT_CONNECTED: &str = "session: connected";
+/// What the agent logs when it has renewed its own identity.
+const AGENT_RENEWED: &str = "identity certificate renewed";
+
+fn count(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Waits until `text()` has at least `n` lines containing `needle`.
+fn wait_lines(what: &str, text: impl Fn() -> Result<String>, needle: &str, n: usize) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = count(&text()?, needle);
+        if seen >= n {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{what}: {seen} lines with {needle:?} after {WAIT:?}, expected {n}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cli_and_agent_get_in_after_day_91_and_day_200() -> Result<()> {
+    let clock_dir = tempfile::Builder::new()
+        .prefix("certfleet-clock-")
+        .tempdir()?;
+    let offset_file: PathBuf = clock_dir.path().join("clock-offset");
+    write_clock_offset(&offset_file, 0)?;
+    let offset_env = (
+        CLOCK_OFFSET_ENV.to_owned(),
+        offset_file.to_string_lossy().into_owned(),
+    );
+    let ctl = Controller::start_with(ControllerOptions {
+        env: vec![offset_env.clone()],
+        ..ControllerOptions::default()
+    })?;
+
+    let files: TempDir = tempfile::Builder::new()
+        .prefix("certfleet-files-")
+        .tempdir()?;
+    let mut agent = Agent::new(
+        &ctl,
+        &named_files_agent_config("web-1", "files", files.path(), "www.example.test"),
+    )?;
+    let (tok, pin) = token(&ctl, &[])?;
+    agent.enroll(&ctl, &tok, &pin)?;
+    agent.set_env(&offset_env.0, &offset_env.1);
+    agent.start()?;
+    wait_lines("agent", || Ok(agent.log_text()), AGENT_CONNECTED, 1)?;
+
+    // Steps shorter than the agent's identity (30 days, renewed after 20 at
+    // each connect) so it stays valid; the controller's endpoint
+    // certificate (90 days) is due two thirds into its life, at day 60, 121
+    // and 181 of this run, and has expired by day 91 and 200 unless renewed.
+    let mut endpoint_not_before = 0;
+    let mut renewals = 0;
+    let mut connects = 1;
+    let mut agent_not_before = 0;
+    let mut identity_renewals = 0;
+    for day in [25, 50, 61, 75, 91, 100, 125, 150, 175, 200] {
+        write_clock_offset(&offset_file, day * DAY)?;
+        // The controller re-reads the offset file at most every 200 ms;
+        // until then it would, say, issue the agent's renewed identity at
+        // the day before.
+        std::thread::sleep(OFFSET_SETTLE);
+        if day * DAY >= endpoint_not_before + 60 * DAY {
+            renewals += 1;
+            endpoint_not_before = day * DAY;
+            wait_lines(
+                &format!("controller log on day {day}"),
+                || ctl.log(),
+                RENEWED,
+                renewals,
+            )?;
+            // The agent's session from before the renewal lives on: no new
+            // connection was needed, and the controller still answers it.
+            ensure!(
+                count(&agent.log_text(), AGENT_CONNECTED) == connects,
+                "the agent reconnected when the endpoint certificate was renewed on day \
+                 {day}:\n{}",
+                agent.log_text()
+            );
+        }
+
+        // A CLI on the simulated clock (Controller::cli passes the
+        // controller's clock-offset file on) gets in.
+        let out = ctl.cli(&["--output", "json", "status"])?;
+        ensure!(
+            out.status.success(),
+            "`certfleet status` on day {day} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // So does an agent that reconnects (a new handshake).
+        agent.kill();
+        agent.start()?;
+        connects += 1;
+        wait_lines(
+            &format!("agent reconnecting on day {day}"),
+            || Ok(agent.log_text()),
+            AGENT_CONNECTED,
+            connects,
+        )
+        .with_context(|| format!("agent log:\n{}", agent.log_text()))?;
+        // On connecting, an agent 20 days into its identity renews it; let
+        // it finish before the next step kills it.
+        if day * DAY >= agent_not_before + 20 * DAY {
+            identity_renewals += 1;
+            agent_not_before = day * DAY;
+            wait_lines(
+                &format!("agent identity renewal on day {day}"),
+                || Ok(agent.log_text()),
+                AGENT_RENEWED,
+                identity_renewals,
+            )?;
+        }
+    }
+    ensure!(
+        count(&ctl.log()?, RENEWED) == 3,
+        "expected 3 endpoint certificate renewals (days 61, 125, 200):\n{}",
+        ctl.log()?
+    );
+    Ok(())
+}
+
+#[test]
+fn a_second_controller_on_a_state_directory_exits_naming_the_holder() -> Result<()> {
+    let mut ctl = Controller::start()?;
+    let holder = ctl.runtime().pid;
+    let second = |ctl: &Controller| {
+        run_with_timeout(
+            certfleet_command().args([
+                "serve",
+                "--state-dir",
+                &ctl.state_dir().to_string_lossy(),
+                "--listen",
+                "127.0.0.1:0",
+                "--crl-listen",
+                "127.0.0.1:0",
+            ]),
+            STARTUP_TIMEOUT,
+        )
+    };
+    let out = second(&ctl)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1),
+        "second serve should exit 1, got {}: {stderr}",
+        out.status
+    );
+    ensure!(
+        stderr.contains(&format!("PID {holder}")) && stderr.contains("--state-dir"),
+        "the refusal should name the holder's PID {holder} and the way out: {stderr}"
+    );
+    // The first controller is untouched: still running, still answering, and
+    // runtime.json still describes it.
+    ctl.ensure_running()?;
+    ctl.cli_ok(&["status"])?;
+    let runtime = std::fs::read_to_string(ctl.state_dir().join("runtime.json"))?;
+    ensure!(
+        runtime.contains(&format!("\"pid\": {holder}")),
+        "runtime.json was overwritten: {runtime}"
+    );
+
+    // A crashed controller (SIGKILL) leaves no stale lock: the next one
+    // starts, and then it is the one a second serve names.
+    ctl.stop()?;
+    ctl.start_again()?;
+    ctl.cli_ok(&["status"])?;
+    let out = second(&ctl)?;
+    ensure!(
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains(&format!("PID {}", ctl.runtime().pid)),
+        "after a restart the refusal should name the new PID {}: {}",
+        ctl.runtime().pid,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -3,8 +3,8 @@
 //! `serve` runs the controller (store, issuers, QUIC endpoint, CRL endpoint,
 //! reconcilers); every other subcommand is a client of a running controller.
 
-pub mod ca;
 pub mod activity;
+pub mod ca;
 pub mod challenge;
 pub mod check;
 pub mod cli;
@@ -15,8 +15,8 @@ pub mod fleet;
 pub mod identity;
 pub mod inventory;
 pub mod issuer;
-pub mod plan;
 pub mod list;
+pub mod plan;
 pub mod renewal;
 pub mod rollout;
 pub mod seal;

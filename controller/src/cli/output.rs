@@ -601,7 +601,10 @@ impl Output {
     }
 
     /// Deployments printed whole, outside a paged list (a renewal plan).
-    pub(super) fn deployments(&self, list: &[certfleet_protocol::message::DeploymentInfo]) -> anyhow::Result<()> {
+    pub(super) fn deployments(
+        &self,
+        list: &[certfleet_protocol::message::DeploymentInfo],
+    ) -> anyhow::Result<()> {
         self.emit(list, || {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let (header, cells) = rows_of(&PageRows::Deployments(list.to_vec()), now);

@@ -65,6 +65,29 @@ fn table_rows(ctl: &Controller, args: &[&str]) -> Result<Vec<String>> {
     Ok(lines.map(str::to_owned).collect())
 }
 
+/// `(not_after, id)` of each certificate row, in list order.
+fn expiry_keys(rows: &[Value]) -> Result<Vec<(i64, String)>> {
+    rows.iter()
+        .map(|r| {
+            let at = certfleet_tests::fleet::parse_rfc3339(str_field(r, "not_after")?)?;
+            Ok((at, str_field(r, "id")?.to_owned()))
+        })
+        .collect()
+}
+
+/// The rows are soonest expiry first, ties by id: each key is above the
+/// one before it.
+fn ensure_expiry_order(what: &str, keys: &[(i64, String)]) -> Result<()> {
+    if let Some(w) = keys.windows(2).find(|w| w[0] >= w[1]) {
+        anyhow::bail!(
+            "{what} is not soonest expiry first, ties by id: {:?} before {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    Ok(())
+}
+
 fn distinct_ids(rows: &[Value]) -> Result<usize> {
     let ids: HashSet<&str> = rows
         .iter()
@@ -122,6 +145,49 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
             .all(|c| c.get("leaf_pem").is_none() && c.get("chain_pem").is_none()),
         "a list row carries PEM: {}",
         certs[0]
+    );
+    // Soonest expiry first across pages of 500: the seeded expiries are 97
+    // distinct times shared by ~515 certificates each, so pages end inside
+    // runs of equal times and the id must carry the order across them.
+    let keys = expiry_keys(&certs)?;
+    ensure_expiry_order("cert list", &keys)?;
+    ensure!(
+        keys.last().map(|k| k.1.as_str()) == Some(template.as_str()),
+        "the issued certificate expires last but was not listed last"
+    );
+    // Small pages (7 rows, so hundreds of continuation tokens) give the
+    // same rows in the same order.
+    let small = json_list(
+        &ctl,
+        &["cert", "list", "--limit", "2000", "--page-size", "7"],
+    )?;
+    ensure!(
+        expiry_keys(&small)? == keys[..2000],
+        "pages of 7 listed other certificates or another order than pages of 500"
+    );
+    // The expiry filter keeps the order: the earliest 32 of the seeded
+    // expiries (a minute apart), exactly those, in order. The bound falls
+    // half a minute past the 32nd, so the controller's clock running a few
+    // seconds behind this one moves no certificate across it.
+    let bound = keys[0].0 + 31 * 60 + 30;
+    let within = bound - time::OffsetDateTime::now_utc().unix_timestamp();
+    let expiring = json_list(
+        &ctl,
+        &[
+            "cert",
+            "list",
+            "--expiring-within",
+            &format!("{within}s"),
+            "--page-size",
+            "100",
+        ],
+    )?;
+    let expected: Vec<_> = keys.iter().filter(|k| k.0 < bound).cloned().collect();
+    ensure!(
+        expiry_keys(&expiring)? == expected && !expected.is_empty(),
+        "--expiring-within listed {} certificates, expected the {} earliest in order",
+        expiring.len(),
+        expected.len()
     );
     let rows = table_rows(&ctl, &["cert", "list", "--page-size", "1000"])?;
     ensure!(rows.len() == CERTS + 1, "{} table rows", rows.len());

@@ -832,7 +832,7 @@ mod tests {
     #[test]
     fn pages_follow_expiry_with_unreadable_last() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        let db = store::Store::open(&dir.path().join("db")).unwrap();
         db.call_blocking(|c| {
             let reports = [
                 ("agent-b", vec![Some(300), None, Some(100)]),

@@ -16,7 +16,7 @@ use anyhow::{ensure, Context, Result};
 use certfleet_controller::client::{Client, Credential};
 use certfleet_controller::server::{open_state, ServeOptions};
 use certfleet_protocol::list::{ListQuery, PageRequest, MAX_PAGE_ROWS};
-use certfleet_protocol::message::{Request, Response};
+use certfleet_protocol::message::{ErrorKind, Request, Response, RpcError};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME};
 use certfleet_tests::{array, str_field, Controller};
 use serde_json::Value;
@@ -292,6 +292,46 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
             text.contains("exceeds the limit of 4194304 bytes") && !text.contains("stream error"),
             "{text}"
         );
+
+        // Tokens are opaque, but one that is not the list's own (garbage,
+        // or a well-formed token of the id-ordered lists of before) is an
+        // invalid argument that says to start again, not a wrong page.
+        let hex = |key: &str| -> String { key.bytes().map(|b| format!("{b:02x}")).collect() };
+        let queries = [
+            ListQuery::Certificates {
+                expiring_within_secs: None,
+            },
+            ListQuery::Rollouts,
+            ListQuery::Inventory {
+                expiring_within_secs: None,
+                agent: None,
+            },
+        ];
+        for query in queries {
+            for bad in [
+                "not-a-token".to_owned(),
+                format!("c1.{}", hex(&template)),
+                format!("c1.{}", hex("agent-1\n3")),
+            ] {
+                let err = client
+                    .call(&Request::List {
+                        query: query.clone(),
+                        page: PageRequest {
+                            limit: 10,
+                            continue_token: Some(bad.clone()),
+                        },
+                    })
+                    .await
+                    .expect_err("a foreign continuation token must be refused");
+                let rpc = err.downcast_ref::<RpcError>().with_context(|| {
+                    format!("{query:?} with {bad}: not a controller error: {err:#}")
+                })?;
+                ensure!(
+                    rpc.kind == ErrorKind::InvalidArgument && rpc.message.contains("first page"),
+                    "{query:?} with token {bad}: {rpc:?}"
+                );
+            }
+        }
         client.close();
         Ok(())
     })?;

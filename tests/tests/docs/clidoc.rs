@@ -32,7 +32,7 @@ pub(crate) const OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
     ("instance list", Some(("InstanceInfo", true))),
     ("instance show", Some(("InstanceInfo", false))),
     ("cert apply", Some(("ApplicationInfo", false))),
-    ("cert list", Some(("CertInfo", true))),
+    ("cert list", Some(("CertSummary", true))),
     ("cert show", Some(("CertInfo", false))),
     ("cert download", Some(("FilesWritten", false))),
     ("cert revoke", Some(("CertInfo", false))),
@@ -46,7 +46,7 @@ pub(crate) const OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
     ("agent remove", Some(("AgentInfo", false))),
     ("deploy", Some(("RolloutInfo", false))),
     ("deployment list", Some(("DeploymentInfo", true))),
-    ("rollout list", Some(("RolloutInfo", true))),
+    ("rollout list", Some(("RolloutSummary", true))),
     ("rollout show", Some(("RolloutInfo", false))),
     ("rollout watch", Some(("RolloutInfo", false))),
     ("rollout pause", Some(("RolloutInfo", false))),
@@ -316,12 +316,15 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::InstanceInfo>(&mut t)?;
     trace::<m::ApplicationInfo>(&mut t)?;
     trace::<m::CertInfo>(&mut t)?;
+    // The list commands print summaries (no PEMs, counts for targets).
+    trace::<certfleet_protocol::list::CertSummary>(&mut t)?;
     trace::<FilesWritten>(&mut t)?;
     trace::<m::AuditEntry>(&mut t)?;
     trace::<m::JoinToken>(&mut t)?;
     trace::<m::AgentInfo>(&mut t)?;
     trace::<m::DeploymentInfo>(&mut t)?;
     trace::<m::RolloutInfo>(&mut t)?;
+    trace::<certfleet_protocol::list::RolloutSummary>(&mut t)?;
     trace::<m::FleetStatus>(&mut t)?;
     trace::<m::InventoryList>(&mut t)?;
     trace::<m::AdoptionInfo>(&mut t)?;

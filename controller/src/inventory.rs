@@ -111,35 +111,141 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InventoryItem> {
     })
 }
 
-/// One page of discovered certificates in key order (agent id, position
-/// in its report), after `after`; with `agent` only that agent's, with
+/// Where a page of `inventory list` continues. The list is soonest expiry
+/// first with unreadable certificates (no `not_after`) after every
+/// readable one, ties by agent id and position in the agent's report; the
+/// key is a row's place in that order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InventoryKey {
+    pub(crate) not_after: Option<i64>,
+    pub(crate) agent: String,
+    pub(crate) position: i64,
+}
+
+impl InventoryKey {
+    /// Before every row: no certificate expires at `i64::MIN`, agent ids
+    /// are non-empty and positions start at 0.
+    pub(crate) fn first() -> Self {
+        InventoryKey {
+            not_after: Some(i64::MIN),
+            agent: String::new(),
+            position: -1,
+        }
+    }
+
+    /// The key of a row [`inventory_page`] returned.
+    pub(crate) fn of(position: i64, item: &InventoryItem) -> Self {
+        InventoryKey {
+            not_after: item.entry.not_after.map(|t| t.0),
+            agent: item.agent.clone(),
+            position,
+        }
+    }
+}
+
+/// One page of discovered certificates after `after` in [`InventoryKey`]
+/// order, with each row's position; with `agent` only that agent's, with
 /// `not_after_before` only those readable and expiring by then.
+///
+/// SQLite cannot walk an index for `NULLS LAST`, so the readable rows
+/// (index `inventory_not_after` from the key on) and the unreadable ones
+/// (the same index at `not_after IS NULL`, by agent and position) are two
+/// range scans, the second only once the first runs out. Filters are
+/// spliced in as SQL rather than `?n IS NULL OR …`, which would hide the
+/// bounds from the planner. `tests` checks both plans.
 pub(crate) fn inventory_page(
     conn: &Connection,
     agent: Option<&str>,
     not_after_before: Option<i64>,
-    after: (&str, i64),
+    after: &InventoryKey,
     limit: u32,
 ) -> Result<Vec<(i64, InventoryItem)>> {
+    let mut rows = Vec::new();
+    if let Some(not_after) = after.not_after {
+        let mut stmt = conn
+            .prepare_cached(&readable_page_sql(
+                agent.is_some(),
+                not_after_before.is_some(),
+            ))
+            .map_err(sql)?;
+        let page = stmt
+            .query_map(
+                params![
+                    not_after,
+                    after.agent,
+                    after.position,
+                    agent,
+                    not_after_before,
+                    limit
+                ],
+                |r| Ok((r.get(16)?, item_from_row(r)?)),
+            )
+            .map_err(sql)?;
+        rows = page.collect::<std::result::Result<_, _>>().map_err(sql)?;
+    }
+    let left = (limit as usize).saturating_sub(rows.len());
+    // Unreadable certificates have no expiry, so an expiry filter keeps none.
+    if not_after_before.is_some() || left == 0 {
+        return Ok(rows);
+    }
+    let (from_agent, from_position) = match after.not_after {
+        Some(_) => ("", -1),
+        None => (after.agent.as_str(), after.position),
+    };
     let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {ITEM_COLS}, i.position
-             FROM inventory i
-             JOIN agents a ON a.id = i.agent AND a.removed_at IS NULL
-             JOIN inventory_scans s ON s.agent = i.agent
-             WHERE (i.agent, i.position) > (?1, ?2)
-               AND (?3 IS NULL OR i.agent = ?3)
-               AND (?4 IS NULL OR (i.not_after IS NOT NULL AND i.not_after <= ?4))
-             ORDER BY i.agent, i.position LIMIT ?5"
-        ))
+        .prepare_cached(&unreadable_page_sql(agent.is_some()))
         .map_err(sql)?;
-    let rows = stmt
+    let page = stmt
         .query_map(
-            params![after.0, after.1, agent, not_after_before, limit],
+            params![from_agent, from_position, agent, left as i64],
             |r| Ok((r.get(16)?, item_from_row(r)?)),
         )
         .map_err(sql)?;
-    rows.collect::<std::result::Result<_, _>>().map_err(sql)
+    for row in page {
+        rows.push(row.map_err(sql)?);
+    }
+    Ok(rows)
+}
+
+/// `i.agent = ?n`, or `?n IS NULL` (always true here) to keep the
+/// parameter in the statement when the list is not filtered by agent.
+fn agent_filter(n: u8, filtered: bool) -> String {
+    match filtered {
+        true => format!("i.agent = ?{n}"),
+        false => format!("?{n} IS NULL"),
+    }
+}
+
+/// Readable rows after `(?1, ?2, ?3)`; `?4` an agent, `?5` an expiry bound.
+fn readable_page_sql(by_agent: bool, expiring: bool) -> String {
+    let expiring = match expiring {
+        true => "i.not_after <= ?5",
+        false => "?5 IS NULL",
+    };
+    format!(
+        "SELECT {ITEM_COLS}, i.position
+         FROM inventory i
+         JOIN agents a ON a.id = i.agent AND a.removed_at IS NULL
+         JOIN inventory_scans s ON s.agent = i.agent
+         WHERE i.not_after IS NOT NULL
+           AND (i.not_after, i.agent, i.position) > (?1, ?2, ?3)
+           AND {} AND {expiring}
+         ORDER BY i.not_after, i.agent, i.position LIMIT ?6",
+        agent_filter(4, by_agent)
+    )
+}
+
+/// Unreadable rows after `(?1, ?2)`; `?3` an agent.
+fn unreadable_page_sql(by_agent: bool) -> String {
+    format!(
+        "SELECT {ITEM_COLS}, i.position
+         FROM inventory i
+         JOIN agents a ON a.id = i.agent AND a.removed_at IS NULL
+         JOIN inventory_scans s ON s.agent = i.agent
+         WHERE i.not_after IS NULL AND (i.agent, i.position) > (?1, ?2) AND {}
+         ORDER BY i.agent, i.position LIMIT ?4",
+        agent_filter(3, by_agent)
+    )
 }
 
 /// An agent's id and the `(agent name, problem)` pairs of its last scan.
@@ -717,5 +823,111 @@ mod tests {
         assert_eq!(names_of(&e).unwrap().len(), 2);
         e.sans = vec!["not a name".into()];
         assert!(names_of(&e).is_err());
+    }
+
+    /// Two agents' reports read two rows a page: soonest expiry first
+    /// across agents, ties by agent and position, unreadable ones last,
+    /// each row once; the filters keep that order; both statements read
+    /// the expiry index in order instead of sorting.
+    #[test]
+    fn pages_follow_expiry_with_unreadable_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::Store::open(&dir.path().join("db")).unwrap();
+        db.call_blocking(|c| {
+            let reports = [
+                ("agent-b", vec![Some(300), None, Some(100)]),
+                ("agent-a", vec![Some(100), None, Some(200), Some(300)]),
+            ];
+            for (agent, expiries) in reports {
+                store::agent_insert(
+                    c,
+                    &store::AgentRow {
+                        id: agent.into(),
+                        name: agent.into(),
+                        labels: vec![],
+                        targets: vec![],
+                        version: None,
+                        enrolled_at: 0,
+                        last_seen: None,
+                        removed_at: None,
+                        skew_secs: None,
+                        identity_expires: None,
+                    },
+                )
+                .unwrap();
+                let entries = expiries
+                    .iter()
+                    .enumerate()
+                    .map(|(n, e)| item(agent, &format!("/{n}"), *e).entry)
+                    .collect();
+                let report = InventoryReport {
+                    scanned_at: Timestamp(0),
+                    entries,
+                    problems: vec![],
+                };
+                replace(c, agent, &report, 0).unwrap();
+            }
+            let paged = |agent: Option<&str>, before: Option<i64>| {
+                let mut key = InventoryKey::first();
+                let mut seen = vec![];
+                loop {
+                    let page = inventory_page(c, agent, before, &key, 2).unwrap();
+                    let Some((pos, last)) = page.last() else {
+                        return seen;
+                    };
+                    key = InventoryKey::of(*pos, last);
+                    seen.extend(
+                        page.into_iter()
+                            .map(|(_, i)| (i.entry.not_after.map(|t| t.0), i.agent, i.entry.path)),
+                    );
+                }
+            };
+            let row = |t: Option<i64>, a: &str, p: &str| (t, a.to_string(), p.to_string());
+            assert_eq!(
+                paged(None, None),
+                vec![
+                    row(Some(100), "agent-a", "/0"),
+                    row(Some(100), "agent-b", "/2"),
+                    row(Some(200), "agent-a", "/2"),
+                    row(Some(300), "agent-a", "/3"),
+                    row(Some(300), "agent-b", "/0"),
+                    row(None, "agent-a", "/1"),
+                    row(None, "agent-b", "/1"),
+                ]
+            );
+            assert_eq!(
+                paged(Some("agent-b"), None),
+                vec![
+                    row(Some(100), "agent-b", "/2"),
+                    row(Some(300), "agent-b", "/0"),
+                    row(None, "agent-b", "/1"),
+                ]
+            );
+            assert_eq!(
+                paged(None, Some(200)),
+                vec![
+                    row(Some(100), "agent-a", "/0"),
+                    row(Some(100), "agent-b", "/2"),
+                    row(Some(200), "agent-a", "/2"),
+                ]
+            );
+
+            let none = None::<String>;
+            let plan = store::page::query_plan(
+                c,
+                &readable_page_sql(false, false),
+                params![0, "", -1, none, None::<i64>, 10],
+            );
+            store::page::assert_index_order(&plan, "inventory_not_after");
+            let plan = store::page::query_plan(
+                c,
+                &readable_page_sql(false, true),
+                params![0, "", -1, none, 100, 10],
+            );
+            store::page::assert_index_order(&plan, "inventory_not_after");
+            let plan =
+                store::page::query_plan(c, &unreadable_page_sql(false), params!["", -1, none, 10]);
+            store::page::assert_index_order(&plan, "inventory_not_after");
+        });
     }
 }

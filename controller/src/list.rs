@@ -9,7 +9,13 @@
 //! larger than the budget is refused with an error naming the limit.
 //!
 //! The continuation token is `c1.` and the hex of the last key returned;
-//! clients treat it as opaque. Filters are ids, applied in SQL.
+//! clients treat it as opaque. A key is the last row's place in the order
+//! the list is read in: an id or name, or for the lists in another order
+//! its sort columns and the id that breaks ties, one per line
+//! (`not_after` and id for certificates, `created_at` and id for
+//! rollouts, `not_after` or `-`, agent id and position for the
+//! inventory). A token that does not parse as the list's key is an
+//! invalid argument. Filters are ids, applied in SQL.
 
 use certfleet_protocol::list::{
     CertSummary, ListPage, ListQuery, PageRequest, PageRows, RolloutSummary, MAX_PAGE_ROWS,
@@ -18,6 +24,7 @@ use certfleet_protocol::message::{CertInfo, Timestamp};
 use certfleet_protocol::DEFAULT_MAX_FRAME;
 use serde::Serialize;
 
+use crate::inventory::InventoryKey;
 use crate::service::{internal, with_renewal, Result, Service, ServiceError};
 use crate::store::{self, page};
 
@@ -53,6 +60,43 @@ fn key_of(t: Option<&str>) -> Result<String> {
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| bad_token(t))?;
     Ok(key)
+}
+
+/// A key `"<number>\n<rest>"`: a sort column and the id after it.
+fn number_key(key: &str) -> Option<(i64, &str)> {
+    let (n, rest) = key.split_once('\n')?;
+    Some((n.parse().ok()?, rest))
+}
+
+/// The key of a number and an id, `first` for the first page.
+fn number_key_or<'a>(key: &'a str, first: (i64, &'a str)) -> Result<(i64, &'a str)> {
+    match key {
+        "" => Ok(first),
+        k => number_key(k).ok_or_else(|| bad_token(&token(k))),
+    }
+}
+
+fn inventory_key(k: &InventoryKey) -> String {
+    match k.not_after {
+        Some(t) => format!("{t}\n{}\n{}", k.agent, k.position),
+        None => format!("-\n{}\n{}", k.agent, k.position),
+    }
+}
+
+fn parse_inventory_key(key: &str) -> Option<InventoryKey> {
+    if key.is_empty() {
+        return Some(InventoryKey::first());
+    }
+    let (not_after, rest) = key.split_once('\n')?;
+    let (agent, position) = rest.rsplit_once('\n')?;
+    Some(InventoryKey {
+        not_after: match not_after {
+            "-" => None,
+            t => Some(t.parse().ok()?),
+        },
+        agent: agent.to_owned(),
+        position: position.parse().ok()?,
+    })
 }
 
 /// Take rows (fetched with one more than `limit`, to see whether more
@@ -166,12 +210,13 @@ fn list_in_store(
             expiring_within_secs,
         } => {
             let before = expiring_within_secs.map(|s| now.saturating_add(s));
+            let after = number_key_or(after, page::CERT_FIRST)?;
             let fetched = page::cert_page(c, before, after, limit + 1)?
                 .into_iter()
                 .map(|r| with_renewal(c, r).map(cert_summary))
                 .collect::<Result<Vec<_>>>()?;
             let (rows, next) = fill("certificate", fetched, n, PAGE_BYTE_BUDGET, |r| {
-                r.id.clone()
+                format!("{}\n{}", r.not_after.0, r.id)
             })?;
             (PageRows::Certificates(rows), next)
         }
@@ -210,11 +255,15 @@ fn list_in_store(
             (PageRows::Instances(rows), next)
         }
         ListQuery::Rollouts => {
-            let fetched = page::rollout_page(c, after, limit + 1)?
+            // Newest first: the key is the one the next page stays below.
+            let before = number_key_or(after, page::ROLLOUT_FIRST)?;
+            let fetched = page::rollout_page(c, before, limit + 1)?
                 .iter()
                 .map(|r| rollout_summary(c, r))
                 .collect::<Result<Vec<_>>>()?;
-            let (rows, next) = fill("rollout", fetched, n, PAGE_BYTE_BUDGET, |r| r.id.clone())?;
+            let (rows, next) = fill("rollout", fetched, n, PAGE_BYTE_BUDGET, |r| {
+                format!("{}\n{}", r.created_at.0, r.id)
+            })?;
             (PageRows::Rollouts(rows), next)
         }
         ListQuery::Inventory {
@@ -225,21 +274,11 @@ fn list_in_store(
                 .map(|a| crate::fleet::resolve_agent(c, &a).map(|r| r.id))
                 .transpose()?;
             let before = expiring_within_secs.map(|s| now.saturating_add(s));
-            // The key is the agent id and the position in its report.
-            let (key_agent, key_pos) = match after.rsplit_once('\n') {
-                None if after.is_empty() => ("", -1),
-                Some((a, p)) => (a, p.parse().map_err(|_| bad_token(&token(after)))?),
-                None => return Err(bad_token(&token(after))),
-            };
-            let fetched = crate::inventory::inventory_page(
-                c,
-                agent.as_deref(),
-                before,
-                (key_agent, key_pos),
-                limit + 1,
-            )?;
+            let after = parse_inventory_key(after).ok_or_else(|| bad_token(&token(after)))?;
+            let fetched =
+                crate::inventory::inventory_page(c, agent.as_deref(), before, &after, limit + 1)?;
             let (rows, next) = fill("inventory", fetched, n, PAGE_BYTE_BUDGET, |(pos, i)| {
-                format!("{}\n{pos}", i.agent)
+                inventory_key(&InventoryKey::of(*pos, i))
             })?;
             (
                 PageRows::Inventory(rows.into_iter().map(|(_, i)| i).collect()),
@@ -371,6 +410,43 @@ mod tests {
         for bad in ["", "c1.zz", "x1.00", "c1.ff"] {
             let err = key_of(Some(bad)).unwrap_err().to_string();
             assert!(err.contains("first page"), "{bad}: {err}");
+        }
+    }
+
+    /// The composite keys of the lists in expiry and creation order round
+    /// trip, and a token whose key is not the list's (an id alone, a
+    /// missing part, a non-number) is an invalid argument, not a panic or
+    /// a silent restart.
+    #[test]
+    fn composite_keys_round_trip_and_malformed_ones_are_invalid() {
+        assert_eq!(number_key_or("", (7, "")).unwrap(), (7, ""));
+        assert_eq!(
+            number_key_or("-5\ncert-ab12", (7, "")).unwrap(),
+            (-5, "cert-ab12")
+        );
+        for bad in ["cert-ab12", "x\ncert-ab12", "\ncert-ab12"] {
+            let err = number_key_or(bad, (0, "")).unwrap_err();
+            assert!(matches!(err, ServiceError::Invalid(_)), "{bad}: {err}");
+            assert!(err.to_string().contains("first page"), "{bad}: {err}");
+        }
+
+        for key in [
+            InventoryKey {
+                not_after: Some(1_700_000_000),
+                agent: "agent-1".into(),
+                position: 3,
+            },
+            InventoryKey {
+                not_after: None,
+                agent: "agent-2".into(),
+                position: 0,
+            },
+        ] {
+            assert_eq!(parse_inventory_key(&inventory_key(&key)), Some(key));
+        }
+        assert_eq!(parse_inventory_key(""), Some(InventoryKey::first()));
+        for bad in ["agent-1\n3", "x\nagent-1\n3", "-\nagent-1\nx", "-\nagent-1"] {
+            assert_eq!(parse_inventory_key(bad), None, "{bad}");
         }
     }
 }

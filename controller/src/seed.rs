@@ -52,6 +52,12 @@ pub fn seed_fleet_for_tests(
                 // shaped like real ones.
                 row.info.serial = format!("{:040X}", 0x5EED_0000_0000u64 + n as u64);
                 row.info.fingerprint = format!("{:064x}", 0x5EED_0000_0000u64 + n as u64);
+                // Expiries spread over the 97 minutes before the
+                // original's (so it expires last), many certificates sharing
+                // each one, so a list in expiry order has both orders to
+                // keep: by time, and by id among equal times across page
+                // boundaries.
+                row.info.not_after = Timestamp(row.info.not_after.0 - 60 * (1 + n as i64 % 97));
                 row.lineage = row.info.id.clone();
                 row.info.renews = None;
                 store::cert_insert(&tx, &row, ts)?;

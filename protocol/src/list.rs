@@ -23,8 +23,9 @@ pub const MAX_PAGE_ROWS: u32 = 1000;
 /// Which list, with its filters. Filters are ids, applied in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ListQuery {
-    /// Certificates by id; with `expiring_within_secs`, only those still in
-    /// service that expire within that many seconds from now.
+    /// Certificates soonest expiry first (ties by id); with
+    /// `expiring_within_secs`, only those still in service that expire
+    /// within that many seconds from now.
     Certificates {
         expiring_within_secs: Option<i64>,
     },
@@ -40,9 +41,11 @@ pub enum ListQuery {
     Audit,
     Instances,
     Issuers,
-    /// Rollouts by id, each with counts instead of its targets.
+    /// Rollouts newest first (by creation time, ties by id), each with
+    /// counts instead of its targets.
     Rollouts,
-    /// Discovered certificates, by agent id and position in its report;
+    /// Discovered certificates soonest expiry first, unreadable ones (no
+    /// expiry) last, ties by agent id and position in its report;
     /// `agent` is an id or a unique name; with `expiring_within_secs`,
     /// only readable ones that expire within that many seconds from now.
     Inventory {

@@ -16,7 +16,7 @@ use anyhow::{ensure, Context, Result};
 use certfleet_controller::client::{Client, Credential};
 use certfleet_controller::server::{open_state, ServeOptions};
 use certfleet_protocol::list::{ListQuery, PageRequest, MAX_PAGE_ROWS};
-use certfleet_protocol::message::{Request, Response};
+use certfleet_protocol::message::{ErrorKind, Request, Response, RpcError};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME};
 use certfleet_tests::{array, str_field, Controller};
 use serde_json::Value;
@@ -63,6 +63,29 @@ fn table_rows(ctl: &Controller, args: &[&str]) -> Result<Vec<String>> {
     let header = lines.next().unwrap_or_default();
     ensure!(header.starts_with("ID"), "no header: {header:?}");
     Ok(lines.map(str::to_owned).collect())
+}
+
+/// `(not_after, id)` of each certificate row, in list order.
+fn expiry_keys(rows: &[Value]) -> Result<Vec<(i64, String)>> {
+    rows.iter()
+        .map(|r| {
+            let at = certfleet_tests::fleet::parse_rfc3339(str_field(r, "not_after")?)?;
+            Ok((at, str_field(r, "id")?.to_owned()))
+        })
+        .collect()
+}
+
+/// The rows are soonest expiry first, ties by id: each key is above the
+/// one before it.
+fn ensure_expiry_order(what: &str, keys: &[(i64, String)]) -> Result<()> {
+    if let Some(w) = keys.windows(2).find(|w| w[0] >= w[1]) {
+        anyhow::bail!(
+            "{what} is not soonest expiry first, ties by id: {:?} before {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    Ok(())
 }
 
 fn distinct_ids(rows: &[Value]) -> Result<usize> {
@@ -122,6 +145,49 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
             .all(|c| c.get("leaf_pem").is_none() && c.get("chain_pem").is_none()),
         "a list row carries PEM: {}",
         certs[0]
+    );
+    // Soonest expiry first across pages of 500: the seeded expiries are 97
+    // distinct times shared by ~515 certificates each, so pages end inside
+    // runs of equal times and the id must carry the order across them.
+    let keys = expiry_keys(&certs)?;
+    ensure_expiry_order("cert list", &keys)?;
+    ensure!(
+        keys.last().map(|k| k.1.as_str()) == Some(template.as_str()),
+        "the issued certificate expires last but was not listed last"
+    );
+    // Small pages (7 rows, so hundreds of continuation tokens) give the
+    // same rows in the same order.
+    let small = json_list(
+        &ctl,
+        &["cert", "list", "--limit", "2000", "--page-size", "7"],
+    )?;
+    ensure!(
+        expiry_keys(&small)? == keys[..2000],
+        "pages of 7 listed other certificates or another order than pages of 500"
+    );
+    // The expiry filter keeps the order: the earliest 32 of the seeded
+    // expiries (a minute apart), exactly those, in order. The bound falls
+    // half a minute past the 32nd, so the controller's clock running a few
+    // seconds behind this one moves no certificate across it.
+    let bound = keys[0].0 + 31 * 60 + 30;
+    let within = bound - time::OffsetDateTime::now_utc().unix_timestamp();
+    let expiring = json_list(
+        &ctl,
+        &[
+            "cert",
+            "list",
+            "--expiring-within",
+            &format!("{within}s"),
+            "--page-size",
+            "100",
+        ],
+    )?;
+    let expected: Vec<_> = keys.iter().filter(|k| k.0 < bound).cloned().collect();
+    ensure!(
+        expiry_keys(&expiring)? == expected && !expected.is_empty(),
+        "--expiring-within listed {} certificates, expected the {} earliest in order",
+        expiring.len(),
+        expected.len()
     );
     let rows = table_rows(&ctl, &["cert", "list", "--page-size", "1000"])?;
     ensure!(rows.len() == CERTS + 1, "{} table rows", rows.len());
@@ -226,6 +292,46 @@ fn lists_at_fleet_size_page_and_stream() -> Result<()> {
             text.contains("exceeds the limit of 4194304 bytes") && !text.contains("stream error"),
             "{text}"
         );
+
+        // Tokens are opaque, but one that is not the list's own (garbage,
+        // or a well-formed token of the id-ordered lists of before) is an
+        // invalid argument that says to start again, not a wrong page.
+        let hex = |key: &str| -> String { key.bytes().map(|b| format!("{b:02x}")).collect() };
+        let queries = [
+            ListQuery::Certificates {
+                expiring_within_secs: None,
+            },
+            ListQuery::Rollouts,
+            ListQuery::Inventory {
+                expiring_within_secs: None,
+                agent: None,
+            },
+        ];
+        for query in queries {
+            for bad in [
+                "not-a-token".to_owned(),
+                format!("c1.{}", hex(&template)),
+                format!("c1.{}", hex("agent-1\n3")),
+            ] {
+                let err = client
+                    .call(&Request::List {
+                        query: query.clone(),
+                        page: PageRequest {
+                            limit: 10,
+                            continue_token: Some(bad.clone()),
+                        },
+                    })
+                    .await
+                    .expect_err("a foreign continuation token must be refused");
+                let rpc = err.downcast_ref::<RpcError>().with_context(|| {
+                    format!("{query:?} with {bad}: not a controller error: {err:#}")
+                })?;
+                ensure!(
+                    rpc.kind == ErrorKind::InvalidArgument && rpc.message.contains("first page"),
+                    "{query:?} with token {bad}: {rpc:?}"
+                );
+            }
+        }
         client.close();
         Ok(())
     })?;

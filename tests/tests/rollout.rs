@@ -486,10 +486,25 @@ fn renewal_at_a_simulated_date_is_rolled_out_canary_then_waves() -> Result<()> {
             .all(|t| t["state"] == "installed" && t["error"].is_null()),
         "{rollout:#}"
     );
+    let listed = fleet.rollouts()?;
     assert_eq!(
-        fleet.rollouts()?.len(),
+        listed.len(),
         rollouts_before + 1,
         "exactly one renewal rollout"
+    );
+    // `rollout list` is newest first: the renewal, started a (simulated)
+    // day after the deploy, leads.
+    ensure!(
+        listed[0]["id"] == rollout_id.as_str(),
+        "rollout list does not start with the newest rollout {rollout_id}: {listed:#?}"
+    );
+    let created: Vec<i64> = listed
+        .iter()
+        .map(|r| parse_rfc3339(r["created_at"].as_str().unwrap_or_default()))
+        .collect::<Result<_>>()?;
+    ensure!(
+        created.windows(2).all(|w| w[0] >= w[1]),
+        "rollout list is not newest first: {created:?}"
     );
 
     // What an operator checks: every nginx serves the new certificate, every

@@ -22,9 +22,10 @@ use crate::client::Client;
 #[derive(Debug, Subcommand)]
 pub enum InventoryCmd {
     /// Every certificate the agents found in use (nginx, Apache, HAProxy,
-    /// their `[discovery] paths`), managed by certfleet or not, agent by
-    /// agent, page by page. MANAGED names the certfleet certificate with the same
-    /// fingerprint; `-` marks one certfleet does not renew.
+    /// their `[discovery] paths`), managed by certfleet or not, soonest
+    /// expiry first and unreadable ones last, page by page. MANAGED names
+    /// the certfleet certificate with the same fingerprint; `-` marks one
+    /// certfleet does not renew.
     List {
         /// Only certificates that expire within this period (e.g. 30d);
         /// expired ones are included, unreadable ones are not.

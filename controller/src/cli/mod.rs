@@ -364,7 +364,8 @@ pub enum CertCmd {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// List certificates, by id (PEMs are in `cert show` and `cert download`).
+    /// List certificates, soonest expiry first (PEMs are in `cert show` and
+    /// `cert download`).
     List {
         /// Only certificates in service that expire within this period
         /// (e.g. 30d, 12h).

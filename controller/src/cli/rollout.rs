@@ -45,8 +45,8 @@ impl StrategyArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCmd {
-    /// List rollouts, by id, with target counts (`rollout show` has every
-    /// target).
+    /// List rollouts, newest first, with target counts (`rollout show` has
+    /// every target).
     List(super::list::ListArgs),
     /// Show a rollout: strategy, waves, and every target's state and error.
     Show { id: String },

@@ -267,4 +267,17 @@ CREATE INDEX instances_unused ON instances(issuer, created_at) WHERE state = 'un
     r#"
 CREATE INDEX credentials_subject ON credentials(subject, role);
 "#,
+    // 9: the list orders operators read in, each an index in that order so
+    // a keyset page is a range scan, not a sort of the whole table:
+    // certificates soonest expiry first (ties by id), discovered
+    // certificates soonest expiry first (ties by agent and position), and
+    // rollouts newest first. The single-column expiry indexes are prefixes
+    // of the new ones, which serve their queries too.
+    r#"
+DROP INDEX certificates_not_after;
+CREATE INDEX certificates_not_after ON certificates(not_after, id);
+DROP INDEX inventory_not_after;
+CREATE INDEX inventory_not_after ON inventory(not_after, agent, position);
+CREATE INDEX rollouts_created ON rollouts(created_at, id);
+"#,
 ];

@@ -194,7 +194,7 @@ CREATE UNIQUE INDEX applications_one_in_flight
 
 CREATE INDEX applications_renews ON applications(renews);
 
-CREATE INDEX certificates_not_after ON certificates(not_after);
+CREATE INDEX certificates_not_after ON certificates(not_after, id);
 
 CREATE INDEX certificates_renews ON certificates(renews);
 
@@ -206,7 +206,9 @@ CREATE INDEX instances_unused ON instances(issuer, created_at) WHERE state = 'un
 
 CREATE INDEX inventory_fingerprint ON inventory(fingerprint);
 
-CREATE INDEX inventory_not_after ON inventory(not_after);
+CREATE INDEX inventory_not_after ON inventory(not_after, agent, position);
+
+CREATE INDEX rollouts_created ON rollouts(created_at, id);
 
 CREATE UNIQUE INDEX rollouts_one_active_per_lineage
     ON rollouts(lineage) WHERE state IN ('running', 'paused');

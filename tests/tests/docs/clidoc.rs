@@ -316,12 +316,15 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::InstanceInfo>(&mut t)?;
     trace::<m::ApplicationInfo>(&mut t)?;
     trace::<m::CertInfo>(&mut t)?;
+    // The list commands print summaries (no PEMs, counts for targets).
+    trace::<certfleet_protocol::list::CertSummary>(&mut t)?;
     trace::<FilesWritten>(&mut t)?;
     trace::<m::AuditEntry>(&mut t)?;
     trace::<m::JoinToken>(&mut t)?;
     trace::<m::AgentInfo>(&mut t)?;
     trace::<m::DeploymentInfo>(&mut t)?;
     trace::<m::RolloutInfo>(&mut t)?;
+    trace::<certfleet_protocol::list::RolloutSummary>(&mut t)?;
     trace::<m::FleetStatus>(&mut t)?;
     trace::<m::InventoryList>(&mut t)?;
     trace::<m::AdoptionInfo>(&mut t)?;

@@ -102,9 +102,13 @@ fn token_hash(secret: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// Record an identity certificate issued to an agent, with its audit entry.
 /// The row of an agent enrolled at `ts`, before its first hello.
-fn new_agent_row(id: &str, name: &str, labels: &[(String, String)], ts: i64) -> AgentRow {
+pub(crate) fn new_agent_row(
+    id: &str,
+    name: &str,
+    labels: &[(String, String)],
+    ts: i64,
+) -> AgentRow {
     AgentRow {
         id: id.to_string(),
         name: name.to_string(),
@@ -119,6 +123,7 @@ fn new_agent_row(id: &str, name: &str, labels: &[(String, String)], ts: i64) -> 
     }
 }
 
+/// Record an identity certificate issued to an agent, with its audit entry.
 fn record_identity(
     tx: &rusqlite::Connection,
     agent: &str,

@@ -13,7 +13,7 @@
 
 use certfleet_protocol::message::Timestamp;
 
-use crate::store::{self, AgentRow, AuditRecord};
+use crate::store::{self, AuditRecord};
 
 /// What [`seed_fleet_for_tests`] added.
 #[derive(Debug, Clone, Default)]
@@ -67,18 +67,7 @@ pub fn seed_fleet_for_tests(
                 let id = store::new_id("agent");
                 store::agent_insert(
                     &tx,
-                    &AgentRow {
-                        id: id.clone(),
-                        name: format!("{prefix}-{n}"),
-                        labels: labels.clone(),
-                        targets: vec![],
-                        version: None,
-                        enrolled_at: ts,
-                        last_seen: None,
-                        removed_at: None,
-                        skew_secs: None,
-                        identity_expires: None,
-                    },
+                    &crate::fleet::new_agent_row(&id, &format!("{prefix}-{n}"), &labels, ts),
                 )?;
                 store::deployment_upsert(&tx, &id, "files", &original.lineage, &template, ts)?;
                 seeded.deployments += 1;

@@ -21,7 +21,6 @@ use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-
 use crate::identity::SERVER_NAME;
 
 /// How long the CLI waits for a controller to answer.

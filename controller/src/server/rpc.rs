@@ -95,7 +95,12 @@ async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<Peer
             return Err(if peer.role == Role::Agent {
                 "agent has been removed".into()
             } else {
-                "credential has been revoked".into()
+                format!(
+                    "the credential of admin {:?} (serial {}) has been revoked; ask another \
+                     admin for a new one, or run `certfleet admin create NAME --state-dir DIR \
+                     --out FILE` on the controller host",
+                    peer.subject, peer.serial
+                )
             })
         }
         Some(r) if r.role == peer.role.as_str() && r.subject == peer.subject => {}
@@ -344,6 +349,9 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
         Request::RolloutAbort { id } => ("rollout.abort", id.clone()),
         Request::RolloutRollback { id, .. } => ("rollout.rollback", id.clone()),
         Request::InventoryAdopt { agent, .. } => ("inventory.adopt", agent.clone()),
+        Request::AdminCreate { name, .. } => ("admin.credential.create", name.clone()),
+        Request::AdminRenew { .. } => ("admin.credential.renew", String::new()),
+        Request::AdminRevoke { name, .. } => ("admin.credential.revoke", name.clone()),
         _ => return None,
     })
 }
@@ -351,6 +359,22 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
 async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Response {
     let svc = &ctx.service;
     let actor = peer.actor();
+    // The credential was valid when the connection opened; it may have been
+    // revoked since (by another admin, on another connection). Asking the
+    // store on every request refuses a revoked credential at once, also on
+    // a connection that stays open.
+    match svc.admin_credential_valid(peer.serial.clone()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return denied(&format!(
+                "the credential of admin {:?} (serial {}) has been revoked; ask another admin \
+                 for a new one (`certfleet admin create NAME --out FILE`), or run `certfleet \
+                 admin create NAME --state-dir DIR --out FILE` on the controller host",
+                peer.subject, peer.serial
+            ))
+        }
+        Err(e) => return Response::Error(e.to_rpc()),
+    }
     let audited = mutation(&request);
     let result: Result<Response, ServiceError> = match request {
         Request::IssuerAdd { name, kind, key } => svc
@@ -541,6 +565,20 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
         // Not in `mutation`: a dry run changes nothing, so nothing is
         // audited, not even a refusal (the plan carries it).
         Request::DryRun(planned) => Ok(Response::Plan(svc.plan(actor.clone(), planned).await)),
+        Request::AdminCreate { name, csr_pem } => svc
+            .admin_create(actor.clone(), name, csr_pem)
+            .await
+            .map(Response::AdminIssued),
+        Request::AdminList => svc.admin_list().await.map(Response::AdminCredentials),
+        // Renewal is for the operator making the request, never another.
+        Request::AdminRenew { csr_pem } => svc
+            .admin_renew(actor.clone(), peer.subject.clone(), csr_pem)
+            .await
+            .map(Response::AdminIssued),
+        Request::AdminRevoke { name, force } => svc
+            .admin_revoke(actor.clone(), name, force)
+            .await
+            .map(Response::AdminCredentials),
         Request::Enroll { .. }
         | Request::InventoryReport(_)
         | Request::AgentHello(_)

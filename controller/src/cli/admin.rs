@@ -117,9 +117,7 @@ where
                 // A revoked or expired credential cannot renew itself; say
                 // how to get a new one instead.
                 e.context(format!(
-                    "`admin renew` needs a valid credential; with {} refused, ask another admin \
-                     for one (`certfleet admin create NAME --out FILE`) or run `certfleet admin \
-                     create NAME --state-dir DIR --out FILE` on the controller host",
+                    "`admin renew` needs a valid credential, and {} was refused",
                     current.display()
                 ))
             })?;

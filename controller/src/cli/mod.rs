@@ -67,8 +67,9 @@ pub struct Cli {
         default_value = "127.0.0.1:7443"
     )]
     pub controller: String,
-    /// Admin credential file (written by `certfleet serve` as
-    /// <state-dir>/admin.credential).
+    /// Admin credential file (`certfleet serve` writes the first one as
+    /// <state-dir>/admin.credential; `certfleet admin create` makes one per
+    /// operator).
     #[arg(long, global = true, env = "CERTFLEET_CREDENTIAL")]
     pub credential: Option<PathBuf>,
     /// Output format. JSON is documented in docs/cli.md and stable.

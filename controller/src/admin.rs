@@ -324,6 +324,75 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seal::MasterKey;
+
+    /// A state directory with an identity CA and no admin yet.
+    fn state() -> (tempfile::TempDir, crate::store::Store, IdentityCa) {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::create(&dir.path().join("k")).unwrap();
+        let (ca, _) = IdentityCa::create(&master, OffsetDateTime::now_utc()).unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        (dir, store, ca)
+    }
+
+    fn create(
+        store: &crate::store::Store,
+        ca: &IdentityCa,
+        name: &str,
+        now: OffsetDateTime,
+    ) -> Result<AdminIssued> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        store.call_blocking(|c| issue(c, ca, Issue::Create, name, &key, "test", now))
+    }
+
+    #[test]
+    fn a_name_is_taken_while_it_holds_a_valid_credential() {
+        let (_dir, store, ca) = state();
+        let now = OffsetDateTime::now_utc();
+        create(&store, &ca, "alice", now).unwrap();
+        assert!(matches!(
+            create(&store, &ca, "alice", now),
+            Err(ServiceError::Conflict(_))
+        ));
+        // Expired: the name is free again (a locked-out operator keeps it).
+        let later = now + Duration::days(ADMIN_CREDENTIAL_DAYS + 1);
+        create(&store, &ca, "alice", later).unwrap();
+        // Revoked: free again too.
+        store
+            .call_blocking(|c| revoke(c, "alice", true, "test", later.unix_timestamp()))
+            .unwrap();
+        create(&store, &ca, "alice", later).unwrap();
+    }
+
+    #[test]
+    fn the_last_valid_credential_needs_force() {
+        let (_dir, store, ca) = state();
+        let now = OffsetDateTime::now_utc();
+        let ts = now.unix_timestamp();
+        create(&store, &ca, "alice", now).unwrap();
+        create(&store, &ca, "bob", now).unwrap();
+        let revoked = store
+            .call_blocking(|c| revoke(c, "bob", false, "test", ts))
+            .unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert!(matches!(
+            store.call_blocking(|c| revoke(c, "alice", false, "test", ts)),
+            Err(ServiceError::Conflict(m)) if m.contains("--force")
+        ));
+        assert!(matches!(
+            store.call_blocking(|c| revoke(c, "bob", false, "test", ts)),
+            Err(ServiceError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.call_blocking(|c| revoke(c, "nobody", false, "test", ts)),
+            Err(ServiceError::NotFound { .. })
+        ));
+        store
+            .call_blocking(|c| revoke(c, "alice", true, "test", ts))
+            .unwrap();
+        let all = store.call_blocking(|c| list(c)).unwrap();
+        assert!(all.iter().all(|c| c.revoked_at.is_some()), "{all:?}");
+    }
 
     #[test]
     fn names() {

@@ -1378,10 +1378,29 @@ mod tests {
                     continue_token: Some("c1.00".into()),
                 },
             },
+            Request::AdminCreate {
+                name: "alice".into(),
+                csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            },
+            Request::AdminList,
+            Request::AdminRenew {
+                csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            },
+            Request::AdminRevoke {
+                name: "alice".into(),
+                force: true,
+            },
         ]
     }
 
     fn all_responses() -> Vec<Response> {
+        let admin = AdminCredentialInfo {
+            name: "alice".into(),
+            serial: "4F00".into(),
+            created_at: Timestamp(1),
+            not_after: Timestamp(2),
+            revoked_at: None,
+        };
         let issuer = IssuerInfo {
             name: "ca".into(),
             kind: IssuerKind::Builtin,
@@ -1557,6 +1576,18 @@ mod tests {
                 }]),
                 continue_token: None,
             }),
+            Response::AdminIssued(AdminIssued {
+                credential: admin.clone(),
+                cert_pem: "cert".into(),
+                ca_pem: "ca".into(),
+            }),
+            Response::AdminCredentials(vec![
+                admin.clone(),
+                AdminCredentialInfo {
+                    revoked_at: Some(Timestamp(3)),
+                    ..admin
+                },
+            ]),
         ]
     }
 

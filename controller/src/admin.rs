@@ -327,16 +327,16 @@ mod tests {
     use crate::seal::MasterKey;
 
     /// A state directory with an identity CA and no admin yet.
-    fn state() -> (tempfile::TempDir, crate::store::Store, IdentityCa) {
+    fn state() -> (tempfile::TempDir, store::Store, IdentityCa) {
         let dir = tempfile::tempdir().unwrap();
         let master = MasterKey::create(&dir.path().join("k")).unwrap();
         let (ca, _) = IdentityCa::create(&master, OffsetDateTime::now_utc()).unwrap();
-        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        let store = store::Store::open(&dir.path().join("db")).unwrap();
         (dir, store, ca)
     }
 
     fn create(
-        store: &crate::store::Store,
+        store: &store::Store,
         ca: &IdentityCa,
         name: &str,
         now: OffsetDateTime,

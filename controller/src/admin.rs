@@ -4,8 +4,9 @@
 //! serial up on every connection and every admin request, so a credential
 //! minted by another process (`certfleet admin create --state-dir`, which
 //! writes the same SQLite database through its own WAL locking) is accepted
-//! at once, and a revoked one is refused at once. Nothing here caches the
-//! set of valid admins.
+//! at once, and a revoked one is refused at once (the endpoint also closes
+//! its open connections, see `server::rpc`). Nothing here caches the set
+//! of valid admins.
 //!
 //! Every change is one `BEGIN IMMEDIATE` transaction, so "is this name
 //! taken" and "would a valid admin be left" hold against a concurrent

@@ -349,6 +349,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         service: service.clone(),
         store: state.store.clone(),
         identity: state.identity.clone(),
+        admin_revoked: tokio::sync::broadcast::channel(16).0,
     });
     tasks.spawn(rpc::accept_loop(endpoint.clone(), ctx, shutdown_rx));
 

@@ -16,7 +16,7 @@ use certfleet_protocol::message::{
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::fleet::SessionEvent;
@@ -34,6 +34,16 @@ pub(super) struct Ctx {
     pub(super) service: Arc<Service>,
     pub(super) store: Store,
     pub(super) identity: Arc<IdentityCa>,
+    /// Admin credentials just revoked, and the connection that revoked
+    /// them: every other open connection of such a credential is closed.
+    pub(super) admin_revoked: broadcast::Sender<Revoked>,
+}
+
+/// Serials revoked by one `AdminRevoke`, and the connection it came on.
+#[derive(Debug, Clone)]
+pub(super) struct Revoked {
+    serials: Vec<String>,
+    origin: usize,
 }
 
 pub(super) async fn accept_loop(
@@ -170,6 +180,16 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
             return;
         }
         debug!(software = %hello.software, "peer connected");
+        if let Some(p) = peer.as_ref().filter(|p| p.role == Role::Admin) {
+            tokio::spawn(
+                close_when_revoked(
+                    conn.clone(),
+                    p.serial.clone(),
+                    ctx.admin_revoked.subscribe(),
+                )
+                .in_current_span(),
+            );
+        }
         let session = match &peer {
             Some(p) if p.role == Role::Agent => {
                 let (id, events) = ctx.service.sessions.register(&p.subject);
@@ -275,6 +295,38 @@ async fn session_events(
     }
 }
 
+/// Close an admin's connection as soon as its credential is revoked, the
+/// way a removed agent's session is closed. The connection that made the
+/// revocation is spared so that its answer arrives; its next request is
+/// refused ([`admin_request`] checks the store every time).
+async fn close_when_revoked(
+    conn: quinn::Connection,
+    serial: String,
+    mut revoked: broadcast::Receiver<Revoked>,
+) {
+    loop {
+        let event = tokio::select! {
+            e = revoked.recv() => e,
+            _ = conn.closed() => return,
+        };
+        match event {
+            Ok(r) if r.origin != conn.stable_id() && r.serials.contains(&serial) => {
+                info!(%serial, "closing the connection of a revoked admin credential");
+                conn.close(
+                    VarInt::from_u32(CLOSE_UNAUTHORIZED),
+                    b"this admin credential has been revoked",
+                );
+                return;
+            }
+            Ok(_) => {}
+            // Missed events: the store check on every request still
+            // refuses a revoked credential.
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 async fn serve_stream(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
@@ -290,6 +342,7 @@ async fn serve_stream(
             return;
         }
     };
+    let revoking = matches!(request, Request::AdminRevoke { .. });
     let response = match peer.as_ref() {
         Some(p) if p.role == Role::Admin => admin_request(&ctx, p, request).await,
         Some(p) => agent_request(&ctx, p, request).await,
@@ -323,6 +376,13 @@ async fn serve_stream(
             let _ = send.finish();
         }
         Err(e) => warn!(error = %e, "could not send response"),
+    }
+    if let (true, Response::AdminCredentials(list)) = (revoking, &response) {
+        // No receiver (no other admin connected) is not an error.
+        let _ = ctx.admin_revoked.send(Revoked {
+            serials: list.iter().map(|c| c.serial.clone()).collect(),
+            origin: conn.stable_id(),
+        });
     }
 }
 

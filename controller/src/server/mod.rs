@@ -206,6 +206,25 @@ pub fn open_existing(state_dir: &Path, master_key_file: Option<&Path>) -> anyhow
             db.display()
         );
     }
+    // SQLite may create its -wal and -shm files here; made by another user
+    // (root), they would lock the controller's own user out of its database.
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(&db).with_context(|| format!("cannot read {}", db.display()))?,
+    );
+    let me = nix::unistd::getuid().as_raw();
+    if owner != me {
+        let name = nix::unistd::User::from_uid(owner.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| format!("uid {owner}"));
+        bail!(
+            "{} belongs to {name}, and this command runs as uid {me}: files it creates there \
+             would lock the controller out of its database; run it as that user (sudo -u \
+             {name} certfleet …)",
+            db.display()
+        );
+    }
     let store = Store::open(&db)?;
     let not_initialized = || {
         anyhow!(

@@ -4,6 +4,7 @@
 //! reconcilers); every other subcommand is a client of a running controller.
 
 pub mod activity;
+pub mod admin;
 pub mod ca;
 pub mod challenge;
 pub mod check;

@@ -367,6 +367,27 @@ pub struct JoinToken {
     pub expires_at: Timestamp,
 }
 
+/// An admin credential as `admin list` shows it (never its key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCredentialInfo {
+    /// The operator, as the audit log names them (`admin:<name>`).
+    pub name: String,
+    /// Certificate serial (upper-case hex).
+    pub serial: String,
+    pub created_at: Timestamp,
+    pub not_after: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A freshly issued admin credential: its certificate and the identity CA
+/// (the CLI adds the private key it kept and writes the credential file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminIssued {
+    pub credential: AdminCredentialInfo,
+    pub cert_pem: String,
+    pub ca_pem: String,
+}
+
 /// A target an agent declares in its own configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetInfo {
@@ -872,6 +893,26 @@ pub enum Request {
         query: crate::list::ListQuery,
         page: crate::list::PageRequest,
     },
+    /// A new admin credential for operator `name`, for the public key in
+    /// `csr_pem` (the private key never leaves the CLI). Refused while
+    /// `name` holds a valid credential.
+    AdminCreate {
+        name: String,
+        csr_pem: String,
+    },
+    /// Every admin credential, revoked and expired ones included.
+    AdminList,
+    /// A new credential for the operator of the credential in use (which
+    /// stays valid until it expires or is revoked).
+    AdminRenew {
+        csr_pem: String,
+    },
+    /// Revoke every valid credential of operator `name`; without `force`,
+    /// refused when no valid admin credential would be left.
+    AdminRevoke {
+        name: String,
+        force: bool,
+    },
 }
 
 /// Broad class of a failed request, so clients can choose exit codes.
@@ -927,6 +968,10 @@ pub enum Response {
     CaRoot(CaRoot),
     Plan(Plan),
     Page(crate::list::ListPage),
+    /// A credential just issued (`AdminCreate`, `AdminRenew`).
+    AdminIssued(AdminIssued),
+    /// Admin credentials (`AdminList`; `AdminRevoke`: those it revoked).
+    AdminCredentials(Vec<AdminCredentialInfo>),
 }
 
 /// `certfleet ca root`: what anchors an issuer's certificates.
@@ -1333,10 +1378,29 @@ mod tests {
                     continue_token: Some("c1.00".into()),
                 },
             },
+            Request::AdminCreate {
+                name: "alice".into(),
+                csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            },
+            Request::AdminList,
+            Request::AdminRenew {
+                csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            },
+            Request::AdminRevoke {
+                name: "alice".into(),
+                force: true,
+            },
         ]
     }
 
     fn all_responses() -> Vec<Response> {
+        let admin = AdminCredentialInfo {
+            name: "alice".into(),
+            serial: "4F00".into(),
+            created_at: Timestamp(1),
+            not_after: Timestamp(2),
+            revoked_at: None,
+        };
         let issuer = IssuerInfo {
             name: "ca".into(),
             kind: IssuerKind::Builtin,
@@ -1512,6 +1576,18 @@ mod tests {
                 }]),
                 continue_token: None,
             }),
+            Response::AdminIssued(AdminIssued {
+                credential: admin.clone(),
+                cert_pem: "cert".into(),
+                ca_pem: "ca".into(),
+            }),
+            Response::AdminCredentials(vec![
+                admin.clone(),
+                AdminCredentialInfo {
+                    revoked_at: Some(Timestamp(3)),
+                    ..admin
+                },
+            ]),
         ]
     }
 

@@ -385,6 +385,11 @@ impl Controller {
     /// certificate validity by the same simulated time, as they would by
     /// the same wall clock in production.
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        self.cli_as(&self.credential_path(), args)
+    }
+
+    /// [`Controller::cli`] with another admin credential.
+    pub fn cli_as(&self, credential: &Path, args: &[&str]) -> Result<Output> {
         let mut cmd = self.cli_command();
         if let Some((key, value)) = self
             .options
@@ -397,7 +402,7 @@ impl Controller {
         cmd.arg("--controller")
             .arg(self.listen().to_string())
             .arg("--credential")
-            .arg(self.credential_path())
+            .arg(credential)
             .args(args);
         run_with_timeout(&mut cmd, CLI_TIMEOUT)
     }

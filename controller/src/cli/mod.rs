@@ -11,6 +11,7 @@ macro_rules! expect_response {
     };
 }
 
+mod admin;
 mod download;
 mod inventory;
 mod list;
@@ -66,8 +67,9 @@ pub struct Cli {
         default_value = "127.0.0.1:7443"
     )]
     pub controller: String,
-    /// Admin credential file (written by `certfleet serve` as
-    /// <state-dir>/admin.credential).
+    /// Admin credential file (`certfleet serve` writes the first one as
+    /// <state-dir>/admin.credential; `certfleet admin create` makes one per
+    /// operator).
     #[arg(long, global = true, env = "CERTFLEET_CREDENTIAL")]
     pub credential: Option<PathBuf>,
     /// Output format. JSON is documented in docs/cli.md and stable.
@@ -113,6 +115,9 @@ pub enum Command {
     /// Enrolled agents and join tokens.
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// Operators' admin credentials: create, list, renew, revoke.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
     /// Install a certificate on agents' targets (follows its renewals).
     Deploy(DeployArgs),
     /// Where certificates are deployed and how the installs went.
@@ -519,6 +524,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 certfleet_agent::manual::write_man_pages(&Cli::command(), &dir, &mut taken)?;
             out.files(&dir, &written)
         }
+        Command::Admin(cmd) => {
+            let credential = cli.credential.as_deref();
+            let controller = cli.controller.as_str();
+            admin::run(cmd, credential, || connect(controller, credential), &out).await
+        }
         command => {
             let client = connect(&cli.controller, cli.credential.as_deref()).await?;
             let r = client_command(&client, command, &out).await;
@@ -564,6 +574,7 @@ async fn connect(controller: &str, credential: Option<&std::path::Path>) -> anyh
         );
     };
     let cred = Credential::load(path)?;
+    admin::check_credential(path, &cred, crate::clock::from_env().now())?;
     let addr = resolve(controller).await?;
     Client::open(addr, &cred).await
 }
@@ -728,8 +739,11 @@ async fn dev_agent(running: &server::Running, dir: &std::path::Path) -> anyhow::
 
 async fn client_command(client: &Client, command: Command, out: &Output) -> anyhow::Result<()> {
     match command {
-        Command::Serve(_) | Command::Completion { .. } | Command::Man { .. } => {
-            unreachable!("serve, completion and man are handled before connecting")
+        Command::Serve(_)
+        | Command::Completion { .. }
+        | Command::Man { .. }
+        | Command::Admin(_) => {
+            unreachable!("serve, completion, man and admin are handled before connecting")
         }
         Command::Issuer(IssuerCmd::Add {
             name,

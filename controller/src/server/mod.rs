@@ -36,7 +36,7 @@ const MASTER_KEY_CHECK_AAD: &str = "meta:master-key-check";
 const MASTER_KEY_CHECK_TEXT: &[u8] = b"certfleet master key check v1";
 
 /// How long an admin credential written by the controller stays valid.
-pub const ADMIN_CREDENTIAL_DAYS: i64 = 365;
+pub use crate::admin::ADMIN_CREDENTIAL_DAYS;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -89,26 +89,11 @@ fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
 /// verified on every later one), identity CA and the first admin credential.
 pub fn open_state(opts: &ServeOptions, clock: &dyn Clock) -> anyhow::Result<State> {
     ensure_state_dir(&opts.state_dir)?;
-    let key_path = opts
-        .master_key_file
-        .clone()
-        .unwrap_or_else(|| opts.state_dir.join(MASTER_KEY_FILE));
+    let key_path = master_key_path(&opts.state_dir, opts.master_key_file.as_deref());
     let store = Store::open(&opts.state_dir.join(DB_FILE))?;
     let check = store.call_blocking(|c| store::meta_get(c, MASTER_KEY_CHECK))?;
     let master = match check {
-        Some(blob) => {
-            let key = MasterKey::load(&key_path)?;
-            key.open(MASTER_KEY_CHECK_AAD, &blob).map_err(|_| {
-                anyhow!(
-                    "master key {} does not match state directory {}: it is not the key this \
-                     controller was initialized with. Restore the original key file, or name it \
-                     with --master-key-file",
-                    key_path.display(),
-                    opts.state_dir.display()
-                )
-            })?;
-            key
-        }
+        Some(blob) => verified_master_key(&key_path, &blob, &opts.state_dir)?,
         None => {
             let key = if key_path.exists() {
                 MasterKey::load(&key_path)?
@@ -175,6 +160,88 @@ pub fn open_state(opts: &ServeOptions, clock: &dyn Clock) -> anyhow::Result<Stat
             ca
         }
     };
+    Ok(State {
+        store,
+        master: Arc::new(master),
+        identity: Arc::new(identity),
+    })
+}
+
+fn master_key_path(state_dir: &Path, file: Option<&Path>) -> PathBuf {
+    file.map(Path::to_path_buf)
+        .unwrap_or_else(|| state_dir.join(MASTER_KEY_FILE))
+}
+
+/// Load the master key and check it against the state directory's sealed
+/// check value.
+fn verified_master_key(
+    key_path: &Path,
+    check: &[u8],
+    state_dir: &Path,
+) -> anyhow::Result<MasterKey> {
+    let key = MasterKey::load(key_path)?;
+    key.open(MASTER_KEY_CHECK_AAD, check).map_err(|_| {
+        anyhow!(
+            "master key {} does not match state directory {}: it is not the key this \
+             controller was initialized with. Restore the original key file, or name it \
+             with --master-key-file",
+            key_path.display(),
+            state_dir.display()
+        )
+    })?;
+    Ok(key)
+}
+
+/// Open an initialized state directory without creating anything and
+/// without the controller lock, for `certfleet admin create --state-dir`:
+/// it works beside a running controller (SQLite's own locking orders the
+/// writes) and with none.
+pub fn open_existing(state_dir: &Path, master_key_file: Option<&Path>) -> anyhow::Result<State> {
+    let db = state_dir.join(DB_FILE);
+    if !db.exists() {
+        bail!(
+            "{} holds no controller state ({} is missing): name the directory `certfleet \
+             serve` uses with --state-dir",
+            state_dir.display(),
+            db.display()
+        );
+    }
+    // SQLite may create its -wal and -shm files here; made by another user
+    // (root), they would lock the controller's own user out of its database.
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(&db).with_context(|| format!("cannot read {}", db.display()))?,
+    );
+    let me = nix::unistd::getuid().as_raw();
+    if owner != me {
+        let name = nix::unistd::User::from_uid(owner.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| format!("uid {owner}"));
+        bail!(
+            "{} belongs to {name}, and this command runs as uid {me}: files it creates there \
+             would lock the controller out of its database; run it as that user (sudo -u \
+             {name} certfleet …)",
+            db.display()
+        );
+    }
+    let store = Store::open(&db)?;
+    let not_initialized = || {
+        anyhow!(
+            "state directory {} was never initialized by `certfleet serve`; start the \
+             controller once, it writes the first admin credential",
+            state_dir.display()
+        )
+    };
+    let check = store
+        .call_blocking(|c| store::meta_get(c, MASTER_KEY_CHECK))?
+        .ok_or_else(not_initialized)?;
+    let key_path = master_key_path(state_dir, master_key_file);
+    let master = verified_master_key(&key_path, &check, state_dir)?;
+    let row = store
+        .call_blocking(|c| store::identity_ca_get(c))?
+        .ok_or_else(not_initialized)?;
+    let identity = IdentityCa::load(&master, &row)?;
     Ok(State {
         store,
         master: Arc::new(master),
@@ -301,6 +368,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         service: service.clone(),
         store: state.store.clone(),
         identity: state.identity.clone(),
+        admin_revoked: tokio::sync::broadcast::channel(16).0,
     });
     tasks.spawn(rpc::accept_loop(endpoint.clone(), ctx, shutdown_rx));
 

@@ -16,7 +16,7 @@ use certfleet_protocol::message::{
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::fleet::SessionEvent;
@@ -34,6 +34,16 @@ pub(super) struct Ctx {
     pub(super) service: Arc<Service>,
     pub(super) store: Store,
     pub(super) identity: Arc<IdentityCa>,
+    /// Admin credentials just revoked, and the connection that revoked
+    /// them: every other open connection of such a credential is closed.
+    pub(super) admin_revoked: broadcast::Sender<Revoked>,
+}
+
+/// Serials revoked by one `AdminRevoke`, and the connection it came on.
+#[derive(Debug, Clone)]
+pub(super) struct Revoked {
+    serials: Vec<String>,
+    origin: usize,
 }
 
 pub(super) async fn accept_loop(
@@ -95,7 +105,12 @@ async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<Peer
             return Err(if peer.role == Role::Agent {
                 "agent has been removed".into()
             } else {
-                "credential has been revoked".into()
+                format!(
+                    "the credential of admin {:?} (serial {}) has been revoked; ask another \
+                     admin for a new one, or run `certfleet admin create NAME --state-dir DIR \
+                     --out FILE` on the controller host",
+                    peer.subject, peer.serial
+                )
             })
         }
         Some(r) if r.role == peer.role.as_str() && r.subject == peer.subject => {}
@@ -165,6 +180,16 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
             return;
         }
         debug!(software = %hello.software, "peer connected");
+        if let Some(p) = peer.as_ref().filter(|p| p.role == Role::Admin) {
+            tokio::spawn(
+                close_when_revoked(
+                    conn.clone(),
+                    p.serial.clone(),
+                    ctx.admin_revoked.subscribe(),
+                )
+                .in_current_span(),
+            );
+        }
         let session = match &peer {
             Some(p) if p.role == Role::Agent => {
                 let (id, events) = ctx.service.sessions.register(&p.subject);
@@ -270,6 +295,38 @@ async fn session_events(
     }
 }
 
+/// Close an admin's connection as soon as its credential is revoked, the
+/// way a removed agent's session is closed. The connection that made the
+/// revocation is spared so that its answer arrives; its next request is
+/// refused ([`admin_request`] checks the store every time).
+async fn close_when_revoked(
+    conn: quinn::Connection,
+    serial: String,
+    mut revoked: broadcast::Receiver<Revoked>,
+) {
+    loop {
+        let event = tokio::select! {
+            e = revoked.recv() => e,
+            _ = conn.closed() => return,
+        };
+        match event {
+            Ok(r) if r.origin != conn.stable_id() && r.serials.contains(&serial) => {
+                info!(%serial, "closing the connection of a revoked admin credential");
+                conn.close(
+                    VarInt::from_u32(CLOSE_UNAUTHORIZED),
+                    b"this admin credential has been revoked",
+                );
+                return;
+            }
+            Ok(_) => {}
+            // Missed events: the store check on every request still
+            // refuses a revoked credential.
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 async fn serve_stream(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
@@ -285,6 +342,7 @@ async fn serve_stream(
             return;
         }
     };
+    let revoking = matches!(request, Request::AdminRevoke { .. });
     let response = match peer.as_ref() {
         Some(p) if p.role == Role::Admin => admin_request(&ctx, p, request).await,
         Some(p) => agent_request(&ctx, p, request).await,
@@ -319,6 +377,13 @@ async fn serve_stream(
         }
         Err(e) => warn!(error = %e, "could not send response"),
     }
+    if let (true, Response::AdminCredentials(list)) = (revoking, &response) {
+        // No receiver (no other admin connected) is not an error.
+        let _ = ctx.admin_revoked.send(Revoked {
+            serials: list.iter().map(|c| c.serial.clone()).collect(),
+            origin: conn.stable_id(),
+        });
+    }
 }
 
 /// What an admin request changes, for the audit log of refused requests.
@@ -344,6 +409,9 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
         Request::RolloutAbort { id } => ("rollout.abort", id.clone()),
         Request::RolloutRollback { id, .. } => ("rollout.rollback", id.clone()),
         Request::InventoryAdopt { agent, .. } => ("inventory.adopt", agent.clone()),
+        Request::AdminCreate { name, .. } => ("admin.credential.create", name.clone()),
+        Request::AdminRenew { .. } => ("admin.credential.renew", String::new()),
+        Request::AdminRevoke { name, .. } => ("admin.credential.revoke", name.clone()),
         _ => return None,
     })
 }
@@ -351,6 +419,22 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
 async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Response {
     let svc = &ctx.service;
     let actor = peer.actor();
+    // The credential was valid when the connection opened; it may have been
+    // revoked since (by another admin, on another connection). Asking the
+    // store on every request refuses a revoked credential at once, also on
+    // a connection that stays open.
+    match svc.admin_credential_valid(peer.serial.clone()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return denied(&format!(
+                "the credential of admin {:?} (serial {}) has been revoked; ask another admin \
+                 for a new one (`certfleet admin create NAME --out FILE`), or run `certfleet \
+                 admin create NAME --state-dir DIR --out FILE` on the controller host",
+                peer.subject, peer.serial
+            ))
+        }
+        Err(e) => return Response::Error(e.to_rpc()),
+    }
     let audited = mutation(&request);
     let result: Result<Response, ServiceError> = match request {
         Request::IssuerAdd { name, kind, key } => svc
@@ -541,6 +625,20 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
         // Not in `mutation`: a dry run changes nothing, so nothing is
         // audited, not even a refusal (the plan carries it).
         Request::DryRun(planned) => Ok(Response::Plan(svc.plan(actor.clone(), planned).await)),
+        Request::AdminCreate { name, csr_pem } => svc
+            .admin_create(actor.clone(), name, csr_pem)
+            .await
+            .map(Response::AdminIssued),
+        Request::AdminList => svc.admin_list().await.map(Response::AdminCredentials),
+        // Renewal is for the operator making the request, never another.
+        Request::AdminRenew { csr_pem } => svc
+            .admin_renew(actor.clone(), peer.subject.clone(), csr_pem)
+            .await
+            .map(Response::AdminIssued),
+        Request::AdminRevoke { name, force } => svc
+            .admin_revoke(actor.clone(), name, force)
+            .await
+            .map(Response::AdminCredentials),
         Request::Enroll { .. }
         | Request::InventoryReport(_)
         | Request::AgentHello(_)

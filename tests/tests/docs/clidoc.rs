@@ -44,6 +44,10 @@ pub(crate) const OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
     ("agent list", Some(("AgentInfo", true))),
     ("agent show", Some(("AgentInfo", false))),
     ("agent remove", Some(("AgentInfo", false))),
+    ("admin create", Some(("AdminCredentialInfo", false))),
+    ("admin list", Some(("AdminCredentialInfo", true))),
+    ("admin renew", Some(("AdminCredentialInfo", false))),
+    ("admin revoke", Some(("AdminCredentialInfo", true))),
     ("deploy", Some(("RolloutInfo", false))),
     ("deployment list", Some(("DeploymentInfo", true))),
     ("rollout list", Some(("RolloutSummary", true))),
@@ -322,6 +326,7 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::AuditEntry>(&mut t)?;
     trace::<m::JoinToken>(&mut t)?;
     trace::<m::AgentInfo>(&mut t)?;
+    trace::<m::AdminCredentialInfo>(&mut t)?;
     trace::<m::DeploymentInfo>(&mut t)?;
     trace::<m::RolloutInfo>(&mut t)?;
     trace::<certfleet_protocol::list::RolloutSummary>(&mut t)?;

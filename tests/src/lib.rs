@@ -614,8 +614,13 @@ pub fn expect_cli_error(out: &Output, what: &str) -> Result<String> {
         "`{what}` succeeded but should have failed; stdout: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // Warnings (a credential about to expire, say) may come first.
+    let first_non_warning = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("warning:"))
+        .unwrap_or("");
     ensure!(
-        stderr.trim_start().starts_with("error:"),
+        first_non_warning.starts_with("error:"),
         "`{what}` failed ({}) without an `error:` message on stderr: {stderr:?}",
         out.status
     );

@@ -53,6 +53,18 @@ fn wait_lines(what: &str, text: impl Fn() -> Result<String>, needle: &str, n: us
     }
 }
 
+/// Waits until `ready()` holds.
+fn wait_until(what: &str, ready: impl Fn() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while !ready()? {
+        if Instant::now() >= deadline {
+            bail!("{what}: not after {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 #[test]
 fn cli_and_agent_get_in_after_day_91_and_day_200() -> Result<()> {
     let clock_dir = tempfile::Builder::new()
@@ -82,16 +94,20 @@ fn cli_and_agent_get_in_after_day_91_and_day_200() -> Result<()> {
     agent.start()?;
     wait_lines("agent", || Ok(agent.log_text()), AGENT_CONNECTED, 1)?;
 
-    // Steps shorter than the agent's identity (30 days, renewed after 20 at
-    // each connect) so it stays valid; the controller's endpoint
-    // certificate (90 days) is due two thirds into its life, at day 60, 121
-    // and 181 of this run, and has expired by day 91 and 200 unless renewed.
+    // Steps of at most 10 days, shorter than what is left of the agent's
+    // identity (30 days, renewed from day 20 at each connect), so it stays
+    // valid whenever the renewal lands; the controller's endpoint
+    // certificate (90 days) is due two thirds into its life, at day 60, 120
+    // and 180 of this run, and has expired by day 91 and 200 unless renewed.
     let mut endpoint_not_before = 0;
     let mut renewals = 0;
     let mut connects = 1;
-    let mut agent_not_before = 0;
-    let mut identity_renewals = 0;
-    for day in [25, 50, 61, 75, 91, 100, 125, 150, 175, 200] {
+    let days: Vec<i64> = (1..=9)
+        .map(|d| d * 10)
+        .chain([91])
+        .chain((10..=20).map(|d| d * 10))
+        .collect();
+    for (step, &day) in days.iter().enumerate() {
         write_clock_offset(&offset_file, day * DAY)?;
         // The controller re-reads the offset file at most every 200 ms;
         // until then it would, say, issue the agent's renewed identity at
@@ -137,21 +153,21 @@ fn cli_and_agent_get_in_after_day_91_and_day_200() -> Result<()> {
         )
         .with_context(|| format!("agent log:\n{}", agent.log_text()))?;
         // On connecting, an agent 20 days into its identity renews it; let
-        // it finish before the next step kills it.
-        if day * DAY >= agent_not_before + 20 * DAY {
-            identity_renewals += 1;
-            agent_not_before = day * DAY;
-            wait_lines(
-                &format!("agent identity renewal on day {day}"),
-                || Ok(agent.log_text()),
-                AGENT_RENEWED,
-                identity_renewals,
-            )?;
-        }
+        // it finish before the next step kills it: its identity must still
+        // be valid at the next step's time.
+        let next = days.get(step + 1).copied().unwrap_or(day + 1);
+        wait_until(&format!("agent identity valid past day {next}"), || {
+            // A load racing the agent's replacement of its files is retried.
+            let Ok(id) = certfleet_agent::identity::Identity::load(&agent.state_dir) else {
+                return Ok(false);
+            };
+            Ok(id.not_after > next * DAY + certfleet_tests::fleet::unix_now())
+        })
+        .with_context(|| format!("agent log:\n{}", agent.log_text()))?;
     }
     ensure!(
-        count(&ctl.log()?, RENEWED) == 3,
-        "expected 3 endpoint certificate renewals (days 61, 125, 200):\n{}",
+        count(&ctl.log()?, RENEWED) == renewals && renewals == 3,
+        "expected 3 endpoint certificate renewals (days 60, 120, 180):\n{}",
         ctl.log()?
     );
     Ok(())

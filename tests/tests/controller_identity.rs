@@ -165,6 +165,13 @@ fn cli_and_agent_get_in_after_day_91_and_day_200() -> Result<()> {
         })
         .with_context(|| format!("agent log:\n{}", agent.log_text()))?;
     }
+    // 200 days on 30-day identities renewed from day 20: at least 7.
+    let identity_renewals = count(&agent.log_text(), AGENT_RENEWED);
+    ensure!(
+        identity_renewals >= 7,
+        "the agent renewed its identity {identity_renewals} times in 200 days:\n{}",
+        agent.log_text()
+    );
     ensure!(
         count(&ctl.log()?, RENEWED) == renewals && renewals == 3,
         "expected 3 endpoint certificate renewals (days 60, 120, 180):\n{}",

@@ -398,6 +398,7 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
         Request::CertDownload { id } => ("key.release", id.clone()),
         Request::CertRevoke { id, .. } => ("cert.revoke", id.clone()),
         Request::TokenCreate { .. } => ("agent.token.create", String::new()),
+        Request::TokenCreateReenroll { agent, .. } => ("agent.token.create", agent.clone()),
         Request::AgentRemove { id } => ("agent.remove", id.clone()),
         Request::Deploy { certificate, .. } | Request::DeployRollout { certificate, .. } => {
             ("deploy", certificate.clone())
@@ -563,6 +564,10 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             uses,
         } => svc
             .token_create(actor.clone(), labels, ttl_secs, uses)
+            .await
+            .map(Response::Token),
+        Request::TokenCreateReenroll { agent, ttl_secs } => svc
+            .token_create_reenroll(actor.clone(), agent, ttl_secs)
             .await
             .map(Response::Token),
         Request::AgentList => svc.agent_list().await.map(Response::Agents),

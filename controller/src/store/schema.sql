@@ -152,7 +152,8 @@ CREATE TABLE join_tokens (
     labels      TEXT NOT NULL,
     uses_left   INTEGER NOT NULL,
     expires_at  INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    reenroll_agent TEXT
 ) STRICT;
 
 CREATE TABLE meta (

@@ -190,7 +190,10 @@ mod tests {
     fn expired_message_names_the_fix() {
         let m = expired_message("agent-1", 0, Path::new("/etc/certfleet/agent.toml"));
         assert!(m.contains("expired at 1970-01-01"), "{m}");
-        assert!(m.contains("certfleet agent token create --reenroll agent-1"), "{m}");
+        assert!(
+            m.contains("certfleet agent token create --reenroll agent-1"),
+            "{m}"
+        );
         assert!(m.contains("certfleet-agent enroll --reenroll"), "{m}");
         assert!(m.contains("--config /etc/certfleet/agent.toml"), "{m}");
     }

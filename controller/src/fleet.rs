@@ -512,10 +512,7 @@ impl Service {
                     return Err(refused());
                 }
                 let Some(bound) = bound else {
-                    store::agent_insert(
-                        &tx,
-                        &new_agent_row(&agent, &hostname, &row.labels, ts),
-                    )?;
+                    store::agent_insert(&tx, &new_agent_row(&agent, &hostname, &row.labels, ts))?;
                     record_identity(
                         &tx,
                         &agent,
@@ -530,8 +527,7 @@ impl Service {
                 };
                 // Re-enrollment: the agent keeps its row (labels,
                 // deployments); every earlier identity is refused from now.
-                let removed = store::agent_get(&tx, &bound)?
-                    .map_or(Some(ts), |a| a.removed_at);
+                let removed = store::agent_get(&tx, &bound)?.map_or(Some(ts), |a| a.removed_at);
                 if let Some(at) = removed {
                     audit_refusal(&tx, "agent removed")?;
                     tx.commit()?;

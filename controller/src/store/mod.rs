@@ -959,7 +959,11 @@ pub fn agent_remove(conn: &Connection, id: &str, now: i64) -> Result<(), StoreEr
 }
 
 /// Revoke every agent credential of `id` still valid; returns how many.
-pub fn agent_credentials_revoke(conn: &Connection, id: &str, now: i64) -> Result<usize, StoreError> {
+pub fn agent_credentials_revoke(
+    conn: &Connection,
+    id: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
     Ok(conn.execute(
         "UPDATE credentials SET revoked_at = ?2
          WHERE role = 'agent' AND subject = ?1 AND revoked_at IS NULL",

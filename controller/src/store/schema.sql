@@ -152,9 +152,8 @@ CREATE TABLE join_tokens (
     labels      TEXT NOT NULL,
     uses_left   INTEGER NOT NULL,
     expires_at  INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL,
-    reenroll_agent TEXT
-) STRICT;
+    created_at  INTEGER NOT NULL
+, reenroll_agent TEXT) STRICT;
 
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,

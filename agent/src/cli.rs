@@ -45,6 +45,11 @@ pub enum Command {
         ca_pin: String,
         #[arg(long, default_value = "/etc/certfleet/agent.toml")]
         config: PathBuf,
+        /// Replace this host's identity (expired, or lost) using a token from
+        /// `certfleet agent token create --reenroll AGENT`; the agent keeps
+        /// its id, labels and deployments.
+        #[arg(long)]
+        reenroll: bool,
     },
     /// Run the agent.
     Run {

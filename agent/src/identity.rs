@@ -147,6 +147,28 @@ impl Identity {
     pub fn renew_at(&self) -> i64 {
         renew_at(self.not_before, self.not_after)
     }
+
+    /// At `now`, why this identity can no longer connect and how to fix
+    /// it, or `None` while it is valid. `config` is the agent's config file,
+    /// named in the command to run.
+    pub fn expired(&self, now: i64, config: &Path) -> Option<String> {
+        (now >= self.not_after).then(|| expired_message(&self.agent, self.not_after, config))
+    }
+}
+
+/// The fix for an identity that expired while the agent was offline: it
+/// renews itself only over a live connection, which an expired certificate
+/// can no longer open.
+pub fn expired_message(agent: &str, not_after: i64, config: &Path) -> String {
+    format!(
+        "identity certificate of agent {agent} expired at {} (it renews itself only while \
+         connected, and this host was offline past its expiry); the controller refuses it. \
+         To bring this agent back with the same id, labels and deployments, run on the \
+         controller `certfleet agent token create --reenroll {agent}`, then here \
+         `certfleet-agent enroll --reenroll --token TOKEN --ca-pin PIN --config {}`",
+        certfleet_protocol::message::Timestamp(not_after),
+        config.display()
+    )
 }
 
 /// Two thirds of the way from `not_before` to `not_after`.
@@ -162,6 +184,18 @@ mod tests {
     fn renews_at_two_thirds() {
         assert_eq!(renew_at(0, 30 * 86_400), 20 * 86_400);
         assert_eq!(renew_at(100, 100), 100);
+    }
+
+    #[test]
+    fn expired_message_names_the_fix() {
+        let m = expired_message("agent-1", 0, Path::new("/etc/certfleet/agent.toml"));
+        assert!(m.contains("expired at 1970-01-01"), "{m}");
+        assert!(
+            m.contains("certfleet agent token create --reenroll agent-1"),
+            "{m}"
+        );
+        assert!(m.contains("certfleet-agent enroll --reenroll"), "{m}");
+        assert!(m.contains("--config /etc/certfleet/agent.toml"), "{m}");
     }
 
     #[test]

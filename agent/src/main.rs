@@ -31,12 +31,15 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             token,
             ca_pin,
             config,
+            reenroll,
         } => {
             let config = Config::load(&config)?;
             let controller = controller.unwrap_or_else(|| config.controller.clone());
-            let agent = session::enroll(&config, &controller, token.into(), &ca_pin).await?;
+            let agent =
+                session::enroll(&config, &controller, token.into(), &ca_pin, reenroll).await?;
             println!(
-                "enrolled as {agent}; identity stored in {}.\nStart the agent: systemctl start certfleet-agent \
+                "enrolled as {agent}; identity stored in {}.\nStart the agent (a running one picks \
+                 the new identity up on its next connection attempt): systemctl start certfleet-agent \
                  (or certfleet-agent run --config {})",
                 config.state_dir.display(),
                 config.path.display()
@@ -58,11 +61,14 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             match Identity::load(&config.state_dir) {
-                Ok(id) => println!(
-                    "agent {} (identity valid until {})",
-                    id.agent,
-                    certfleet_protocol::message::Timestamp(id.not_after)
-                ),
+                Ok(id) => match id.expired(certfleet_agent::clock::now(), &config.path) {
+                    Some(why) => println!("agent {}: {why}", id.agent),
+                    None => println!(
+                        "agent {} (identity valid until {})",
+                        id.agent,
+                        certfleet_protocol::message::Timestamp(id.not_after)
+                    ),
+                },
                 Err(_) => println!("not enrolled"),
             }
             for t in &config.targets {

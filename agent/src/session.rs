@@ -53,14 +53,16 @@ pub async fn enroll(
     controller: &str,
     token: Secret,
     pin: &str,
+    reenroll: bool,
 ) -> anyhow::Result<String> {
     if !pin.starts_with("sha256:") || pin.len() != 7 + 64 {
         bail!("--ca-pin must look like sha256:<64 hex digits>, as printed by `certfleet agent token create`");
     }
-    if Identity::exists(&config.state_dir) {
+    if Identity::exists(&config.state_dir) && !reenroll {
         bail!(
-            "this agent is already enrolled (identity in {}); remove that directory's identity \
-             files to enroll again",
+            "this agent is already enrolled (identity in {}); to give it a new identity with the \
+             same id, labels and deployments, run `certfleet agent token create --reenroll AGENT` \
+             on the controller and then `certfleet-agent enroll --reenroll …` here",
             config.state_dir.display()
         );
     }
@@ -284,6 +286,13 @@ async fn renew_identity(config: &Config, conn: &Conn, id: &Identity) -> anyhow::
 /// tells the caller whether the controller was reached at all.
 async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     let id = Identity::load(&config.state_dir)?;
+    // An expired identity cannot be renewed over mTLS (the controller
+    // refuses it in the handshake): say so and how to fix it, instead of a
+    // TLS error. The loop keeps trying, so a re-enrollment while this agent
+    // runs is picked up without a restart.
+    if let Some(why) = id.expired(now(), &config.path) {
+        bail!("{why}");
+    }
     let addr = transport::resolve(&config.controller).await?;
     info!(controller = %addr, "connecting");
     let conn = Arc::new(Conn::mtls(addr, &id).await?);

@@ -257,6 +257,16 @@ pub(crate) fn require_certificate(conn: &rusqlite::Connection, id: &str) -> Resu
     Ok(())
 }
 
+/// The refusal of a re-enroll token for an agent removed at `at`.
+fn removed_agent(agent: &str, at: i64) -> ServiceError {
+    ServiceError::Conflict(format!(
+        "agent {agent} was removed at {}; its deployments are gone and it cannot be \
+         re-enrolled: enroll the host as a new agent with `certfleet agent token create` \
+         and deploy to it again",
+        Timestamp(at)
+    ))
+}
+
 /// Merge labels: `base` wins over `extra` on a shared key.
 fn merge_labels(base: &[(String, String)], extra: &[(String, String)]) -> Vec<(String, String)> {
     let mut out = base.to_vec();
@@ -313,6 +323,48 @@ impl Service {
         for (k, v) in &labels {
             parse_labels(&format!("{k}={v}")).map_err(ServiceError::Invalid)?;
         }
+        self.token_issue(actor, labels, ttl_secs, uses, None).await
+    }
+
+    /// A single-use join token bound to agent `agent` (id or unique name):
+    /// enrolling with it gives that agent a new identity under its own id,
+    /// so its labels and deployments carry over. Refused for a removed
+    /// agent, whose deployments are gone.
+    pub async fn token_create_reenroll(
+        &self,
+        actor: String,
+        agent: String,
+        ttl_secs: u64,
+    ) -> Result<JoinToken> {
+        if ttl_secs == 0 || ttl_secs > MAX_TOKEN_TTL_SECS {
+            return Err(ServiceError::Invalid(
+                "--ttl must be between 1s and 30d".to_string(),
+            ));
+        }
+        let row = self
+            .store
+            .call(move |c| -> Result<AgentRow> {
+                if let Some(a) = store::agent_get(c, &agent)? {
+                    if let Some(at) = a.removed_at {
+                        return Err(removed_agent(&a.id, at));
+                    }
+                }
+                resolve_agent(c, &agent)
+            })
+            .await?;
+        self.token_issue(actor, row.labels.clone(), ttl_secs, 1, Some(row.id))
+            .await
+    }
+
+    /// Create and store a join token (checked by the caller).
+    async fn token_issue(
+        &self,
+        actor: String,
+        labels: Vec<(String, String)>,
+        ttl_secs: u64,
+        uses: u32,
+        reenroll_agent: Option<String>,
+    ) -> Result<JoinToken> {
         let id = store::new_id("t")[2..].to_string();
         let mut secret_bytes = zeroize::Zeroizing::new([0u8; 32]);
         aws_lc_rs::rand::fill(secret_bytes.as_mut()).map_err(internal)?;
@@ -327,6 +379,7 @@ impl Service {
             labels: labels.clone(),
             uses_left: i64::from(uses),
             expires_at,
+            reenroll_agent,
         };
         self.store
             .call(move |c| -> Result<()> {
@@ -341,9 +394,13 @@ impl Service {
                         target: &row.id,
                         outcome: "ok",
                         detail: &format!(
-                            "uses={} expires_at={}",
+                            "uses={} expires_at={}{}",
                             row.uses_left,
-                            Timestamp(expires_at)
+                            Timestamp(expires_at),
+                            row.reenroll_agent
+                                .as_deref()
+                                .map(|a| format!(" reenroll={a}"))
+                                .unwrap_or_default()
                         ),
                     },
                 )?;
@@ -389,7 +446,16 @@ impl Service {
         let presented = token_hash(secret);
         let now = self.now();
         let ts = now.unix_timestamp();
-        let agent_id = store::new_id("agent");
+        // A re-enroll token names the agent the identity is for; the
+        // binding is read here only to issue under that id, and checked
+        // again (with the secret) in the transaction that consumes it.
+        let token_id = id.to_string();
+        let bound = self
+            .store
+            .call(move |c| store::token_get(c, &token_id))
+            .await?
+            .and_then(|t| t.reenroll_agent);
+        let agent_id = bound.clone().unwrap_or_else(|| store::new_id("agent"));
         let issued = self
             .identity
             .issue_client(
@@ -403,6 +469,7 @@ impl Service {
         let id = id.to_string();
         let cert_pem = issued.cert_pem.clone();
         let agent = agent_id.clone();
+        let reenrolled = bound.is_some();
         self.store
             .call(move |c| -> Result<()> {
                 let tx = c.transaction()?;
@@ -436,26 +503,57 @@ impl Service {
                 } else {
                     None
                 };
+                let why = why.or_else(|| {
+                    (row.reenroll_agent != bound).then_some("token changed during enrollment")
+                });
                 if let Some(why) = why {
                     audit_refusal(&tx, why)?;
                     tx.commit()?;
                     return Err(refused());
                 }
-                store::agent_insert(&tx, &new_agent_row(&agent, &hostname, &row.labels, ts))?;
+                let Some(bound) = bound else {
+                    store::agent_insert(&tx, &new_agent_row(&agent, &hostname, &row.labels, ts))?;
+                    record_identity(
+                        &tx,
+                        &agent,
+                        &issued,
+                        &format!("enroll:{hostname}"),
+                        "agent.enroll",
+                        &format!("token={id} "),
+                        ts,
+                    )?;
+                    tx.commit()?;
+                    return Ok(());
+                };
+                // Re-enrollment: the agent keeps its row (labels,
+                // deployments); every earlier identity is refused from now.
+                let removed = store::agent_get(&tx, &bound)?.map_or(Some(ts), |a| a.removed_at);
+                if let Some(at) = removed {
+                    audit_refusal(&tx, "agent removed")?;
+                    tx.commit()?;
+                    return Err(removed_agent(&bound, at));
+                }
+                let revoked = store::agent_credentials_revoke(&tx, &bound, ts)?;
                 record_identity(
                     &tx,
-                    &agent,
+                    &bound,
                     &issued,
                     &format!("enroll:{hostname}"),
-                    "agent.enroll",
-                    &format!("token={id} "),
+                    "agent.reenroll",
+                    &format!("token={id} revoked_identities={revoked} "),
                     ts,
                 )?;
                 tx.commit()?;
                 Ok(())
             })
             .await?;
-        info!(agent = %agent_id, "agent enrolled");
+        if reenrolled {
+            // A session still open on the old identity ends now.
+            self.sessions.send(&agent_id, SessionEvent::Kick);
+            info!(agent = %agent_id, "agent re-enrolled");
+        } else {
+            info!(agent = %agent_id, "agent enrolled");
+        }
         Ok((agent_id, cert_pem))
     }
 

@@ -913,6 +913,14 @@ pub enum Request {
         name: String,
         force: bool,
     },
+    /// A single-use join token bound to agent `agent` (id or unique name):
+    /// enrolling with it gives that agent a new identity and revokes the
+    /// old one, keeping its id, labels and deployments. Answered with
+    /// `Response::Token`.
+    TokenCreateReenroll {
+        agent: String,
+        ttl_secs: u64,
+    },
 }
 
 /// Broad class of a failed request, so clients can choose exit codes.
@@ -1389,6 +1397,10 @@ mod tests {
             Request::AdminRevoke {
                 name: "alice".into(),
                 force: true,
+            },
+            Request::TokenCreateReenroll {
+                agent: "web-1".into(),
+                ttl_secs: 3600,
             },
         ]
     }

@@ -343,20 +343,52 @@ impl Agent {
         token: &str,
         pin: &str,
     ) -> Result<std::process::Output> {
+        self.enroll_output_with(controller, token, pin, &[])
+    }
+
+    /// `certfleet-agent enroll … EXTRA…` (e.g. `--reenroll`), with this
+    /// agent's environment; returns its output, whatever the exit.
+    pub fn enroll_output_with(
+        &self,
+        controller: &Controller,
+        token: &str,
+        pin: &str,
+        extra: &[&str],
+    ) -> Result<std::process::Output> {
         run_with_timeout(
-            self.command().args([
-                "enroll",
-                "--controller",
-                &controller.listen().to_string(),
-                "--token",
-                token,
-                "--ca-pin",
-                pin,
-                "--config",
-                utf8(&self.config)?,
-            ]),
+            self.command()
+                .args([
+                    "enroll",
+                    "--controller",
+                    &controller.listen().to_string(),
+                    "--token",
+                    token,
+                    "--ca-pin",
+                    pin,
+                    "--config",
+                    utf8(&self.config)?,
+                ])
+                .args(extra)
+                .envs(self.env.iter().map(|(k, v)| (k, v))),
             Duration::from_secs(60),
         )
+    }
+
+    /// `certfleet-agent status` as an operator reads it (text), with this
+    /// agent's environment; fails unless it exits 0.
+    pub fn status_text(&self) -> Result<String> {
+        let out = run_with_timeout(
+            self.command()
+                .args(["status", "--config", utf8(&self.config)?])
+                .envs(self.env.iter().map(|(k, v)| (k, v))),
+            Duration::from_secs(20),
+        )?;
+        ensure!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Enroll, failing unless it works.

@@ -180,6 +180,12 @@ pub enum TokenCmd {
         /// How many agents may enroll with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// Bring back agent AGENT (id or unique name), e.g. after its
+        /// identity expired while it was offline: a single-use token that
+        /// gives it a new identity with the same id, labels and deployments,
+        /// used with `certfleet-agent enroll --reenroll`.
+        #[arg(long, value_name = "AGENT", conflicts_with_all = ["labels", "uses"])]
+        reenroll: Option<String>,
     },
 }
 
@@ -726,6 +732,7 @@ async fn dev_agent(running: &server::Running, dir: &std::path::Path) -> anyhow::
         &running.runtime.listen.to_string(),
         token.token,
         &token.ca_pin,
+        false,
     )
     .await
     .context("cannot enroll the dev agent")?;
@@ -920,7 +927,25 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             page.limit = page.limit.or(Some(DEFAULT_AUDIT_ROWS));
             list::stream(client, out.format(), ListQuery::Audit, &page).await
         }
-        Command::Agent(AgentCmd::Token(TokenCmd::Create { labels, ttl, uses })) => {
+        Command::Agent(AgentCmd::Token(TokenCmd::Create {
+            reenroll: Some(agent),
+            ttl,
+            ..
+        })) => {
+            let r = client
+                .call(&Request::TokenCreateReenroll {
+                    agent: agent.clone(),
+                    ttl_secs: ttl.as_secs(),
+                })
+                .await?;
+            out.reenroll_token(&agent, &expect_response!(r, Token))
+        }
+        Command::Agent(AgentCmd::Token(TokenCmd::Create {
+            labels,
+            ttl,
+            uses,
+            reenroll: None,
+        })) => {
             let labels =
                 crate::fleet::parse_labels(&labels).map_err(|e| anyhow!("--labels: {e}"))?;
             let r = client

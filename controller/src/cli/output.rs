@@ -435,8 +435,19 @@ impl Output {
     }
 
     pub(super) fn token(&self, t: &JoinToken) -> anyhow::Result<()> {
+        self.token_for(t, None)
+    }
+
+    /// A re-enroll token for agent `agent` (as the operator named it).
+    pub(super) fn reenroll_token(&self, agent: &str, t: &JoinToken) -> anyhow::Result<()> {
+        self.token_for(t, Some(agent))
+    }
+
+    fn token_for(&self, t: &JoinToken, reenroll: Option<&str>) -> anyhow::Result<()> {
         #[derive(Serialize)]
         struct Shown<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reenroll: Option<&'a str>,
             token: &'a str,
             id: &'a str,
             ca_pin: &'a str,
@@ -447,6 +458,7 @@ impl Output {
         }
         let token = t.token.expose_str().unwrap_or_default();
         let shown = Shown {
+            reenroll,
             token,
             id: &t.id,
             ca_pin: &t.ca_pin,
@@ -455,6 +467,24 @@ impl Output {
             expires_at: t.expires_at,
         };
         self.emit(&shown, || {
+            if let Some(agent) = reenroll {
+                return format!(
+                    "{}\n\nOn agent {agent}'s host, enroll it again with its new identity \
+                     (valid until {}, one use); its id, labels and deployments stay, and its \
+                     old identity is refused from then on:\n\n    \
+                     certfleet-agent enroll --reenroll --controller <controller address> \
+                     --token {token} \\\n        \
+                     --ca-pin {} --config /etc/certfleet/agent.toml\n",
+                    fields(&[
+                        ("token", token.to_string()),
+                        ("ca pin", t.ca_pin.clone()),
+                        ("agent", agent.to_string()),
+                    ])
+                    .trim_end(),
+                    t.expires_at,
+                    t.ca_pin
+                );
+            }
             format!(
                 "{}\n\nEnroll an agent with it (valid until {}, {} use(s)):\n\n    \
                  certfleet-agent enroll --controller <controller address> --token {token} \\\n        \

@@ -102,7 +102,17 @@ async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<Peer
         .map_err(|e| format!("store: {e}"))?;
     match row {
         Some(r) if r.revoked_at.is_some() => {
-            return Err(if peer.role == Role::Agent {
+            return Err(if peer.role == Role::Agent && agent_active {
+                // Only a re-enrollment revokes the identity of an agent
+                // that is still there.
+                format!(
+                    "the identity of agent {} (serial {}) was replaced by a re-enrollment; \
+                     this copy of it is refused. Use the host that was re-enrolled, or run \
+                     `certfleet agent token create --reenroll {}` and `certfleet-agent enroll \
+                     --reenroll …` on this one",
+                    peer.subject, peer.serial, peer.subject
+                )
+            } else if peer.role == Role::Agent {
                 "agent has been removed".into()
             } else {
                 format!(
@@ -111,7 +121,7 @@ async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<Peer
                      --out FILE` on the controller host",
                     peer.subject, peer.serial
                 )
-            })
+            });
         }
         Some(r) if r.role == peer.role.as_str() && r.subject == peer.subject => {}
         _ => return Err("credential is not known to this controller".into()),
@@ -398,6 +408,7 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
         Request::CertDownload { id } => ("key.release", id.clone()),
         Request::CertRevoke { id, .. } => ("cert.revoke", id.clone()),
         Request::TokenCreate { .. } => ("agent.token.create", String::new()),
+        Request::TokenCreateReenroll { agent, .. } => ("agent.token.create", agent.clone()),
         Request::AgentRemove { id } => ("agent.remove", id.clone()),
         Request::Deploy { certificate, .. } | Request::DeployRollout { certificate, .. } => {
             ("deploy", certificate.clone())
@@ -563,6 +574,10 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             uses,
         } => svc
             .token_create(actor.clone(), labels, ttl_secs, uses)
+            .await
+            .map(Response::Token),
+        Request::TokenCreateReenroll { agent, ttl_secs } => svc
+            .token_create_reenroll(actor.clone(), agent, ttl_secs)
             .await
             .map(Response::Token),
         Request::AgentList => svc.agent_list().await.map(Response::Agents),

@@ -280,4 +280,9 @@ DROP INDEX inventory_not_after;
 CREATE INDEX inventory_not_after ON inventory(not_after, agent, position);
 CREATE INDEX rollouts_created ON rollouts(created_at, id);
 "#,
+    // 10: a re-enroll token is bound to the agent it brings back; NULL for
+    // an ordinary join token, which enrolls a new agent.
+    r#"
+ALTER TABLE join_tokens ADD COLUMN reenroll_agent TEXT;
+"#,
 ];

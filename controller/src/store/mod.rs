@@ -953,13 +953,22 @@ pub fn agent_remove(conn: &Connection, id: &str, now: i64) -> Result<(), StoreEr
         "UPDATE agents SET removed_at = ?2 WHERE id = ?1",
         params![id, now],
     )?;
-    conn.execute(
+    agent_credentials_revoke(conn, id, now)?;
+    conn.execute("DELETE FROM deployments WHERE agent = ?1", [id])?;
+    Ok(())
+}
+
+/// Revoke every agent credential of `id` still valid; returns how many.
+pub fn agent_credentials_revoke(
+    conn: &Connection,
+    id: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
         "UPDATE credentials SET revoked_at = ?2
          WHERE role = 'agent' AND subject = ?1 AND revoked_at IS NULL",
         params![id, now],
-    )?;
-    conn.execute("DELETE FROM deployments WHERE agent = ?1", [id])?;
-    Ok(())
+    )?)
 }
 
 // ---------------------------------------------------------------- join tokens
@@ -970,19 +979,23 @@ pub struct TokenRow {
     pub labels: Vec<(String, String)>,
     pub uses_left: i64,
     pub expires_at: i64,
+    /// The agent a re-enroll token brings back; `None` enrolls a new agent.
+    pub reenroll_agent: Option<String>,
 }
 
 pub fn token_insert(conn: &Connection, t: &TokenRow, now: i64) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO join_tokens (id, secret_hash, labels, uses_left, expires_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO join_tokens (id, secret_hash, labels, uses_left, expires_at, created_at,
+                                  reenroll_agent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             t.id,
             t.secret_hash,
             labels_to_json(&t.labels),
             t.uses_left,
             t.expires_at,
-            now
+            now,
+            t.reenroll_agent
         ],
     )?;
     Ok(())
@@ -991,7 +1004,8 @@ pub fn token_insert(conn: &Connection, t: &TokenRow, now: i64) -> Result<(), Sto
 pub fn token_get(conn: &Connection, id: &str) -> Result<Option<TokenRow>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT id, secret_hash, labels, uses_left, expires_at FROM join_tokens WHERE id = ?1",
+            "SELECT id, secret_hash, labels, uses_left, expires_at, reenroll_agent
+             FROM join_tokens WHERE id = ?1",
             [id],
             |r| {
                 Ok(TokenRow {
@@ -1000,6 +1014,7 @@ pub fn token_get(conn: &Connection, id: &str) -> Result<Option<TokenRow>, StoreE
                     labels: labels_from_json(r.get(2)?)?,
                     uses_left: r.get(3)?,
                     expires_at: r.get(4)?,
+                    reenroll_agent: r.get(5)?,
                 })
             },
         )

@@ -153,7 +153,7 @@ CREATE TABLE join_tokens (
     uses_left   INTEGER NOT NULL,
     expires_at  INTEGER NOT NULL,
     created_at  INTEGER NOT NULL
-) STRICT;
+, reenroll_agent TEXT) STRICT;
 
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,

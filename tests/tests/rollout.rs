@@ -1038,7 +1038,7 @@ fn ca_unable_to_issue_at_renewal_backs_off_visibly_and_starts_no_rollout() -> Re
 
     let offset = 3640 * 86_400;
     fleet.set_clock_offset(offset)?;
-    admin_credential_valid_at(&fleet.ctl, offset)?;
+    admin_credential_valid_at(&fleet.ctl)?;
     // Ten years on, the controller's endpoint certificate has expired too:
     // the controller replaces it within seconds of noticing, and the CLI
     // (on the same clock) gets in from then on.
@@ -1165,42 +1165,22 @@ fn agent_clock_skew_is_reported_and_flagged() -> Result<()> {
 
 /// Ten years on, the admin credential of the controller's first start (365
 /// days) has long expired, as it would have in production, where the
-/// operator would hold a newer one. Mint that newer one, valid at the
-/// simulated time `offset` seconds from now, with the controller's own
-/// identity CA and store (as an operator with the state directory could),
-/// and put it where [`Controller::cli`] looks.
-fn admin_credential_valid_at(ctl: &Controller, offset: i64) -> Result<()> {
-    use certfleet_controller::client::Credential;
-    use certfleet_controller::identity::{IdentityCa, Role};
-    use certfleet_controller::seal::MasterKey;
-    use certfleet_controller::store::{self, Store};
-
-    let store = Store::open(&ctl.db_path())?;
-    let master = MasterKey::load(&ctl.master_key_path())?;
-    let row = store
-        .call_blocking(|c| store::identity_ca_get(c))?
-        .context("the controller has no identity CA")?;
-    let ca = IdentityCa::load(&master, &row)?;
-    let now = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset);
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let issued = ca.issue_client(Role::Admin, "admin", &key, now, time::Duration::days(365))?;
-    store.call_blocking(|c| {
-        store::credential_insert(
-            c,
-            &store::CredentialRow {
-                serial: issued.serial.clone(),
-                role: Role::Admin.as_str().into(),
-                subject: "admin".into(),
-                not_after: issued.not_after,
-                revoked_at: None,
-            },
-            now.unix_timestamp(),
-        )
-    })?;
-    Credential::write_pem(
-        &ctl.credential_path(),
-        &issued.cert_pem,
-        ca.cert_pem(),
-        &key.serialize_pem(),
-    )
+/// operator would hold a newer one. Mint that newer one as a locked-out
+/// operator with the state directory would (`admin create --state-dir`, on
+/// the controller's simulated clock), and put it where [`Controller::cli`]
+/// looks.
+fn admin_credential_valid_at(ctl: &Controller) -> Result<()> {
+    let fresh = ctl.credential_path().with_extension("renewed");
+    // `Controller::cli` runs the CLI on the controller's simulated clock.
+    ctl.cli_ok(&[
+        "admin",
+        "create",
+        "operator",
+        "--state-dir",
+        &ctl.state_dir().to_string_lossy(),
+        "--out",
+        &fresh.to_string_lossy(),
+    ])?;
+    std::fs::rename(&fresh, ctl.credential_path())?;
+    Ok(())
 }

@@ -270,8 +270,8 @@ mod tests {
 
     #[test]
     fn only_failed_renewals_are_retried() {
-        let failed = [(0, TargetState::Failed), (1, TargetState::Waiting)];
-        let ok = [(0, TargetState::Installed), (1, TargetState::Installed)];
+        let failed = [(0, Failed), (1, Waiting)];
+        let ok = [(0, Installed), (1, Installed)];
         assert_eq!(retry_at("renewal", &failed, 0, 1_000), Some(1_030));
         assert_eq!(retry_at("renewal", &failed, 3, 1_000), Some(1_240));
         assert_eq!(retry_at("renewal", &ok, 0, 1_000), None);
@@ -282,14 +282,14 @@ mod tests {
     #[test]
     fn a_retried_target_of_an_earlier_wave_holds_completion() {
         let st = s(1, WaveSize::Count(1), 5);
-        let targets = [(0, TargetState::InProgress), (1, TargetState::Installed)];
+        let targets = [(0, InProgress), (1, Installed)];
         let p = Progress {
             targets: &targets,
             current_wave: 1,
             wave_done_at: Some(0),
         };
         assert_eq!(next_step(&st, &p, 10), Step::Wait { until: None });
-        let targets = [(0, TargetState::Installed), (1, TargetState::Installed)];
+        let targets = [(0, Installed), (1, Installed)];
         let p = Progress {
             targets: &targets,
             current_wave: 1,

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use certfleet_tests::fleet::{
-    check_wave_invariants, named_files_agent_config, named_nginx_agent_config, rollout_show, token,
-    wait_connected, wait_rollout_state, wait_served, write_clock_offset, Agent, Nginx,
-    CLOCK_OFFSET_ENV,
+    check_wave_invariants, named_files_agent_config, named_nginx_agent_config, parse_rfc3339,
+    rollout_show, token, wait_connected, wait_rollout_state, wait_served, write_clock_offset,
+    Agent, Nginx, CLOCK_OFFSET_ENV,
 };
 use certfleet_tests::{array, cert_fingerprint, str_field, Controller, ControllerOptions};
 use serde_json::Value;
@@ -36,8 +36,10 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// One agent per config body, all labelled `role=web`.
-    fn start(bodies: Vec<String>) -> Result<Fleet> {
+    /// One agent per config body, all labelled `role=web`. With
+    /// `pin_port` the controller keeps its port across restarts, so the
+    /// agents find it again.
+    fn start(bodies: Vec<String>, pin_port: bool) -> Result<Fleet> {
         let offset_dir = tempfile::Builder::new()
             .prefix("certfleet-clock-")
             .tempdir()?;
@@ -46,10 +48,14 @@ impl Fleet {
             CLOCK_OFFSET_ENV.to_owned(),
             offset_file.to_string_lossy().into_owned(),
         );
-        let ctl = Controller::start_with(ControllerOptions {
+        let mut ctl = Controller::start_with(ControllerOptions {
             env: vec![env.clone()],
             ..ControllerOptions::default()
         })?;
+        if pin_port {
+            let port = ctl.listen().port();
+            ctl.restart_with(&["--listen", &format!("127.0.0.1:{port}")])?;
+        }
         ctl.cli_json(&["issuer", "add", "ca", "--kind", "builtin"])?;
         let uses = bodies.len().to_string();
         let (tok, pin) = token(&ctl, &["--labels", "role=web", "--uses", &uses])?;
@@ -131,6 +137,35 @@ impl Fleet {
     }
 }
 
+/// Fixes what `Nginx::break_config` broke.
+fn repair_config(nginx: &Nginx) -> Result<()> {
+    let conf = fs::read_to_string(&nginx.conf)?;
+    fs::write(&nginx.conf, conf.replace(BROKEN_LINE, ""))?;
+    Ok(())
+}
+
+/// Waits until `rollout`'s reason announces automatic retry number
+/// `attempt`; returns the seconds from the rollout's last change to that
+/// retry (the back-off it chose).
+fn wait_retry_planned(fleet: &Fleet, rollout: &str, attempt: u32) -> Result<i64> {
+    let marker = format!("automatic retry {attempt} at ");
+    let shown = certfleet_tests::wait_for(WAIT, &format!("retry {attempt} of {rollout}"), || {
+        let shown = rollout_show(&fleet.ctl, rollout)?;
+        let planned = shown["state"] == "halted"
+            && shown["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&marker));
+        Ok(planned.then_some(shown))
+    })?;
+    let reason = str_field(&shown, "reason")?;
+    let at = reason
+        .split(&marker)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .with_context(|| format!("no retry time in {reason:?}"))?;
+    Ok(parse_rfc3339(at)? - parse_rfc3339(str_field(&shown, "updated_at")?)?)
+}
+
 /// The target of `rollout` on agent `name`.
 fn target<'a>(rollout: &'a Value, name: &str) -> Result<&'a Value> {
     array(&rollout["targets"])?
@@ -147,7 +182,7 @@ fn a_renewal_halted_by_a_broken_nginx_heals_once_nginx_is_fixed() -> Result<()> 
         .enumerate()
         .map(|(i, n)| named_nginx_agent_config(&format!("web-{}", i + 1), TARGET, n, NAME))
         .collect::<Result<Vec<_>>>()?;
-    let fleet = Fleet::start(bodies)?;
+    let fleet = Fleet::start(bodies, false)?;
     let (old, old_fp, _) = fleet.deploy_one_day_certificate(&["--canary", "1", "--wave", "1"])?;
     for n in &nginx {
         wait_served(n.port, NAME, &old_fp, WAIT)?;
@@ -177,8 +212,7 @@ fn a_renewal_halted_by_a_broken_nginx_heals_once_nginx_is_fixed() -> Result<()> 
 
     // Fix nginx and let the simulated clock pass the first retry (due 30 s
     // after the halt). No operator command from here on.
-    let conf = fs::read_to_string(&nginx[1].conf)?;
-    fs::write(&nginx[1].conf, conf.replace(BROKEN_LINE, ""))?;
+    repair_config(&nginx[1])?;
     fleet.set_clock_offset(PAST_RENEWAL_OF_ONE_DAY + 35)?;
     let healed = wait_rollout_state(
         &fleet.ctl,
@@ -228,7 +262,7 @@ fn renewals_roll_out_with_the_strategy_of_the_last_deploy() -> Result<()> {
         .enumerate()
         .map(|(i, d)| named_files_agent_config(&format!("web-{}", i + 1), TARGET, d.path(), NAME))
         .collect();
-    let fleet = Fleet::start(bodies)?;
+    let fleet = Fleet::start(bodies, false)?;
     let strategy = [
         "--canary",
         "2",
@@ -272,5 +306,72 @@ fn renewals_roll_out_with_the_strategy_of_the_last_deploy() -> Result<()> {
             "{new} is installed"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn retries_back_off_and_keep_their_count_across_a_controller_restart() -> Result<()> {
+    let nginx = Nginx::start(NAME)?;
+    let body = named_nginx_agent_config("web-1", TARGET, &nginx, NAME)?;
+    let mut fleet = Fleet::start(vec![body], true)?;
+    let (old, _, _) = fleet.deploy_one_day_certificate(&[])?;
+
+    // The only agent is the canary; its nginx fails every install.
+    nginx.break_config()?;
+    fleet.set_clock_offset(PAST_RENEWAL_OF_ONE_DAY)?;
+    let (_, new_fp, rollout) = fleet.wait_renewal_rollout(&old)?;
+    assert_eq!(wait_retry_planned(&fleet, &rollout, 1)?, 30);
+    // Past the first retry: it fails again, and the next waits twice as long.
+    fleet.set_clock_offset(PAST_RENEWAL_OF_ONE_DAY + 35)?;
+    assert_eq!(wait_retry_planned(&fleet, &rollout, 2)?, 60);
+
+    // A restarted controller continues the count (the agent reconnecting
+    // brings the retry forward; it fails and backs off further).
+    fleet.ctl.restart()?;
+    assert_eq!(wait_retry_planned(&fleet, &rollout, 3)?, 120);
+    assert_eq!(fleet.halted_count()?, 1);
+
+    repair_config(&nginx)?;
+    fleet.set_clock_offset(PAST_RENEWAL_OF_ONE_DAY + 35 + 121)?;
+    let healed = wait_rollout_state(
+        &fleet.ctl,
+        &rollout,
+        &["completed", "aborted"],
+        WAIT,
+        |_| Ok(()),
+    )?;
+    assert_eq!(healed["state"], "completed", "{healed:#}");
+    ensure!(
+        healed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("after 3 automatic retries")),
+        "{healed:#}"
+    );
+    wait_served(nginx.port, NAME, &new_fp, WAIT)?;
+    assert_eq!(fleet.halted_count()?, 0);
+    Ok(())
+}
+
+#[test]
+fn an_operator_abort_stops_the_retries() -> Result<()> {
+    let nginx = Nginx::start(NAME)?;
+    let body = named_nginx_agent_config("web-1", TARGET, &nginx, NAME)?;
+    let fleet = Fleet::start(vec![body], false)?;
+    let (old, old_fp, _) = fleet.deploy_one_day_certificate(&[])?;
+    nginx.break_config()?;
+    fleet.set_clock_offset(PAST_RENEWAL_OF_ONE_DAY)?;
+    let (_, _, rollout) = fleet.wait_renewal_rollout(&old)?;
+    wait_retry_planned(&fleet, &rollout, 1)?;
+    let aborted = fleet.ctl.cli_json(&["rollout", "abort", &rollout])?;
+    assert_eq!(aborted["state"], "aborted", "{aborted:#}");
+
+    // Fixed and far past any back-off: nothing is retried after an abort.
+    repair_config(&nginx)?;
+    fleet.set_clock_offset(PAST_RENEWAL_OF_ONE_DAY + 3_700)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let shown = rollout_show(&fleet.ctl, &rollout)?;
+    assert_eq!(shown["state"], "aborted", "{shown:#}");
+    wait_served(nginx.port, NAME, &old_fp, Duration::from_secs(5))?;
+    assert_eq!(fleet.halted_count()?, 0);
     Ok(())
 }

@@ -375,3 +375,39 @@ fn an_operator_abort_stops_the_retries() -> Result<()> {
     assert_eq!(fleet.halted_count()?, 0);
     Ok(())
 }
+
+#[test]
+fn a_deploy_that_fixes_a_halted_renewal_clears_it_from_status() -> Result<()> {
+    let nginx = Nginx::start(NAME)?;
+    let body = named_nginx_agent_config("web-1", TARGET, &nginx, NAME)?;
+    let fleet = Fleet::start(vec![body], false)?;
+    let (old, _, _) = fleet.deploy_one_day_certificate(&[])?;
+    nginx.break_config()?;
+    fleet.set_clock_offset(PAST_RENEWAL_OF_ONE_DAY)?;
+    let (new, new_fp, rollout) = fleet.wait_renewal_rollout(&old)?;
+    wait_retry_planned(&fleet, &rollout, 1)?;
+    assert_eq!(fleet.halted_count()?, 1);
+
+    // The operator fixes nginx and deploys the renewed certificate, a few
+    // seconds into the 30 s before the first retry is due.
+    repair_config(&nginx)?;
+    let mut args = vec!["--output", "json", "deploy", &new, "--to", "role=web"];
+    args.extend(["--target", TARGET, "--wait"]);
+    let out = fleet.ctl.cli(&args)?;
+    ensure!(
+        out.status.success(),
+        "deploy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_served(nginx.port, NAME, &new_fp, WAIT)?;
+    let old_rollout = rollout_show(&fleet.ctl, &rollout)?;
+    assert_eq!(old_rollout["state"], "aborted", "{old_rollout:#}");
+    ensure!(
+        old_rollout["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("superseded by rollout")),
+        "{old_rollout:#}"
+    );
+    assert_eq!(fleet.halted_count()?, 0);
+    Ok(())
+}

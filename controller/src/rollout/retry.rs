@@ -58,9 +58,24 @@ fn retry_one(conn: &Connection, mut row: RolloutRow, now: i64) -> Result<Vec<Str
         store::rollout_update(conn, &row)?;
         return Ok(Vec::new());
     }
+    let live = store::rollout_live_agents(conn, &row.id)?;
     let mut poke = Vec::new();
     for t in store::rollout_targets(conn, &row.id)? {
         if t.state != TargetState::Failed.as_str() {
+            continue;
+        }
+        if !live.contains(&t.agent) {
+            // A removed agent has no deployment to heal; retrying it would
+            // fail forever.
+            store::rollout_target_set(
+                conn,
+                &row.id,
+                &t.agent,
+                &t.target,
+                TargetState::Skipped.as_str(),
+                Some("agent was removed"),
+                now,
+            )?;
             continue;
         }
         store::deployment_upsert(

@@ -1406,15 +1406,6 @@ pub fn rollout_retries_due(conn: &Connection, now: i64) -> Result<Vec<RolloutRow
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The earliest planned automatic retry, if any.
-pub fn rollout_next_retry(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    Ok(conn.query_row(
-        "SELECT MIN(retry_at) FROM rollouts WHERE retry_at IS NOT NULL",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
 /// Bring forward to `now` the retry of every rollout with a failed target
 /// on `agent`: the agent is back, or it just installed something, so the
 /// cause of the failure may be gone. Returns how many were brought forward.

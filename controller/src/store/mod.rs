@@ -1415,9 +1415,13 @@ pub fn rollout_retry_now_for_agent(
     now: i64,
 ) -> Result<usize, StoreError> {
     Ok(conn.execute(
+        // Candidates come from the partial index on `retry_at` (a handful),
+        // each checked by a primary-key lookup: every agent's hello runs
+        // this, so it must not scan the targets of every rollout ever made.
         "UPDATE rollouts SET retry_at = ?2
          WHERE retry_at IS NOT NULL AND retry_at > ?2
-           AND id IN (SELECT rollout FROM rollout_targets WHERE agent = ?1 AND state = 'failed')",
+           AND EXISTS (SELECT 1 FROM rollout_targets t
+                       WHERE t.rollout = rollouts.id AND t.agent = ?1 AND t.state = 'failed')",
         params![agent, now],
     )?)
 }

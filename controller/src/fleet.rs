@@ -605,6 +605,7 @@ impl Service {
 
     pub async fn agent_hello(&self, agent: String, hello: AgentHello) -> Result<()> {
         let now = self.now().unix_timestamp();
+        let id = agent.clone();
         self.store
             .call(move |c| -> Result<()> {
                 let tx = c.transaction()?;
@@ -617,7 +618,11 @@ impl Service {
                 tx.commit()?;
                 Ok(())
             })
-            .await
+            .await?;
+        // An agent that failed while offline (or whose server was broken)
+        // may be fine now: its renewal rollouts need not wait for the
+        // back-off.
+        self.retry_rollouts_of_agent(id).await
     }
 
     pub async fn agent_list(&self) -> Result<Vec<AgentInfo>> {
@@ -759,6 +764,14 @@ impl Service {
                             }
                         })
                         .collect();
+                    // Renewals of this lineage roll out the way it was last
+                    // deployed (see persist_issued).
+                    store::lineage_strategy_set(
+                        &tx,
+                        &cert.lineage,
+                        &serde_json::to_string(&strategy).map_err(internal)?,
+                        now,
+                    )?;
                     let mut row = crate::rollout::create(
                         &tx,
                         "deploy",
@@ -907,6 +920,7 @@ impl Service {
     pub async fn report(&self, agent: String, report: InstallReport) -> Result<()> {
         let now = self.now().unix_timestamp();
         let missing = report.status == DeploymentStatus::Missing;
+        let installed = report.status == DeploymentStatus::Installed;
         let agent_id = agent.clone();
         let applied = self
             .store
@@ -939,6 +953,10 @@ impl Service {
         if missing {
             // The next fetch carries the bundle.
             self.sessions.send(&agent_id, SessionEvent::Poke);
+        }
+        if installed && applied {
+            // A successful install shows the agent's servers work again.
+            self.retry_rollouts_of_agent(agent_id).await?;
         }
         self.rollout_wake.notify_one();
         Ok(())

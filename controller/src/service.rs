@@ -1612,6 +1612,12 @@ fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<
         store::cert_set_renewal(tx, &old.info.id, None, 0, None, None)?;
         let targets = store::lineage_deployments(tx, &row.lineage)?;
         if !targets.is_empty() {
+            // The strategy of the lineage's last deploy; the default for a
+            // lineage deployed before strategies were remembered.
+            let strategy = match store::lineage_strategy(tx, &row.lineage)? {
+                Some(text) => crate::rollout::parse_strategy(&text)?,
+                None => crate::rollout::policy::Strategy::default(),
+            };
             crate::rollout::create(
                 tx,
                 "renewal",
@@ -1619,7 +1625,7 @@ fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<
                 &row.info.id,
                 Some(&old.info.id),
                 targets,
-                &crate::rollout::policy::Strategy::default(),
+                &strategy,
                 true,
                 "controller",
                 at,

@@ -470,10 +470,10 @@ fn renewal_at_a_simulated_date_is_rolled_out_canary_then_waves() -> Result<()> {
     assert_eq!(rollout["kind"], "renewal", "{rollout:#}");
     assert_eq!(rollout["previous"], old.as_str(), "{rollout:#}");
     assert_eq!(rollout["reason"], Value::Null, "{rollout:#}");
-    // The default strategy: canary 1, then waves of 25 % (of 5 → 2).
+    // The strategy of the lineage's deploy: canary 1, then waves of 2.
     let strategy = &rollout["strategy"];
     assert_eq!(strategy["canary"], 1, "{rollout:#}");
-    assert_eq!(strategy["wave"], "25%", "{rollout:#}");
+    assert_eq!(strategy["wave"], "2", "{rollout:#}");
     assert_eq!(strategy["pause_secs"], 0, "{rollout:#}");
     assert_eq!(strategy["max_failures"], 0, "{rollout:#}");
     assert_eq!(strategy["offline_deadline_secs"], 600, "{rollout:#}");

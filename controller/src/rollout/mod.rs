@@ -9,6 +9,7 @@
 //! its wave starts, so a halted rollout has touched no agent of a later wave.
 
 pub mod policy;
+mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,8 +146,13 @@ pub fn create(
         wave_done_at: None,
         created_at: now,
         updated_at: now,
+        retry_attempts: 0,
+        retry_at: None,
     };
     store::rollout_insert(conn, &row)?;
+    // The new rollout decides what the lineage's targets get from now on;
+    // an earlier one waiting for a retry must not fight it.
+    store::rollout_supersede_retries(conn, lineage, &row.id, now)?;
     for (i, ((agent, agent_name, target), wave)) in targets.into_iter().zip(waves).enumerate() {
         store::rollout_target_insert(
             conn,
@@ -332,7 +338,8 @@ fn reconcile_one(
         Step::Halt(reason) => {
             warn!(rollout = %row.id, %reason, "rollout halted");
             row.state = "halted".into();
-            row.reason = Some(reason.clone());
+            row.retry_at = policy::retry_at(&row.kind, &views, row.retry_attempts, now);
+            row.reason = Some(retry::with_retry_note(&reason, &row));
             store::audit_insert(
                 conn,
                 now,
@@ -348,6 +355,23 @@ fn reconcile_one(
         Step::Complete => {
             info!(rollout = %row.id, "rollout completed");
             row.state = "completed".into();
+            row.retry_at = policy::retry_at(&row.kind, &views, row.retry_attempts, now);
+            if row.retry_at.is_some() {
+                let failed = views
+                    .iter()
+                    .filter(|(_, s)| *s == TargetState::Failed)
+                    .count();
+                row.reason = Some(retry::with_retry_note(
+                    &format!("{failed} target(s) failed within the budget"),
+                    &row,
+                ));
+            } else if row.retry_attempts > 0 {
+                row.reason = Some(format!(
+                    "every target installed after {} automatic retr{}",
+                    row.retry_attempts,
+                    if row.retry_attempts == 1 { "y" } else { "ies" }
+                ));
+            }
             store::audit_insert(
                 conn,
                 now,
@@ -371,6 +395,9 @@ impl Service {
     /// timed step is due, if any.
     pub async fn reconcile_rollouts(self: &Arc<Self>) -> Result<Option<i64>> {
         let now = self.now().unix_timestamp();
+        // Due retries first: they turn halted rollouts back into running
+        // ones that this same pass then drives.
+        self.retry_due_rollouts(now).await?;
         let running = self
             .store
             .call(|c| store::rollout_list(c, Some(&["running"])))
@@ -491,10 +518,14 @@ impl Service {
                 let allowed: &[&str] = match action {
                     "pause" => &["running"],
                     "resume" => &["paused"],
+                    // A completed renewal rollout still retrying failed
+                    // targets can be stopped too.
+                    _ if row.retry_at.is_some() => &["running", "paused", "halted", "completed"],
                     _ => &["running", "paused", "halted"],
                 };
                 if !allowed.contains(&row.state.as_str()) {
                     let hint = match (action, row.state.as_str()) {
+                        ("resume", "halted") if row.retry_at.is_some() => "; it is retried on its own (see its reason for when); fix the failing servers, or abort it to stop the retries",
                         ("resume", "halted") => "; a halted rollout stays halted — fix the failing servers and deploy again, or roll back",
                         ("resume", "aborted") => "; start a new deploy instead",
                         _ => "",
@@ -510,6 +541,11 @@ impl Service {
                     _ => "aborted",
                 }
                 .into();
+                if action == "abort" {
+                    // An explicit abort is the one thing that stops a
+                    // renewal rollout's automatic retries.
+                    row.retry_at = None;
+                }
                 row.reason = Some(format!("{action} by {actor}"));
                 row.updated_at = now;
                 store::rollout_update(&tx, &row)?;

@@ -203,7 +203,9 @@ pub fn next_step(strategy: &Strategy, p: &Progress<'_>, now: i64) -> Step {
         .iter()
         .filter(|(w, _)| *w as i64 == p.current_wave)
         .all(|(_, s)| s.terminal());
-    if !current_done {
+    // A retried target of an earlier wave is in progress again while the
+    // current wave may be done: the rollout is not over until it reports.
+    if !current_done || p.targets.iter().any(|(_, s)| *s == TargetState::InProgress) {
         return Step::Wait { until: None };
     }
     if p.current_wave >= last_wave {
@@ -225,9 +227,76 @@ pub fn next_step(strategy: &Strategy, p: &Progress<'_>, now: i64) -> Step {
     Step::StartWave((p.current_wave + 1) as u32)
 }
 
+/// Delay before the first automatic retry of a renewal rollout that ended
+/// with failed targets.
+pub const RETRY_FIRST_SECS: i64 = 30;
+/// The back-off doubles up to this delay and stays there.
+pub const RETRY_MAX_SECS: i64 = 3_600;
+
+/// Seconds to wait before the retry that follows `attempts` earlier ones:
+/// 30 s, 60 s, 120 s, … at most an hour.
+pub fn retry_delay(attempts: u32) -> i64 {
+    // 30 << 7 is already past an hour; capping the shift keeps it in range.
+    (RETRY_FIRST_SECS << attempts.min(7)).min(RETRY_MAX_SECS)
+}
+
+/// When a rollout that has just halted or completed at `now` is retried on
+/// its own, or `None` when it is not. Only renewal rollouts heal
+/// themselves: their targets serve a superseded certificate that will
+/// expire, while a deploy or rollback is an operator's command the operator
+/// is there to follow up. Nothing to retry when no target failed.
+pub fn retry_at(
+    kind: &str,
+    targets: &[(u32, TargetState)],
+    attempts: u32,
+    now: i64,
+) -> Option<i64> {
+    if kind != "renewal" || !targets.iter().any(|(_, s)| *s == TargetState::Failed) {
+        return None;
+    }
+    Some(now.saturating_add(retry_delay(attempts)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_backs_off_from_30s_to_an_hour() {
+        let delays: Vec<i64> = (0..10).map(retry_delay).collect();
+        assert_eq!(delays, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
+        assert_eq!(retry_delay(u32::MAX), 3600);
+    }
+
+    #[test]
+    fn only_failed_renewals_are_retried() {
+        let failed = [(0, Failed), (1, Waiting)];
+        let ok = [(0, Installed), (1, Installed)];
+        assert_eq!(retry_at("renewal", &failed, 0, 1_000), Some(1_030));
+        assert_eq!(retry_at("renewal", &failed, 3, 1_000), Some(1_240));
+        assert_eq!(retry_at("renewal", &ok, 0, 1_000), None);
+        assert_eq!(retry_at("deploy", &failed, 0, 1_000), None);
+        assert_eq!(retry_at("rollback", &failed, 0, 1_000), None);
+    }
+
+    #[test]
+    fn a_retried_target_of_an_earlier_wave_holds_completion() {
+        let st = s(1, WaveSize::Count(1), 5);
+        let targets = [(0, InProgress), (1, Installed)];
+        let p = Progress {
+            targets: &targets,
+            current_wave: 1,
+            wave_done_at: Some(0),
+        };
+        assert_eq!(next_step(&st, &p, 10), Step::Wait { until: None });
+        let targets = [(0, Installed), (1, Installed)];
+        let p = Progress {
+            targets: &targets,
+            current_wave: 1,
+            wave_done_at: Some(0),
+        };
+        assert_eq!(next_step(&st, &p, 10), Step::Complete);
+    }
     use TargetState::*;
 
     fn s(canary: u32, wave: WaveSize, max_failures: u32) -> Strategy {

@@ -285,4 +285,19 @@ CREATE INDEX rollouts_created ON rollouts(created_at, id);
     r#"
 ALTER TABLE join_tokens ADD COLUMN reenroll_agent TEXT;
 "#,
+    // 11: self-healing renewals and strategy memory. A renewal rollout that
+    // halted or finished with failed targets is retried on a persisted
+    // schedule (`retry_at`, `retry_attempts`) so a restarted controller keeps
+    // the back-off where it was; a lineage remembers the strategy of its last
+    // deploy so its renewals roll out the way the operator asked.
+    r#"
+ALTER TABLE rollouts ADD COLUMN retry_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollouts ADD COLUMN retry_at INTEGER;
+CREATE INDEX rollouts_retry_at ON rollouts(retry_at) WHERE retry_at IS NOT NULL;
+CREATE TABLE lineage_strategies (
+    lineage    TEXT PRIMARY KEY,
+    strategy   TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+"#,
 ];

@@ -1297,6 +1297,10 @@ pub struct RolloutRow {
     pub wave_done_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Automatic retries made so far (renewal rollouts only).
+    pub retry_attempts: u32,
+    /// When the next automatic retry is due; `None` when none is planned.
+    pub retry_at: Option<i64>,
 }
 
 /// One (agent, target) of a rollout.
@@ -1313,7 +1317,7 @@ pub struct RolloutTargetRow {
 }
 
 const ROLLOUT_COLS: &str = "id, kind, lineage, certificate, previous, strategy, state, reason, \
-    current_wave, wave_started_at, wave_done_at, created_at, updated_at";
+    current_wave, wave_started_at, wave_done_at, created_at, updated_at, retry_attempts, retry_at";
 
 fn rollout_from_row(r: &Row<'_>) -> Result<RolloutRow, rusqlite::Error> {
     Ok(RolloutRow {
@@ -1330,12 +1334,14 @@ fn rollout_from_row(r: &Row<'_>) -> Result<RolloutRow, rusqlite::Error> {
         wave_done_at: r.get(10)?,
         created_at: r.get(11)?,
         updated_at: r.get(12)?,
+        retry_attempts: r.get(13)?,
+        retry_at: r.get(14)?,
     })
 }
 
 pub fn rollout_insert(conn: &Connection, r: &RolloutRow) -> Result<(), StoreError> {
     conn.execute(
-        &format!("INSERT INTO rollouts ({ROLLOUT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        &format!("INSERT INTO rollouts ({ROLLOUT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
         params![
             r.id,
             r.kind,
@@ -1349,7 +1355,9 @@ pub fn rollout_insert(conn: &Connection, r: &RolloutRow) -> Result<(), StoreErro
             r.wave_started_at,
             r.wave_done_at,
             r.created_at,
-            r.updated_at
+            r.updated_at,
+            r.retry_attempts,
+            r.retry_at
         ],
     )?;
     Ok(())
@@ -1358,7 +1366,7 @@ pub fn rollout_insert(conn: &Connection, r: &RolloutRow) -> Result<(), StoreErro
 pub fn rollout_update(conn: &Connection, r: &RolloutRow) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE rollouts SET state = ?2, reason = ?3, current_wave = ?4, wave_started_at = ?5,
-         wave_done_at = ?6, updated_at = ?7 WHERE id = ?1",
+         wave_done_at = ?6, updated_at = ?7, retry_attempts = ?8, retry_at = ?9 WHERE id = ?1",
         params![
             r.id,
             r.state,
@@ -1366,7 +1374,9 @@ pub fn rollout_update(conn: &Connection, r: &RolloutRow) -> Result<(), StoreErro
             r.current_wave,
             r.wave_started_at,
             r.wave_done_at,
-            r.updated_at
+            r.updated_at,
+            r.retry_attempts,
+            r.retry_at
         ],
     )?;
     Ok(())
@@ -1399,6 +1409,84 @@ pub fn rollout_list(
             .collect(),
         None => all,
     })
+}
+
+/// Rollouts with an automatic retry due at or before `now`.
+pub fn rollout_retries_due(conn: &Connection, now: i64) -> Result<Vec<RolloutRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ROLLOUT_COLS} FROM rollouts WHERE retry_at IS NOT NULL AND retry_at <= ?1
+         ORDER BY retry_at, id"
+    ))?;
+    let rows = stmt.query_map([now], rollout_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Bring forward to `now` the retry of every rollout with a failed target
+/// on `agent`: the agent is back, or it just installed something, so the
+/// cause of the failure may be gone. Returns how many were brought forward.
+pub fn rollout_retry_now_for_agent(
+    conn: &Connection,
+    agent: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        // Candidates come from the partial index on `retry_at` (a handful),
+        // each checked by a primary-key lookup: every agent's hello runs
+        // this, so it must not scan the targets of every rollout ever made.
+        "UPDATE rollouts SET retry_at = ?2
+         WHERE retry_at IS NOT NULL AND retry_at > ?2
+           AND EXISTS (SELECT 1 FROM rollout_targets t
+                       WHERE t.rollout = rollouts.id AND t.agent = ?1 AND t.state = 'failed')",
+        params![agent, now],
+    )?)
+}
+
+/// End every earlier rollout of `lineage` that still waits for a retry: a
+/// newer rollout (a deploy or the next renewal) now decides what its
+/// targets get. A halted one becomes `aborted` so `status` stops counting
+/// it; a completed one stays completed.
+pub fn rollout_supersede_retries(
+    conn: &Connection,
+    lineage: &str,
+    by: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE rollouts SET
+           state = CASE WHEN state = 'halted' THEN 'aborted' ELSE state END,
+           reason = CASE WHEN state = 'halted' THEN 'superseded by rollout ' || ?2 ELSE reason END,
+           retry_at = NULL, updated_at = ?3
+         WHERE lineage = ?1 AND id != ?2 AND (state = 'halted' OR retry_at IS NOT NULL)",
+        params![lineage, by, now],
+    )?;
+    Ok(())
+}
+
+/// The strategy of a lineage's last deploy, as stored JSON.
+pub fn lineage_strategy(conn: &Connection, lineage: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT strategy FROM lineage_strategies WHERE lineage = ?1",
+            [lineage],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Remember `strategy` (JSON) as the lineage's deploy strategy.
+pub fn lineage_strategy_set(
+    conn: &Connection,
+    lineage: &str,
+    strategy: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO lineage_strategies (lineage, strategy, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (lineage) DO UPDATE SET strategy = excluded.strategy,
+           updated_at = excluded.updated_at",
+        params![lineage, strategy, now],
+    )?;
+    Ok(())
 }
 
 /// The running or paused rollout of a lineage.

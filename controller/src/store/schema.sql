@@ -155,6 +155,12 @@ CREATE TABLE join_tokens (
     created_at  INTEGER NOT NULL
 , reenroll_agent TEXT) STRICT;
 
+CREATE TABLE lineage_strategies (
+    lineage    TEXT PRIMARY KEY,
+    strategy   TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -187,7 +193,7 @@ CREATE TABLE rollouts (
     wave_done_at    INTEGER,
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL
-) STRICT;
+, retry_attempts INTEGER NOT NULL DEFAULT 0, retry_at INTEGER) STRICT;
 
 CREATE UNIQUE INDEX applications_one_in_flight
     ON applications(instance) WHERE state IN ('pending', 'validating');
@@ -212,3 +218,5 @@ CREATE INDEX rollouts_created ON rollouts(created_at, id);
 
 CREATE UNIQUE INDEX rollouts_one_active_per_lineage
     ON rollouts(lineage) WHERE state IN ('running', 'paused');
+
+CREATE INDEX rollouts_retry_at ON rollouts(retry_at) WHERE retry_at IS NOT NULL;

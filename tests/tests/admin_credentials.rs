@@ -1,4 +1,4 @@
-//! End-to-end: admin credentials per operator (issue 13).
+//! End-to-end: admin credentials per operator.
 //!
 //! `admin create/list/renew/revoke` through the real CLI against a real
 //! controller; a revoked credential refused at once, also on a connection

@@ -1,4 +1,4 @@
-//! End-to-end: the controller's own identity over a long life (issue 13).
+//! End-to-end: the controller's own identity over a long life.
 //!
 //! - The QUIC endpoint certificate (90 days) is renewed while the controller
 //!   runs, so a CLI and a reconnecting agent still get in after day 91 and

@@ -1,4 +1,4 @@
-//! Self-healing renewal rollouts and strategy memory (issue 13, item 2):
+//! Self-healing renewal rollouts and strategy memory:
 //! a renewal rollout that halted on a broken nginx reaches that nginx on
 //! its own once it is fixed, and a lineage's renewals roll out with the
 //! strategy of its last deploy. Real controller, real agents, real nginx;

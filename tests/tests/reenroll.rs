@@ -1,5 +1,5 @@
 //! End-to-end: an agent back after its identity expired while it was
-//! offline (issue 13).
+//! offline.
 //!
 //! The agent's identity lives 30 days and renews itself only over a live
 //! connection, so one offline past that can no longer get in. It must say

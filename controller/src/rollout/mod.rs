@@ -183,6 +183,28 @@ pub fn create(
     Ok(row)
 }
 
+/// Point one target's deployment at the rollout's certificate and mark the
+/// target in progress (a wave starting, or a failed target retried).
+fn send_to_target(
+    conn: &Connection,
+    row: &RolloutRow,
+    agent: &str,
+    target: &str,
+    now: i64,
+) -> Result<()> {
+    store::deployment_upsert(conn, agent, target, &row.lineage, &row.certificate, now)?;
+    store::rollout_target_set(
+        conn,
+        &row.id,
+        agent,
+        target,
+        TargetState::InProgress.as_str(),
+        None,
+        now,
+    )?;
+    Ok(())
+}
+
 fn skip_waiting(conn: &Connection, rollout: &str, now: i64) -> Result<()> {
     for t in store::rollout_targets(conn, rollout)? {
         if t.state == TargetState::Waiting.as_str() {
@@ -311,23 +333,7 @@ fn reconcile_one(
         }
         Step::StartWave(wave) => {
             for t in targets.iter().filter(|t| t.wave == wave) {
-                store::deployment_upsert(
-                    conn,
-                    &t.agent,
-                    &t.target,
-                    &row.lineage,
-                    &row.certificate,
-                    now,
-                )?;
-                store::rollout_target_set(
-                    conn,
-                    &row.id,
-                    &t.agent,
-                    &t.target,
-                    "in_progress",
-                    None,
-                    now,
-                )?;
+                send_to_target(conn, &row, &t.agent, &t.target, now)?;
                 result.poke.push(t.agent.clone());
             }
             row.current_wave = i64::from(wave);

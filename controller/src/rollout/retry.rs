@@ -78,23 +78,7 @@ fn retry_one(conn: &Connection, mut row: RolloutRow, now: i64) -> Result<Vec<Str
             )?;
             continue;
         }
-        store::deployment_upsert(
-            conn,
-            &t.agent,
-            &t.target,
-            &row.lineage,
-            &row.certificate,
-            now,
-        )?;
-        store::rollout_target_set(
-            conn,
-            &row.id,
-            &t.agent,
-            &t.target,
-            TargetState::InProgress.as_str(),
-            None,
-            now,
-        )?;
+        super::send_to_target(conn, &row, &t.agent, &t.target, now)?;
         poke.push(t.agent);
     }
     row.retry_attempts = row.retry_attempts.saturating_add(1);

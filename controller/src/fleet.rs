@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::identity::Role;
-use crate::plan::Mode;
+use crate::service::Mode;
 use crate::service::{internal, key_aad, Result, Service, ServiceError};
 use crate::store::{self, AgentRow, AuditRecord, TokenRow};
 

@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tracing::info;
 
 use crate::fleet::{resolve_agent, SessionEvent};
-use crate::plan::Mode;
+use crate::service::Mode;
 use crate::service::{apply_in_tx, Result, Service, ServiceError, MAX_DOMAINS, MAX_VALIDITY_DAYS};
 use crate::store::{self, AuditRecord, StoreError};
 

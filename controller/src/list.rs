@@ -17,10 +17,10 @@
 //! inventory). A token that does not parse as the list's key is an
 //! invalid argument. Filters are ids, applied in SQL.
 
-use certfleet_protocol::list::{
-    CertSummary, ListPage, ListQuery, PageRequest, PageRows, RolloutSummary, MAX_PAGE_ROWS,
+use certfleet_protocol::list::{ListQuery, PageRequest, MAX_PAGE_ROWS};
+use certfleet_protocol::message::{
+    CertInfo, CertSummary, ListPage, PageRows, RolloutSummary, Timestamp,
 };
-use certfleet_protocol::message::{CertInfo, Timestamp};
 use certfleet_protocol::DEFAULT_MAX_FRAME;
 use serde::Serialize;
 

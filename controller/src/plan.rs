@@ -6,28 +6,9 @@
 //! the real request would not do, and a dry run changes nothing.
 
 use certfleet_protocol::message::{Plan, PlanOutcome, Planned};
-use rusqlite::Transaction;
 
-use crate::service::{Result, Service, ServiceError};
+use crate::service::{Mode, Result, Service, ServiceError};
 use crate::store;
-
-/// Whether a state change is carried out or only planned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Commit,
-    DryRun,
-}
-
-impl Mode {
-    /// End the operation's transaction: commit it, or (dry run) drop it,
-    /// which rolls every change back.
-    pub(crate) fn finish(self, tx: Transaction<'_>) -> Result<()> {
-        match self {
-            Mode::Commit => Ok(tx.commit()?),
-            Mode::DryRun => Ok(tx.rollback()?),
-        }
-    }
-}
 
 /// The audit action and target of a planned request.
 pub fn action(request: &Planned) -> (&'static str, &str) {

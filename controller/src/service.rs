@@ -27,7 +27,6 @@ use crate::clock::Clock;
 use crate::identity::pem_to_der;
 use crate::issuer::builtin::{self, BuiltinCa};
 use crate::issuer::generate_key;
-use crate::plan::Mode;
 use crate::seal::MasterKey;
 use crate::store::{self, AuditRecord, CertRow, IssuerRow, Store, StoreError};
 
@@ -100,6 +99,24 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ServiceError {
 }
 
 pub(crate) type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Whether a state change is carried out or only planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Commit,
+    DryRun,
+}
+
+impl Mode {
+    /// End the operation's transaction: commit it, or (dry run) drop it,
+    /// which rolls every change back.
+    pub(crate) fn finish(self, tx: rusqlite::Transaction<'_>) -> Result<()> {
+        match self {
+            Mode::Commit => Ok(tx.commit()?),
+            Mode::DryRun => Ok(tx.rollback()?),
+        }
+    }
+}
 
 pub struct Service {
     pub(crate) store: Store,

@@ -975,7 +975,7 @@ pub enum Response {
     Adoption(AdoptionInfo),
     CaRoot(CaRoot),
     Plan(Plan),
-    Page(crate::list::ListPage),
+    Page(ListPage),
     /// A credential just issued (`AdminCreate`, `AdminRenew`).
     AdminIssued(AdminIssued),
     /// Admin credentials (`AdminList`; `AdminRevoke`: those it revoked).
@@ -1054,6 +1054,92 @@ pub struct Plan {
     /// renewal's application, the revoked certificate, the adoption. Ids
     /// in it were never stored.
     pub outcome: Option<PlanOutcome>,
+}
+
+// Pages of a list (what a client asks is in `crate::list`).
+
+/// A certificate as listed: [`CertInfo`] without its PEMs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSummary {
+    pub id: String,
+    pub instance: String,
+    pub issuer: String,
+    pub domains: Vec<String>,
+    pub serial: String,
+    pub fingerprint: String,
+    pub key: KeyType,
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+    pub state: CertState,
+    pub renews: Option<String>,
+    pub revoked_at: Option<Timestamp>,
+    pub revocation_reason: Option<RevocationReason>,
+    pub renewal: Option<RenewalInfo>,
+}
+
+/// A rollout as listed: [`RolloutInfo`] with counts
+/// instead of one entry per target (a fleet-wide rollout has thousands).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutSummary {
+    pub id: String,
+    pub kind: String,
+    pub lineage: String,
+    pub certificate: String,
+    pub previous: Option<String>,
+    pub state: String,
+    pub reason: Option<String>,
+    pub strategy: StrategySpec,
+    pub current_wave: i64,
+    pub waves: u32,
+    /// Targets in the rollout.
+    pub targets: u32,
+    /// Targets that have installed the certificate.
+    pub installed: u32,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The rows of one page; the variant matches the [`ListQuery`](crate::list::ListQuery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageRows {
+    Certificates(Vec<CertSummary>),
+    Agents(Vec<AgentInfo>),
+    Deployments(Vec<DeploymentInfo>),
+    Audit(Vec<AuditEntry>),
+    Instances(Vec<InstanceInfo>),
+    Issuers(Vec<IssuerInfo>),
+    Rollouts(Vec<RolloutSummary>),
+    Inventory(Vec<InventoryItem>),
+    /// `(agent name, problem)`.
+    InventoryProblems(Vec<(String, String)>),
+}
+
+impl PageRows {
+    pub fn len(&self) -> usize {
+        match self {
+            PageRows::Certificates(r) => r.len(),
+            PageRows::Agents(r) => r.len(),
+            PageRows::Deployments(r) => r.len(),
+            PageRows::Audit(r) => r.len(),
+            PageRows::Instances(r) => r.len(),
+            PageRows::Issuers(r) => r.len(),
+            PageRows::Rollouts(r) => r.len(),
+            PageRows::Inventory(r) => r.len(),
+            PageRows::InventoryProblems(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One page of a list answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    pub rows: PageRows,
+    /// Pass back for the next page; `None` when this page is the last.
+    pub continue_token: Option<String>,
 }
 
 #[cfg(test)]
@@ -1576,8 +1662,8 @@ mod tests {
                 }),
                 outcome: None,
             }),
-            Response::Page(crate::list::ListPage {
-                rows: crate::list::PageRows::Audit(vec![AuditEntry {
+            Response::Page(ListPage {
+                rows: PageRows::Audit(vec![AuditEntry {
                     id: 9,
                     at: Timestamp(9),
                     actor: "admin".into(),

@@ -4,17 +4,15 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use certfleet_protocol::message::{
-    AdoptionInfo, InventoryList, KeyType, Planned, Request, Response,
-};
+use certfleet_protocol::message::{InventoryList, KeyType, PageRows, Planned, Request, Response};
 use clap::Subcommand;
 
 use std::io::Write;
 
-use certfleet_protocol::list::{ListQuery, PageRows};
+use certfleet_protocol::list::ListQuery;
 
 use super::list::{stream_to, Empty, ListArgs};
-use super::output::{fields, rows_of, Output};
+use super::output::{rows_of, Output};
 use super::table::table;
 use super::{parse_named, wait_application, Format};
 use crate::client::Client;
@@ -143,21 +141,6 @@ fn show_list(out: &Output, list: &InventoryList) -> anyhow::Result<()> {
     })
 }
 
-pub(super) fn show_adoption(out: &Output, a: &AdoptionInfo) -> anyhow::Result<()> {
-    out.emit(a, || {
-        fields(&[
-            ("agent", format!("{} ({})", a.agent_name, a.agent)),
-            ("target", a.target.clone()),
-            ("path", a.path.clone()),
-            ("replaces", a.fingerprint.clone()),
-            ("domains", a.domains.join(", ")),
-            ("instance", a.instance.clone()),
-            ("application", a.application.id.clone()),
-            ("state", a.application.state.to_string()),
-        ])
-    })
-}
-
 pub(super) async fn run(client: &Client, cmd: InventoryCmd, out: &Output) -> anyhow::Result<()> {
     match cmd {
         InventoryCmd::List {
@@ -205,10 +188,10 @@ pub(super) async fn run(client: &Client, cmd: InventoryCmd, out: &Output) -> any
                 .await?;
             let adoption = expect_response!(r, Adoption);
             if !wait {
-                return show_adoption(out, &adoption);
+                return out.adoption(&adoption);
             }
             if out.is_table() {
-                show_adoption(out, &adoption)?;
+                out.adoption(&adoption)?;
             }
             let deadline = tokio::time::Instant::now() + timeout;
             let app =

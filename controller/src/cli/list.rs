@@ -9,8 +9,8 @@
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use certfleet_protocol::list::{ListQuery, PageRequest, PageRows, MAX_PAGE_ROWS};
-use certfleet_protocol::message::{Request, Response};
+use certfleet_protocol::list::{ListQuery, PageRequest, MAX_PAGE_ROWS};
+use certfleet_protocol::message::{PageRows, Request, Response};
 use clap::Args;
 use serde::Serialize;
 

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use certfleet_protocol::list::{ListQuery, PageRows};
+use certfleet_protocol::list::ListQuery;
 use certfleet_protocol::message::{
-    AgentInfo, ApplicationInfo, CertInfo, FleetStatus, InstanceInfo, IssuerInfo, JoinToken,
-    RolloutInfo, Timestamp,
+    AdoptionInfo, AgentInfo, ApplicationInfo, CertInfo, FleetStatus, InstanceInfo, IssuerInfo,
+    JoinToken, PageRows, RolloutInfo, Timestamp,
 };
 use serde::Serialize;
 
@@ -639,6 +639,22 @@ impl Output {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let (header, cells) = rows_of(&PageRows::Deployments(list.to_vec()), now);
             table(header, cells)
+        })
+    }
+
+    /// What `inventory adopt` started.
+    pub(super) fn adoption(&self, a: &AdoptionInfo) -> anyhow::Result<()> {
+        self.emit(a, || {
+            fields(&[
+                ("agent", format!("{} ({})", a.agent_name, a.agent)),
+                ("target", a.target.clone()),
+                ("path", a.path.clone()),
+                ("replaces", a.fingerprint.clone()),
+                ("domains", a.domains.join(", ")),
+                ("instance", a.instance.clone()),
+                ("application", a.application.id.clone()),
+                ("state", a.application.state.to_string()),
+            ])
         })
     }
 

@@ -82,7 +82,7 @@ fn show(out: &Output, plan: &Plan) -> anyhow::Result<()> {
                     }
                 }
                 PlanOutcome::Certificate(c) => out.cert(c),
-                PlanOutcome::Adoption(a) => super::inventory::show_adoption(out, a),
+                PlanOutcome::Adoption(a) => out.adoption(a),
             }
         }
         (None, None) => bail!("the controller sent a plan with neither outcome nor refusal"),

@@ -22,7 +22,7 @@ use rusqlite::Connection;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::plan::Mode;
+use crate::service::Mode;
 use crate::service::{apply_in_tx, Result, Service, ServiceError};
 use crate::store::{self, AuditRecord, CertRow};
 

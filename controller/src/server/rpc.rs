@@ -21,7 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::fleet::SessionEvent;
 use crate::identity::{peer_identity, IdentityCa, PeerIdentity, Role};
-use crate::plan::Mode;
+use crate::service::Mode;
 use crate::service::{Service, ServiceError};
 use crate::store::{self, Store};
 

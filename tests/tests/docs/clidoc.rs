@@ -321,7 +321,7 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::ApplicationInfo>(&mut t)?;
     trace::<m::CertInfo>(&mut t)?;
     // The list commands print summaries (no PEMs, counts for targets).
-    trace::<certfleet_protocol::list::CertSummary>(&mut t)?;
+    trace::<m::CertSummary>(&mut t)?;
     trace::<FilesWritten>(&mut t)?;
     trace::<m::AuditEntry>(&mut t)?;
     trace::<m::JoinToken>(&mut t)?;
@@ -329,14 +329,12 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::AdminCredentialInfo>(&mut t)?;
     trace::<m::DeploymentInfo>(&mut t)?;
     trace::<m::RolloutInfo>(&mut t)?;
-    trace::<certfleet_protocol::list::RolloutSummary>(&mut t)?;
+    trace::<m::RolloutSummary>(&mut t)?;
     trace::<m::FleetStatus>(&mut t)?;
     trace::<m::InventoryList>(&mut t)?;
     trace::<m::AdoptionInfo>(&mut t)?;
     trace::<m::InventoryReport>(&mut t)?;
     trace::<certfleet_agent::state::AgentState>(&mut t)?;
-    trace::<certfleet_protocol::list::CertSummary>(&mut t)?;
-    trace::<certfleet_protocol::list::RolloutSummary>(&mut t)?;
     trace::<m::CaRoot>(&mut t)?;
     trace::<m::Plan>(&mut t)?;
     trace::<m::PlanOutcome>(&mut t)?;

@@ -265,8 +265,11 @@ fn csr_key(csr_pem: &str) -> Result<rcgen::PublicKey> {
 }
 
 impl Service {
-    pub async fn admin_create(
+    /// Issue a credential for operator `name`: a new operator
+    /// ([`Issue::Create`]) or the one making the request ([`Issue::Renew`]).
+    pub async fn admin_issue(
         &self,
+        why: Issue,
         actor: String,
         name: String,
         csr_pem: String,
@@ -275,22 +278,7 @@ impl Service {
         let ca = self.identity.clone();
         let now = self.now();
         self.store
-            .call(move |c| issue(c, &ca, Issue::Create, &name, &key, &actor, now))
-            .await
-    }
-
-    /// A new credential for the operator `name` (the one making the request).
-    pub async fn admin_renew(
-        &self,
-        actor: String,
-        name: String,
-        csr_pem: String,
-    ) -> Result<AdminIssued> {
-        let key = csr_key(&csr_pem)?;
-        let ca = self.identity.clone();
-        let now = self.now();
-        self.store
-            .call(move |c| issue(c, &ca, Issue::Renew, &name, &key, &actor, now))
+            .call(move |c| issue(c, &ca, why, &name, &key, &actor, now))
             .await
     }
 

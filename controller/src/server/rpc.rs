@@ -19,10 +19,11 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::admin::Issue;
 use crate::fleet::SessionEvent;
 use crate::identity::{peer_identity, IdentityCa, PeerIdentity, Role};
-use crate::service::Mode;
-use crate::service::{Service, ServiceError};
+
+use crate::service::{Mode, Service, ServiceError};
 use crate::store::{self, Store};
 
 /// QUIC application close codes.
@@ -641,13 +642,13 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
         // audited, not even a refusal (the plan carries it).
         Request::DryRun(planned) => Ok(Response::Plan(svc.plan(actor.clone(), planned).await)),
         Request::AdminCreate { name, csr_pem } => svc
-            .admin_create(actor.clone(), name, csr_pem)
+            .admin_issue(Issue::Create, actor.clone(), name, csr_pem)
             .await
             .map(Response::AdminIssued),
         Request::AdminList => svc.admin_list().await.map(Response::AdminCredentials),
         // Renewal is for the operator making the request, never another.
         Request::AdminRenew { csr_pem } => svc
-            .admin_renew(actor.clone(), peer.subject.clone(), csr_pem)
+            .admin_issue(Issue::Renew, actor.clone(), peer.subject.clone(), csr_pem)
             .await
             .map(Response::AdminIssued),
         Request::AdminRevoke { name, force } => svc

@@ -1690,18 +1690,22 @@ pub fn audit_list(conn: &Connection, limit: u32) -> Result<Vec<AuditEntry>, Stor
         "SELECT id, at, actor, action, target, outcome, detail FROM
          (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
     )?;
-    let rows = stmt.query_map([limit], |r| {
-        Ok(AuditEntry {
-            id: r.get(0)?,
-            at: Timestamp(r.get(1)?),
-            actor: r.get(2)?,
-            action: r.get(3)?,
-            target: r.get(4)?,
-            outcome: r.get(5)?,
-            detail: r.get(6)?,
-        })
-    })?;
+    let rows = stmt.query_map([limit], audit_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// An audit entry from `SELECT id, at, actor, action, target, outcome,
+/// detail`.
+pub(crate) fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get(0)?,
+        at: Timestamp(r.get(1)?),
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        outcome: r.get(5)?,
+        detail: r.get(6)?,
+    })
 }
 
 #[cfg(test)]

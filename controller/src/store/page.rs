@@ -10,7 +10,7 @@
 //! between pages never make a page repeat or skip a row that existed
 //! throughout. `tests` checks the plans with `EXPLAIN QUERY PLAN`.
 
-use certfleet_protocol::message::{AuditEntry, DeploymentInfo, InstanceInfo, Timestamp};
+use certfleet_protocol::message::{AuditEntry, DeploymentInfo, InstanceInfo};
 use rusqlite::{params, Connection};
 
 use super::{
@@ -107,17 +107,7 @@ pub fn audit_page(
         "SELECT id, at, actor, action, target, outcome, detail FROM audit
          WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![before, limit], |r| {
-        Ok(AuditEntry {
-            id: r.get(0)?,
-            at: Timestamp(r.get(1)?),
-            actor: r.get(2)?,
-            action: r.get(3)?,
-            target: r.get(4)?,
-            outcome: r.get(5)?,
-            detail: r.get(6)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![before, limit], super::audit_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -24,7 +24,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use time::{Duration, OffsetDateTime};
 
 use crate::identity::{IdentityCa, Role};
-use crate::service::{internal, Result, Service, ServiceError};
+use crate::service::{internal, Issue, Result, Service, ServiceError};
 use crate::store::{self, AuditRecord, CredentialRow};
 
 /// How long an admin credential stays valid.
@@ -94,15 +94,6 @@ fn valid(row: &AdminRow, now: i64) -> bool {
 /// Every admin credential, revoked and expired ones included.
 pub fn list(conn: &Connection) -> Result<Vec<AdminCredentialInfo>> {
     Ok(rows(conn, None)?.iter().map(info).collect())
-}
-
-/// Why a new credential is being issued, for the audit log.
-#[derive(Debug, Clone, Copy)]
-pub enum Issue {
-    /// A new operator; refused while the name holds a valid credential.
-    Create,
-    /// Another credential for an operator who holds a valid one.
-    Renew,
 }
 
 /// Issue an admin credential for `public_key` and record it, in one

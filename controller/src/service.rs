@@ -100,6 +100,15 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ServiceError {
 
 pub(crate) type Result<T> = std::result::Result<T, ServiceError>;
 
+/// Why a new credential is being issued, for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub enum Issue {
+    /// A new operator; refused while the name holds a valid credential.
+    Create,
+    /// Another credential for an operator who holds a valid one.
+    Renew,
+}
+
 /// Whether a state change is carried out or only planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

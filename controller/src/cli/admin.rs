@@ -179,7 +179,7 @@ fn create_offline(
             crate::admin::issue(
                 c,
                 &state.identity,
-                crate::admin::Issue::Create,
+                crate::service::Issue::Create,
                 name,
                 &key,
                 &actor,

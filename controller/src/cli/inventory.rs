@@ -12,7 +12,8 @@ use std::io::Write;
 use certfleet_protocol::list::ListQuery;
 
 use super::list::{stream_to, Empty, ListArgs};
-use super::output::{rows_of, Output};
+use super::output::Output;
+use super::rows::rows_of;
 use super::table::table;
 use super::{parse_named, wait_application, Format};
 use crate::client::Client;

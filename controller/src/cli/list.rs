@@ -14,7 +14,7 @@ use certfleet_protocol::message::{PageRows, Request, Response};
 use clap::Args;
 use serde::Serialize;
 
-use super::output::rows_of;
+use super::rows::rows_of;
 use super::table::Layout;
 use super::Format;
 use crate::client::Client;
@@ -155,7 +155,7 @@ pub(super) async fn stream_to<W: Write>(
     args: &ListArgs,
     empty: Empty,
 ) -> anyhow::Result<u64> {
-    let header = super::output::header_of(&query);
+    let header = super::rows::header_of(&query);
     let mut sink = Sink {
         out,
         format,

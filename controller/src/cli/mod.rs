@@ -18,6 +18,7 @@ mod list;
 mod output;
 mod plan;
 mod rollout;
+mod rows;
 mod table;
 
 use std::net::SocketAddr;

@@ -19,11 +19,10 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::admin::Issue;
 use crate::fleet::SessionEvent;
 use crate::identity::{peer_identity, IdentityCa, PeerIdentity, Role};
 
-use crate::service::{Mode, Service, ServiceError};
+use crate::service::{Issue, Mode, Service, ServiceError};
 use crate::store::{self, Store};
 
 /// QUIC application close codes.

@@ -215,7 +215,21 @@ fn a_renewal_falls_back_to_the_backup_issuer_while_the_primary_ca_is_down() -> R
     let list = ctl.cli_ok(&["instance", "list"])?;
     let list = String::from_utf8_lossy(&list.stdout);
     ensure!(list.contains("backup (fallback)"), "{list}");
-    let _ = new_id;
+
+    // The next renewal would try the primary first, but the pool holds no
+    // instance for it (and its CA is still down): the backup renews again
+    // rather than leaving the renewal blocked.
+    write_clock_offset(&offset_file, 2 * PAST_RENEWAL_OF_ONE_DAY + 31 * 60)?;
+    let third = wait_for(WAIT, "the second renewal", || {
+        let certs = ctl.cli_json(&["cert", "list"])?;
+        Ok(array(&certs)?
+            .iter()
+            .find(|c| c["renews"] == new_id.as_str())
+            .cloned())
+    })?;
+    assert_eq!(third["issuer"], "backup", "{third:#}");
+    let shown = ctl.cli_json(&["instance", "show", &inst_id])?;
+    assert_eq!(shown["issuing"]["active_issuer"], "backup", "{shown:#}");
     Ok(())
 }
 

@@ -345,7 +345,8 @@ impl Output {
                         s.rollouts.running, s.rollouts.paused, s.rollouts.halted
                     ),
                 ),
-            ])
+                ("at risk", format!("{} deployment(s)", s.at_risk.total)),
+            ]) + &at_risk_section(&s.at_risk)
         })
     }
 
@@ -390,4 +391,22 @@ impl Output {
                 .collect()
         })
     }
+}
+
+/// `status`'s at-risk items, soonest expiry first, and how many more the
+/// lists have; nothing when no deployment is at risk.
+fn at_risk_section(a: &certfleet_protocol::message::AtRiskStatus) -> String {
+    if a.items.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n");
+    out += &table(
+        super::rows::AT_RISK_HEADER,
+        super::rows::at_risk_cells(&a.items, a.now.0),
+    );
+    let more = (a.total as usize).saturating_sub(a.items.len());
+    if more > 0 {
+        out += &format!("… and {more} more (certfleet deployment list --at-risk lists them all)\n");
+    }
+    out
 }

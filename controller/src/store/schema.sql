@@ -32,6 +32,18 @@ CREATE TABLE applications (
     updated_at  INTEGER NOT NULL
 , renews TEXT REFERENCES certificates(id), challenge TEXT, order_url TEXT, key_sealed BLOB, retry_at INTEGER, challenges_answered INTEGER NOT NULL DEFAULT 0) STRICT;
 
+CREATE TABLE at_risk (
+    deployment  TEXT PRIMARY KEY,
+    agent       TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    not_after   INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    reason_text TEXT NOT NULL,
+    since       INTEGER NOT NULL,
+    raised_at   INTEGER NOT NULL
+) STRICT;
+
 CREATE TABLE audit (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     at      INTEGER NOT NULL,
@@ -175,7 +187,7 @@ CREATE TABLE rollout_targets (
     state    TEXT NOT NULL,
     error    TEXT,
     sent_at  INTEGER,
-    done_at  INTEGER,
+    done_at  INTEGER, failed_since INTEGER,
     PRIMARY KEY (rollout, agent, target)
 ) STRICT;
 
@@ -200,6 +212,10 @@ CREATE UNIQUE INDEX applications_one_in_flight
 
 CREATE INDEX applications_renews ON applications(renews);
 
+CREATE INDEX at_risk_certificate ON at_risk(not_after, certificate);
+
+CREATE INDEX at_risk_not_after ON at_risk(not_after, deployment);
+
 CREATE INDEX certificates_not_after ON certificates(not_after, id);
 
 CREATE INDEX certificates_renews ON certificates(renews);
@@ -213,6 +229,8 @@ CREATE INDEX instances_unused ON instances(issuer, created_at) WHERE state = 'un
 CREATE INDEX inventory_fingerprint ON inventory(fingerprint);
 
 CREATE INDEX inventory_not_after ON inventory(not_after, agent, position);
+
+CREATE INDEX rollouts_certificate ON rollouts(certificate, created_at);
 
 CREATE INDEX rollouts_created ON rollouts(created_at, id);
 

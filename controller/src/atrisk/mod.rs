@@ -8,9 +8,9 @@
 //! An item raised is audited once (`at_risk.raise`) and once when it
 //! clears (`at_risk.clear`), never on the passes in between; a change of
 //! reason or text on a standing item is stored without an audit record.
-//! Deployments not yet past their due time cost one row read; only the
-//! few past it are looked at further (successor, rollout target, failed
-//! applications), each by an index.
+//! Deployments whose certificate cannot be due yet are left out by the
+//! query; only the few past their due time are looked at further
+//! (successor, rollout target, failed applications), each by an index.
 
 pub mod policy;
 
@@ -209,7 +209,7 @@ fn pass(
         .map(|i| (i.deployment.clone(), i))
         .collect();
     let mut current: Vec<StoredItem> = Vec::new();
-    for d in table::served_deployments(conn)? {
+    for d in table::served_deployments(conn, now)? {
         let Some(facts) = facts_of(conn, &d, connected, seen, now)? else {
             continue;
         };

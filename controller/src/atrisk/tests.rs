@@ -192,3 +192,26 @@ async fn items_rise_and_clear_once_with_the_since_of_their_cause() {
     assert_eq!(audited(&svc, "at_risk.raise", &deployment).await, 2);
     worker.abort();
 }
+
+/// `store::at_risk::served_deployments` leaves out certificates before
+/// `not_after − ⌈0.35 × lifetime⌉`; renewal is never due earlier.
+#[test]
+fn renewal_is_never_due_before_the_bound_the_pass_filters_on() {
+    use crate::renewal::policy::due_at;
+    let nb = 1_800_000_000;
+    for days in [1, 6, 9, 45, 90, 365, 3650] {
+        for extra in [0, 7, 300] {
+            let na = nb + days * DAY + extra;
+            let bound = na - ((na - nb) * 7 + 19) / 20;
+            for configured in [None, Some(DAY), Some(365 * DAY)] {
+                for n in 0..50 {
+                    let due = due_at(&format!("cert-{n}"), nb, na, configured, None);
+                    assert!(
+                        due >= bound,
+                        "{days} d + {extra} s, {configured:?}: {due} < {bound}"
+                    );
+                }
+            }
+        }
+    }
+}

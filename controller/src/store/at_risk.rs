@@ -34,9 +34,16 @@ pub struct ServedDeployment {
     pub enrolled_at: i64,
 }
 
-/// Every deployment of an agent not removed that has a certificate
-/// installed.
-pub fn served_deployments(conn: &Connection) -> Result<Vec<ServedDeployment>, StoreError> {
+/// Every deployment of an agent not removed whose installed certificate
+/// may be due for renewal at `now`. Renewal is never due before
+/// `not_after − 0.35 × lifetime` (`renew_before` is at most a third of the
+/// lifetime, its jitter at most a twentieth of that), and the half window
+/// comes later still, so the rest cannot be at risk and are left out here
+/// rather than looked at one by one.
+pub fn served_deployments(
+    conn: &Connection,
+    now: i64,
+) -> Result<Vec<ServedDeployment>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.id, d.agent, d.target, d.desired_cert, d.installed_cert, d.status,
                 d.last_error, d.updated_at, c.not_before, c.not_after,
@@ -47,9 +54,10 @@ pub fn served_deployments(conn: &Connection) -> Result<Vec<ServedDeployment>, St
          JOIN certificates c ON c.id = d.installed_cert
          LEFT JOIN instances i ON i.id = c.instance
          WHERE a.removed_at IS NULL
+           AND c.not_after - ((c.not_after - c.not_before) * 7 + 19) / 20 <= ?1
          ORDER BY d.id",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([now], |r| {
         Ok(ServedDeployment {
             deployment: r.get(0)?,
             agent: r.get(1)?,

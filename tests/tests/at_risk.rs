@@ -2,9 +2,10 @@
 //! renewal point with no newer one installed because something failed (or
 //! with less than half of its renewal window left) shows up in `status`,
 //! `cert list --at-risk` and `deployment list --at-risk` with its reason
-//! and since when, and disappears once it is fixed. Real controller, real
-//! agents, real nginx; the simulated clock (the offset file) stands in for
-//! waiting.
+//! and since when, and disappears once it is fixed: a renewal that keeps
+//! failing, a renewal nginx cannot install, half of the window left. Real
+//! controller, real agents, real nginx; the simulated clock (the offset
+//! file) stands in for waiting.
 
 use std::fs;
 use std::path::PathBuf;
@@ -358,5 +359,96 @@ fn less_than_half_the_window_left_is_at_risk_whatever_the_reason() -> Result<()>
                     .is_some_and(|d| d.contains("half_window_left"))),
         "the raise names its reason: {detail:#}"
     );
+    Ok(())
+}
+
+/// A fresh admin credential valid at the simulated date, minted offline
+/// from the state directory (the first one expired on the way).
+fn admin_credential_valid_now(ctl: &Controller) -> Result<()> {
+    let fresh = ctl.credential_path().with_extension("renewed");
+    ctl.cli_ok(&[
+        "admin",
+        "create",
+        "operator",
+        "--state-dir",
+        &ctl.state_dir().to_string_lossy(),
+        "--out",
+        &fresh.to_string_lossy(),
+    ])?;
+    fs::rename(&fresh, ctl.credential_path())?;
+    Ok(())
+}
+
+#[test]
+fn a_failing_renewal_is_at_risk_with_its_error_until_replaced() -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("certfleet-files-")
+        .tempdir()?;
+    let body = named_files_agent_config("web-1", TARGET, dir.path(), NAME);
+    let fleet = Fleet::start(vec![body])?;
+    // 3649 days: due 30 days before expiry, and 3625 days on (past due,
+    // before half of the window is left) a replacement with the same spec
+    // would outlive the built-in CA's ten years, so every attempt fails.
+    let cert = fleet
+        .ctl
+        .issue("ca", &["--validity-days", "3649"], &[NAME])?;
+    let old = str_field(&cert, "id")?.to_owned();
+    let deployed = fleet.ctl.cli_json(&[
+        "deploy", &old, "--to", "role=web", "--target", TARGET, "--wait",
+    ])?;
+    assert_eq!(deployed["state"], "completed", "{deployed:#}");
+    let due = parse_rfc3339(str_field(
+        &fleet.ctl.cli_json(&["cert", "show", &old])?["renewal"],
+        "due_at",
+    )?)?;
+
+    fleet.set_clock_offset(3625 * 24 * HOUR)?;
+    admin_credential_valid_now(&fleet.ctl)?;
+    // The controller's endpoint certificate expired too; it replaces it
+    // within seconds of noticing.
+    wait_for(WAIT, "the endpoint certificate's renewal", || {
+        Ok(fleet
+            .ctl
+            .log()?
+            .contains("endpoint certificate renewed")
+            .then_some(()))
+    })?;
+    let status = fleet.wait_at_risk("renewal_failing")?;
+    let item = check_item_everywhere(&fleet, &status, &old, "web-1")?;
+    ensure!(
+        item["reason_text"]
+            .as_str()
+            .is_some_and(|t| t.contains("CA")),
+        "the reason is the renewal's last error: {item:#}"
+    );
+    // Since the first failed attempt (past the due time), as audited.
+    let audit = fleet.ctl.cli_json(&["audit", "list", "--limit", "1000"])?;
+    let first_failure = array(&audit)?
+        .iter()
+        .filter(|e| e["action"] == "cert.issue" && e["outcome"] == "failed")
+        .filter_map(|e| e["at"].as_str().and_then(|t| parse_rfc3339(t).ok()))
+        .min()
+        .ok_or_else(|| anyhow::anyhow!("no failed renewal attempt audited: {audit:#}"))?;
+    let since = parse_rfc3339(str_field(&item, "since")?)?;
+    assert_eq!(since, first_failure.max(due), "{item:#}");
+    let deployment = str_field(&item, "deployment")?.to_owned();
+
+    // The operator replaces it with a certificate that fits in the CA's
+    // life: the target serves a newer certificate, so the item clears.
+    let fresh = fleet.ctl.issue("ca", &["--validity-days", "5"], &[NAME])?;
+    let fresh_id = str_field(&fresh, "id")?;
+    let fresh_fp = str_field(&fresh, "fingerprint")?.to_owned();
+    let replaced = fleet.ctl.cli_json(&[
+        "deploy", fresh_id, "--to", "role=web", "--target", TARGET, "--wait",
+    ])?;
+    assert_eq!(replaced["state"], "completed", "{replaced:#}");
+    assert_eq!(
+        cert_fingerprint(&dir.path().join("fullchain.pem"))?,
+        fresh_fp
+    );
+    fleet.wait_none_at_risk()?;
+    check_lists_empty(&fleet)?;
+    assert_eq!(fleet.audited("at_risk.raise", &deployment)?, 1);
+    assert_eq!(fleet.audited("at_risk.clear", &deployment)?, 1);
     Ok(())
 }

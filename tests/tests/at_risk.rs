@@ -3,9 +3,9 @@
 //! with less than half of its renewal window left) shows up in `status`,
 //! `cert list --at-risk` and `deployment list --at-risk` with its reason
 //! and since when, and disappears once it is fixed: a renewal that keeps
-//! failing, a renewal nginx cannot install, half of the window left. Real
-//! controller, real agents, real nginx; the simulated clock (the offset
-//! file) stands in for waiting.
+//! failing, a renewal nginx cannot install, a halted rollout, half of the
+//! window left. Real controller, real agents, real nginx; the simulated
+//! clock (the offset file) stands in for waiting.
 
 use std::fs;
 use std::path::PathBuf;
@@ -450,5 +450,62 @@ fn a_failing_renewal_is_at_risk_with_its_error_until_replaced() -> Result<()> {
     check_lists_empty(&fleet)?;
     assert_eq!(fleet.audited("at_risk.raise", &deployment)?, 1);
     assert_eq!(fleet.audited("at_risk.clear", &deployment)?, 1);
+    Ok(())
+}
+
+#[test]
+fn a_halted_rollout_puts_the_targets_it_never_reached_at_risk() -> Result<()> {
+    let nginx = [Nginx::start(NAME)?, Nginx::start(NAME)?];
+    let bodies = nginx
+        .iter()
+        .enumerate()
+        .map(|(i, n)| named_nginx_agent_config(&format!("web-{}", i + 1), TARGET, n, NAME))
+        .collect::<Result<Vec<_>>>()?;
+    let fleet = Fleet::start(bodies)?;
+    let (old, old_fp, deploy) = fleet.start_one_day_deploy(&["--canary", "1", "--wave", "1"])?;
+    fleet.wait_completed(&deploy)?;
+
+    // The canary (web-1) cannot install the renewal: the rollout halts
+    // before web-2's wave.
+    nginx[0].break_config()?;
+    fleet.set_clock_offset(PAST_RENEWAL_OF_ONE_DAY)?;
+    let (_, new_fp, rollout) = fleet.wait_renewal_rollout(&old)?;
+    let status = wait_for(WAIT, "both targets at risk", || {
+        let status = fleet.ctl.cli_json(&["status"])?;
+        Ok((status["at_risk"]["total"] == 2).then_some(status))
+    })?;
+    let items = array(&status["at_risk"]["items"])?;
+    let of = |agent: &str| -> Result<&Value> {
+        items
+            .iter()
+            .find(|i| i["agent_name"] == agent)
+            .ok_or_else(|| anyhow::anyhow!("no item for {agent}: {status:#}"))
+    };
+    assert_eq!(of("web-1")?["reason"], "rollout_failed", "{status:#}");
+    let halted = of("web-2")?;
+    assert_eq!(halted["reason"], "rollout_halted", "{status:#}");
+    ensure!(
+        halted["reason_text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&rollout) && t.contains("halted")),
+        "the reason names the halted rollout: {halted:#}"
+    );
+    let rows = fleet.ctl.cli_json(&["deployment", "list", "--at-risk"])?;
+    assert_eq!(array(&rows)?.len(), 2, "{rows:#}");
+    let certs = fleet.ctl.cli_json(&["cert", "list", "--at-risk"])?;
+    assert_eq!(array(&certs)?.len(), 1, "{certs:#}");
+    assert_eq!(certs[0]["id"], old.as_str(), "{certs:#}");
+    assert_eq!(certs[0]["deployments"], 2, "{certs:#}");
+    wait_served(nginx[1].port, NAME, &old_fp, WAIT)?;
+
+    // Fixed, and past the automatic retry: both get the renewal.
+    let conf = fs::read_to_string(&nginx[0].conf)?;
+    fs::write(&nginx[0].conf, conf.replace(BROKEN_LINE, ""))?;
+    fleet.set_clock_offset(PAST_RENEWAL_OF_ONE_DAY + 300)?;
+    for n in &nginx {
+        wait_served(n.port, NAME, &new_fp, WAIT)?;
+    }
+    fleet.wait_none_at_risk()?;
+    check_lists_empty(&fleet)?;
     Ok(())
 }

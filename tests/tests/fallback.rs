@@ -202,6 +202,20 @@ fn a_renewal_falls_back_to_the_backup_issuer_while_the_primary_ca_is_down() -> R
         ensure!(issuing["fallback_since"].is_string(), "{shown:#}");
         ensure!(issuing["failing_since"].is_null(), "{shown:#}");
     }
+    // ... and flagged at risk (the target's deployment) until the primary
+    // is back, since the switch.
+    wait_for(WAIT, "the fallback at-risk item in status", || {
+        let status = ctl.cli_json(&["status"])?;
+        Ok(array(&status["at_risk"]["items"])?
+            .iter()
+            .find(|i| i["reason"] == "fallback_issuer")
+            .cloned())
+    })
+    .and_then(|item| {
+        let text = item["reason_text"].as_str().unwrap_or_default();
+        ensure!(text.contains("fallback issuer backup"), "{item:#}");
+        Ok(())
+    })?;
     let text = ctl.cli_ok(&["instance", "show", &inst_id])?;
     let text = String::from_utf8_lossy(&text.stdout);
     ensure!(

@@ -12,13 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use certfleet_protocol::message::{
     AgentCommand, AgentCommandReply, AgentHello, DeploymentStatus, DesiredInstall, InstallReport,
     Poke, Request, Response, TargetInfo, Timestamp,
 };
 use certfleet_protocol::{frame, Secret, DEFAULT_MAX_FRAME};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::identity::{self, Identity};
@@ -30,6 +30,10 @@ use crate::transport::{self, Conn};
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Full reconcile even without a poke, as a safety net.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// Exit status of `certfleet-agent run` when the controller says this agent
+/// has been removed (sysexits' EX_NOPERM). The packaged unit lists it in
+/// `RestartPreventExitStatus=`: restarting cannot help.
+pub const EXIT_AGENT_REMOVED: u8 = 77;
 
 use crate::clock::now;
 
@@ -316,7 +320,7 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
                 spawn_discovery(config, &conn, &scanning, None);
             }
             bi = conn.conn.accept_bi() => {
-                let (mut send, mut recv) = bi.map_err(|e| anyhow!("connection lost: {e}"))?;
+                let (mut send, mut recv) = bi.map_err(|e| conn.lost(e))?;
                 let reply = match frame::read::<AgentCommand, _>(&mut recv, DEFAULT_MAX_FRAME).await {
                     Ok(AgentCommand::Discover) => {
                         spawn_discovery(config, &conn, &scanning, Some(send));
@@ -333,7 +337,7 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
                 }
             }
             uni = conn.conn.accept_uni() => {
-                let mut recv = uni.map_err(|e| anyhow!("connection lost: {e}"))?;
+                let mut recv = uni.map_err(|e| conn.lost(e))?;
                 match frame::read::<Poke, _>(&mut recv, DEFAULT_MAX_FRAME).await {
                     Ok(Poke::DesiredStateChanged) => sync(config, &conn).await?,
                     Err(e) => warn!(error = %e, "malformed poke ignored"),
@@ -456,7 +460,29 @@ pub fn jitter() -> f64 {
     f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
 }
 
-/// Run the agent until `shutdown` resolves.
+/// What a removed agent logs before it stops: what happened and the only
+/// way back. A removed agent cannot be re-enrolled under its old id (the
+/// controller refuses `agent token create --reenroll` for it), so the host
+/// comes back as a new agent with an ordinary join token; `enroll
+/// --reenroll` here only lets that replace the identity files.
+fn removed_advice(config: &Config, e: &anyhow::Error) -> String {
+    let agent = Identity::load(&config.state_dir)
+        .map(|id| id.agent)
+        .unwrap_or_else(|_| "this agent".into());
+    format!(
+        "{e:#}. The agent stops (exit status {EXIT_AGENT_REMOVED}; systemd does not restart it). \
+         {agent} cannot be re-enrolled under its old id; to bring this host back, enroll it as \
+         a new agent: on the controller run `certfleet agent token create --labels …`, then \
+         here `certfleet-agent enroll --reenroll --token T --ca-pin P --config {}` (--reenroll \
+         replaces the old identity files) and `systemctl start certfleet-agent`, then deploy \
+         to the new agent again",
+        config.path.display()
+    )
+}
+
+/// Run the agent until `shutdown` resolves. Returns an error wrapping
+/// [`transport::AgentRemoved`] when the controller says the agent has been
+/// removed; every other failure is retried.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     prepare_state_dir(&config.state_dir)?;
     if !Identity::exists(&config.state_dir) {
@@ -473,6 +499,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let mut connected = false;
             match session(&config, &mut connected).await {
                 Ok(()) => {}
+                Err(e) if e.downcast_ref::<transport::AgentRemoved>().is_some() => {
+                    error!("{}", removed_advice(&config, &e));
+                    return Err(e);
+                }
                 Err(e) => warn!(error = %format!("{e:#}"), "session ended"),
             }
             if connected {
@@ -486,7 +516,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     tokio::select! {
-        _ = work => Ok(()),
+        removed = work => removed,
         _ = shutdown => {
             info!("agent stopping");
             Ok(())

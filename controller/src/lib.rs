@@ -5,6 +5,8 @@
 
 pub mod activity;
 pub mod admin;
+pub mod agent_identity;
+pub mod backup;
 pub mod ca;
 pub mod challenge;
 pub mod check;

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use certfleet_tests::fleet::{
-    named_files_agent_config, token, wait_connected, wait_deployments, Agent,
+    free_port, named_files_agent_config, token, wait_connected, wait_deployments, Agent,
 };
 use certfleet_tests::{
     ensure_key_matches_cert, file_mode, run_with_timeout, str_field, utf8, Controller,
-    STARTUP_TIMEOUT,
+    ControllerOptions, STARTUP_TIMEOUT,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -47,9 +47,39 @@ fn damage(db: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `certfleet --output json ARGS…` for the commands that need no running
+/// controller (`admin check`, `admin restore`); returns the output,
+/// whatever the exit.
+fn offline(ctl: &Controller, args: &[&str]) -> Result<std::process::Output> {
+    run_with_timeout(
+        ctl.cli_command().args(["--output", "json"]).args(args),
+        Duration::from_secs(60),
+    )
+}
+
+fn offline_json(ctl: &Controller, args: &[&str]) -> Result<serde_json::Value> {
+    let out = offline(ctl, args)?;
+    ensure!(
+        out.status.success(),
+        "`certfleet {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn offline_err(ctl: &Controller, args: &[&str]) -> Result<String> {
+    let out = offline(ctl, args)?;
+    certfleet_tests::expect_cli_error(&out, &format!("certfleet {}", args.join(" ")))
+}
+
 #[test]
 fn backup_damage_refusal_restore_and_every_key_still_opens() -> Result<()> {
-    let mut ctl = Controller::start()?;
+    // A fixed address: the agent finds the restarted controller there.
+    let mut ctl = Controller::start_with(ControllerOptions {
+        listen: Some(format!("127.0.0.1:{}", free_port()?).parse()?),
+        ..ControllerOptions::default()
+    })?;
     ctl.cli_json(&["issuer", "add", "ca1", "--kind", "builtin"])?;
     // Enough rows that the middle of the file is certificate data.
     let mut certs = Vec::new();
@@ -108,14 +138,14 @@ fn backup_damage_refusal_restore_and_every_key_still_opens() -> Result<()> {
     let err = ctl.cli_err(&["admin", "backup", "--out", utf8(&online)?])?;
     ensure!(err.contains("already exists"), "{err}");
     // And one taken on the controller host from the state directory.
-    let offline = backups.join("offline.db");
+    let local_backup = backups.join("offline.db");
     ctl.cli_json(&[
         "admin",
         "backup",
         "--state-dir",
         utf8(&state)?,
         "--out",
-        utf8(&offline)?,
+        utf8(&local_backup)?,
     ])?;
 
     // Restoring is refused while the controller runs.
@@ -135,7 +165,7 @@ fn backup_damage_refusal_restore_and_every_key_still_opens() -> Result<()> {
     // sound one first: as the last connection it folds the WAL into the
     // database file, so the damage cannot hide behind the log.
     ctl.terminate()?;
-    let check = ctl.cli_json(&["admin", "check", "--state-dir", utf8(&state)?])?;
+    let check = offline_json(&ctl, &["admin", "check", "--state-dir", utf8(&state)?])?;
     ensure!(check["ok"] == true, "{check}");
     ensure!(
         !state.join("certfleet.db-wal").exists(),
@@ -151,7 +181,7 @@ fn backup_damage_refusal_restore_and_every_key_still_opens() -> Result<()> {
             && stderr.contains("Backup and restore"),
         "the refusal does not name the restore procedure:\n{stderr}"
     );
-    let out = ctl.cli(&["admin", "check", "--state-dir", utf8(&state)?])?;
+    let out = offline(&ctl, &["admin", "check", "--state-dir", utf8(&state)?])?;
     ensure!(
         out.status.code() == Some(1),
         "admin check on a damaged database: {:?}",
@@ -167,22 +197,28 @@ fn backup_damage_refusal_restore_and_every_key_still_opens() -> Result<()> {
     let bad = backups.join("bad.db");
     std::fs::copy(&online, &bad)?;
     damage(&bad)?;
-    let err = ctl.cli_err(&[
-        "admin",
-        "restore",
-        utf8(&bad)?,
-        "--state-dir",
-        utf8(&state)?,
-    ])?;
+    let err = offline_err(
+        &ctl,
+        &[
+            "admin",
+            "restore",
+            utf8(&bad)?,
+            "--state-dir",
+            utf8(&state)?,
+        ],
+    )?;
     ensure!(err.contains("is not a sound backup"), "{err}");
 
-    let r = ctl.cli_json(&[
-        "admin",
-        "restore",
-        utf8(&online)?,
-        "--state-dir",
-        utf8(&state)?,
-    ])?;
+    let r = offline_json(
+        &ctl,
+        &[
+            "admin",
+            "restore",
+            utf8(&online)?,
+            "--state-dir",
+            utf8(&state)?,
+        ],
+    )?;
     ensure!(
         r["moved_aside"].as_array().is_some_and(|m| m
             .iter()

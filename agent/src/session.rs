@@ -275,15 +275,23 @@ pub async fn sync(config: &Config, conn: &Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn renew_identity(config: &Config, conn: &Conn, id: &Identity) -> anyhow::Result<()> {
+/// Renew the identity over `conn`. Returns whether the session should end
+/// so the agent reconnects with the new identity at once: its first use
+/// retires the old one at the controller, so a copy of the old key stops
+/// working now rather than when this session ends. Not when the new
+/// identity is itself already due by this host's clock (a clock far ahead
+/// of the controller's), which would reconnect and renew in a loop.
+async fn renew_identity(config: &Config, conn: &Conn, id: &Identity) -> anyhow::Result<bool> {
     let (key_pem, csr_pem) = identity::new_key_and_csr(&config.name)?;
     let cert_pem = match conn.call(&Request::RenewIdentity { csr_pem }).await? {
         Response::Identity { cert_pem } => cert_pem,
         other => bail!("unexpected answer to RenewIdentity: {other:?}"),
     };
     Identity::store(&config.state_dir, &id.agent, &key_pem, &cert_pem, None)?;
-    info!("identity certificate renewed");
-    Ok(())
+    let fresh = Identity::load(&config.state_dir)?;
+    let reconnect = now() < fresh.renew_at();
+    info!(reconnect, "identity certificate renewed");
+    Ok(reconnect)
 }
 
 /// One connection's life. Returns when the connection ends; `connected`
@@ -303,8 +311,10 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     *connected = true;
     info!(controller = %addr, agent = %id.agent, "connected");
     conn.call(&Request::AgentHello(hello(config))).await?;
-    if now() >= id.renew_at() {
-        renew_identity(config, &conn, &id).await?;
+    if now() >= id.renew_at() && renew_identity(config, &conn, &id).await? {
+        conn.conn
+            .close(0u32.into(), b"reconnecting with the renewed identity");
+        return Ok(());
     }
     sync(config, &conn).await?;
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
@@ -345,8 +355,9 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
             }
             _ = resync.tick() => {
                 let id = Identity::load(&config.state_dir)?;
-                if now() >= id.renew_at() {
-                    renew_identity(config, &conn, &id).await?;
+                if now() >= id.renew_at() && renew_identity(config, &conn, &id).await? {
+                    conn.conn.close(0u32.into(), b"reconnecting with the renewed identity");
+                    return Ok(());
                 }
                 sync(config, &conn).await?;
             }

@@ -11,8 +11,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use certfleet_tests::fleet::{named_files_agent_config, token, wait_connected, Agent};
-use certfleet_tests::Controller;
+use certfleet_tests::fleet::{
+    named_files_agent_config, token, wait_connected, write_clock_offset, Agent, CLOCK_OFFSET_ENV,
+};
+use certfleet_tests::{Controller, ControllerOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 const IDENTITY_FILES: [&str; 4] = ["identity.key", "identity.pem", "ca.pem", "agent.json"];
@@ -132,6 +134,59 @@ fn a_renewed_identity_retires_the_old_one_once_used() -> Result<()> {
     );
     // The agent holding the new identity is unaffected.
     wait_connected(&ctl, &id, true, WAIT)?;
+    Ok(())
+}
+
+/// Controller and agent on one simulated clock, 21 of the identity's 30
+/// days on: the agent renews, reconnects with its new identity at once,
+/// and that first use retires the old one without anything else happening.
+#[test]
+fn a_renewal_reconnects_at_once_so_the_old_identity_stops_working() -> Result<()> {
+    let clock_dir = tempfile::Builder::new()
+        .prefix("certfleet-clock-")
+        .tempdir()?;
+    let offset_file = clock_dir.path().join("clock-offset");
+    write_clock_offset(&offset_file, 0)?;
+    let offset = offset_file.to_string_lossy().into_owned();
+    let ctl = Controller::start_with(ControllerOptions {
+        env: vec![(CLOCK_OFFSET_ENV.to_owned(), offset.clone())],
+        ..ControllerOptions::default()
+    })?;
+    let files = tempfile::Builder::new()
+        .prefix("certfleet-files-")
+        .tempdir()?;
+    let config = named_files_agent_config("web-3", "files", files.path(), "www.example.test");
+    let mut agent = Agent::new(&ctl, &config)?;
+    agent.set_env(CLOCK_OFFSET_ENV, &offset);
+    let (tok, pin) = token(&ctl, &[])?;
+    agent.enroll(&ctl, &tok, &pin)?;
+    let id = agent.id.clone().context("enrolled agent has no id")?;
+    let stolen = Agent::new(&ctl, &config)?;
+    copy_identity(&agent, &stolen)?;
+
+    write_clock_offset(&offset_file, 21 * 86_400)?;
+    // Longer than the controller caches its clock offset (200 ms).
+    std::thread::sleep(Duration::from_millis(400));
+    agent.start()?;
+    let deadline = Instant::now() + WAIT;
+    while audit_actions(&ctl, "agent.identity.retire")?.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "the old identity was not retired:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        audit_actions(&ctl, "agent.identity.renew")?.len() == 1,
+        "renewed once, not in a loop:\n{}",
+        agent.log_text()
+    );
+    wait_connected(&ctl, &id, true, WAIT)?;
+    let mut stolen = stolen;
+    stolen.set_env(CLOCK_OFFSET_ENV, &offset);
+    stolen.start()?;
+    wait_log(&stolen, "was replaced by a newer one")?;
     Ok(())
 }
 

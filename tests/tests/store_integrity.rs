@@ -6,7 +6,8 @@
 //! the restore procedure, `admin check` finding the damage, `admin
 //! restore` putting the backup back, and every certificate and key opening
 //! afterwards (shown, downloaded, deployed). Also: the state directory
-//! must be private and writable, and its files are 0600.
+//! must be private and writable (a read-only or full one is named as
+//! such, shown through a private mount namespace), and its files are 0600.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -310,7 +311,7 @@ fn private_mounts() -> bool {
 }
 
 #[test]
-fn a_read_only_state_directory_is_named_as_such() -> Result<()> {
+fn a_read_only_or_full_state_directory_is_named_as_such() -> Result<()> {
     if !private_mounts() {
         eprintln!("skipped: `unshare -m` is not allowed here (needs root or CAP_SYS_ADMIN)");
         return Ok(());
@@ -345,5 +346,36 @@ fn a_read_only_state_directory_is_named_as_such() -> Result<()> {
     );
     // Outside that namespace nothing changed: it starts.
     ctl.start_again()?;
+
+    // A full disk: a fresh state directory on a small tmpfs filled up.
+    let full = tempfile::Builder::new()
+        .prefix("certfleet-full-")
+        .tempdir()?;
+    let out = run_with_timeout(
+        std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(
+                "mount -t tmpfs -o size=256k,mode=0700 tmpfs \"$1\" && \
+                 (dd if=/dev/zero of=\"$1/fill\" bs=4k count=1000 2>/dev/null; true) && \
+                 exec \"$2\" serve --state-dir \"$1\" --listen 127.0.0.1:0 \
+                 --crl-listen 127.0.0.1:0",
+            )
+            .args(["sh", utf8(full.path())?])
+            .arg(&bin)
+            .env("NO_COLOR", "1"),
+        STARTUP_TIMEOUT,
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "serve started on a full state directory"
+    );
+    ensure!(
+        stderr.contains(&format!(
+            "state directory {} is full",
+            full.path().display()
+        )),
+        "{stderr}"
+    );
     Ok(())
 }

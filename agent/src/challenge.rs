@@ -7,17 +7,19 @@
 //! The webroot comes from the agent's config; from the network only the
 //! token is used in a path, and only after it is checked to be a plain
 //! base64url string. Directories below the webroot and the file itself are
-//! never followed through symlinks.
+//! never followed through symlinks: they are opened one component at a time
+//! with `O_NOFOLLOW` by the helpers of `install/files.rs`, so a symlink
+//! swapped in between a check and the write cannot redirect it either.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use certfleet_protocol::message::{AgentCommand, AgentCommandReply};
 use certfleet_protocol::name;
 use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 use crate::config::{Config, Target};
+use crate::install::files::{self, FileError, FileSpec};
 
 /// Whether `token` may be used as a file name: 1 to 256 base64url characters.
 pub fn valid_token(token: &str) -> bool {
@@ -38,73 +40,37 @@ fn serves(target: &Target, domain: &str) -> bool {
         .any(|have| have == want || have.covers(&want) || want.covers(&have))
 }
 
-/// `<webroot>/.well-known/acme-challenge`, created if missing, refusing
-/// symlinks on the way.
-fn challenge_dir(webroot: &Path) -> Result<PathBuf, String> {
-    let meta = std::fs::symlink_metadata(webroot)
-        .map_err(|e| format!("webroot {}: {e}", webroot.display()))?;
-    if !meta.is_dir() {
-        return Err(format!("webroot {} is not a directory", webroot.display()));
-    }
-    let mut dir = webroot.to_path_buf();
-    for part in [".well-known", "acme-challenge"] {
-        dir.push(part);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!(
-                    "{} is a symlink; refusing to follow it",
-                    dir.display()
-                ))
-            }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(format!("{} is not a directory", dir.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(&dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                // The web server's workers (www-data) must traverse it; the
-                // mode given to mkdir is cut by the umask, and the packaged
-                // unit runs the agent with UMask=0077.
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-                    .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
-            }
-            Err(e) => return Err(format!("{}: {e}", dir.display())),
-        }
-    }
-    Ok(dir)
+/// `<webroot>/.well-known/acme-challenge`.
+fn challenge_dir(webroot: &Path) -> PathBuf {
+    webroot.join(".well-known").join("acme-challenge")
 }
 
-fn publish(webroot: &Path, token: &str, key_authorization: &[u8]) -> Result<(), String> {
-    let path = challenge_dir(webroot)?.join(token);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(&path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    // World-readable whatever the umask (the unit's UMask=0077 would make it
-    // 0600 and the web server would answer the CA with 403).
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
-    f.write_all(key_authorization)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+/// Write the key authorization to `<challenge dir>/<token>` (0644), the
+/// directories created 0755 if missing. The web server's workers
+/// (www-data) must traverse and read them whatever the agent's umask (the
+/// packaged unit runs it with UMask=0077, which would make the CA's request
+/// a 403). Every directory below the webroot is opened with `O_NOFOLLOW`
+/// one component at a time, and the file is staged and renamed into place
+/// there ([`files::write_below`]), so a symlink planted at `.well-known`,
+/// `acme-challenge` or the file itself redirects nothing.
+fn publish(webroot: &Path, token: &str, key_authorization: &[u8]) -> Result<(), FileError> {
+    let dir = challenge_dir(webroot);
+    files::create_dirs_below(webroot, &dir, 0o755)?;
+    let spec = FileSpec {
+        live: dir.join(token),
+        contents: Zeroizing::new(key_authorization.to_vec()),
+        mode: 0o644,
+        uid: None,
+        gid: None,
+    };
+    files::write_below(webroot, &spec)
 }
 
-fn remove(webroot: &Path, token: &str) -> Result<bool, String> {
-    let path = webroot
-        .join(".well-known")
-        .join("acme-challenge")
-        .join(token);
-    match std::fs::symlink_metadata(&path) {
-        Ok(_) => std::fs::remove_file(&path)
-            .map(|()| true)
-            .map_err(|e| format!("cannot remove {}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
+/// Remove `<challenge dir>/<token>`; `Ok(false)` if it is not there. The
+/// directories are opened as in [`publish`], so a symlinked `.well-known`
+/// or `acme-challenge` makes this an error rather than a removal elsewhere.
+fn remove(webroot: &Path, token: &str) -> Result<bool, FileError> {
+    files::remove_below(webroot, &challenge_dir(webroot).join(token))
 }
 
 /// Carry out one command from the controller.
@@ -147,8 +113,12 @@ pub async fn handle(config: &Config, command: AgentCommand) -> AgentCommandReply
         let r = match &command {
             AgentCommand::PublishChallenge {
                 key_authorization, ..
-            } => publish(w, &token, key_authorization.expose()).map(|()| true),
-            AgentCommand::RemoveChallenge { .. } => remove(w, &token),
+            } => publish(w, &token, key_authorization.expose())
+                .map(|()| true)
+                .map_err(|e| format!("cannot publish the challenge: {e}")),
+            AgentCommand::RemoveChallenge { .. } => {
+                remove(w, &token).map_err(|e| format!("cannot remove the challenge: {e}"))
+            }
             AgentCommand::Discover => Ok(false),
         };
         match r {
@@ -166,6 +136,8 @@ pub async fn handle(config: &Config, command: AgentCommand) -> AgentCommandReply
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     /// Set in the re-executed test binary: the webroot to publish into.
@@ -281,26 +253,118 @@ mod tests {
         );
     }
 
+    fn publish_cmd(token: &str) -> AgentCommand {
+        AgentCommand::PublishChallenge {
+            domain: "www.example.test".into(),
+            token: token.into(),
+            key_authorization: certfleet_protocol::Secret::new(b"evil-write".to_vec()),
+        }
+    }
+
+    fn remove_cmd(token: &str) -> AgentCommand {
+        AgentCommand::RemoveChallenge {
+            domain: "www.example.test".into(),
+            token: token.into(),
+        }
+    }
+
+    /// Every file below `dir` with its contents.
+    fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                    todo.push(p);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A symlink planted at `.well-known` or at `acme-challenge` (pointing
+    /// at a directory that holds a file named like the token) redirects
+    /// neither a publish nor a removal, and the error names the link.
     #[tokio::test]
-    async fn symlinked_challenge_dir_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn symlinked_challenge_dirs_are_neither_written_nor_removed_through() {
+        for link_at in [".well-known", ".well-known/acme-challenge"] {
+            let webroot = tempfile::tempdir().unwrap();
+            let elsewhere = tempfile::tempdir().unwrap();
+            // The target of the link looks like a challenge directory
+            // holding the token already (what a removal would delete).
+            let victim_dir = if link_at == ".well-known" {
+                elsewhere.path().join("acme-challenge")
+            } else {
+                elsewhere.path().to_path_buf()
+            };
+            std::fs::create_dir_all(&victim_dir).unwrap();
+            std::fs::write(victim_dir.join("tok"), b"precious").unwrap();
+            std::fs::create_dir_all(webroot.path().join(".well-known")).unwrap();
+            if link_at == ".well-known" {
+                std::fs::remove_dir(webroot.path().join(".well-known")).unwrap();
+            }
+            let link = webroot.path().join(link_at);
+            std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+            let before = tree(elsewhere.path());
+            let c = config(webroot.path());
+
+            for command in [publish_cmd("tok"), publish_cmd("fresh"), remove_cmd("tok")] {
+                let r = handle(&c, command).await;
+                assert_eq!(r.files, 0, "{link_at}");
+                let err = r.error.expect("refused");
+                assert!(
+                    err.contains("symbolic link") && err.contains(&link.display().to_string()),
+                    "{link_at}: {err}"
+                );
+                assert_eq!(
+                    tree(elsewhere.path()),
+                    before,
+                    "{link_at}: nothing changed there"
+                );
+            }
+            // And nothing was created beside the link either.
+            assert_eq!(tree(webroot.path()), vec![(link, Vec::new())], "{link_at}");
+        }
+    }
+
+    /// A symlink at the token's own name is replaced by the file, never
+    /// written through, and a removal removes the link, not its target.
+    #[tokio::test]
+    async fn symlink_at_the_token_name_is_not_followed() {
+        let webroot = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join(".well-known")).unwrap();
-        let c = config(dir.path());
-        let r = handle(
-            &c,
-            AgentCommand::PublishChallenge {
-                domain: "www.example.test".into(),
-                token: "tok".into(),
-                key_authorization: certfleet_protocol::Secret::new(b"x".to_vec()),
-            },
-        )
-        .await;
-        assert!(r.error.unwrap().contains("symlink"));
-        assert!(std::fs::read_dir(elsewhere.path())
-            .unwrap()
-            .next()
-            .is_none());
+        let victim = elsewhere.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let dir = webroot.path().join(".well-known/acme-challenge");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("tok")).unwrap();
+        let c = config(webroot.path());
+        let r = handle(&c, publish_cmd("tok")).await;
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("symbolic link")),
+            "{r:?}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let r = handle(&c, remove_cmd("tok")).await;
+        assert_eq!((r.files, r.error), (1, None));
+        assert!(
+            std::fs::symlink_metadata(dir.join("tok")).is_err(),
+            "link removed"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn removing_what_is_not_there_is_not_an_error() {
+        let webroot = tempfile::tempdir().unwrap();
+        let r = handle(&config(webroot.path()), remove_cmd("tok")).await;
+        assert_eq!((r.files, r.error), (0, None));
     }
 
     #[tokio::test]

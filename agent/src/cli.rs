@@ -45,9 +45,10 @@ pub enum Command {
         ca_pin: String,
         #[arg(long, default_value = "/etc/certfleet/agent.toml")]
         config: PathBuf,
-        /// Replace this host's identity (expired, or lost) using a token from
-        /// `certfleet agent token create --reenroll AGENT`; the agent keeps
-        /// its id, labels and deployments.
+        /// Replace this host's identity files. With a token from `certfleet
+        /// agent token create --reenroll AGENT` (identity expired or lost)
+        /// the agent keeps its id, labels and deployments; with an ordinary
+        /// token (the agent was removed) the host enrolls as a new agent.
         #[arg(long)]
         reenroll: bool,
     },

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use certfleet_agent::cli::{Cli, Command, Format};
 use certfleet_agent::config::Config;
 use certfleet_agent::state::AgentState;
+use certfleet_agent::transport::AgentRemoved;
 use certfleet_agent::{identity::Identity, session};
 use clap::{CommandFactory, Parser};
 
@@ -210,6 +211,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(main_async(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Already logged by the session with the way back.
+        Err(e) if e.downcast_ref::<AgentRemoved>().is_some() => {
+            ExitCode::from(session::EXIT_AGENT_REMOVED)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -12,13 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use certfleet_protocol::message::{
     AgentCommand, AgentCommandReply, AgentHello, DeploymentStatus, DesiredInstall, InstallReport,
     Poke, Request, Response, TargetInfo, Timestamp,
 };
 use certfleet_protocol::{frame, Secret, DEFAULT_MAX_FRAME};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::identity::{self, Identity};
@@ -30,6 +30,10 @@ use crate::transport::{self, Conn};
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Full reconcile even without a poke, as a safety net.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// Exit status of `certfleet-agent run` when the controller says this agent
+/// has been removed (sysexits' EX_NOPERM). The packaged unit lists it in
+/// `RestartPreventExitStatus=`: restarting cannot help.
+pub const EXIT_AGENT_REMOVED: u8 = 77;
 
 use crate::clock::now;
 
@@ -271,15 +275,23 @@ pub async fn sync(config: &Config, conn: &Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn renew_identity(config: &Config, conn: &Conn, id: &Identity) -> anyhow::Result<()> {
+/// Renew the identity over `conn`. Returns whether the session should end
+/// so the agent reconnects with the new identity at once: its first use
+/// retires the old one at the controller, so a copy of the old key stops
+/// working now rather than when this session ends. Not when the new
+/// identity is itself already due by this host's clock (a clock far ahead
+/// of the controller's), which would reconnect and renew in a loop.
+async fn renew_identity(config: &Config, conn: &Conn, id: &Identity) -> anyhow::Result<bool> {
     let (key_pem, csr_pem) = identity::new_key_and_csr(&config.name)?;
     let cert_pem = match conn.call(&Request::RenewIdentity { csr_pem }).await? {
         Response::Identity { cert_pem } => cert_pem,
         other => bail!("unexpected answer to RenewIdentity: {other:?}"),
     };
     Identity::store(&config.state_dir, &id.agent, &key_pem, &cert_pem, None)?;
-    info!("identity certificate renewed");
-    Ok(())
+    let fresh = Identity::load(&config.state_dir)?;
+    let reconnect = now() < fresh.renew_at();
+    info!(reconnect, "identity certificate renewed");
+    Ok(reconnect)
 }
 
 /// One connection's life. Returns when the connection ends; `connected`
@@ -299,8 +311,10 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     *connected = true;
     info!(controller = %addr, agent = %id.agent, "connected");
     conn.call(&Request::AgentHello(hello(config))).await?;
-    if now() >= id.renew_at() {
-        renew_identity(config, &conn, &id).await?;
+    if now() >= id.renew_at() && renew_identity(config, &conn, &id).await? {
+        conn.conn
+            .close(0u32.into(), b"reconnecting with the renewed identity");
+        return Ok(());
     }
     sync(config, &conn).await?;
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
@@ -316,7 +330,7 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
                 spawn_discovery(config, &conn, &scanning, None);
             }
             bi = conn.conn.accept_bi() => {
-                let (mut send, mut recv) = bi.map_err(|e| anyhow!("connection lost: {e}"))?;
+                let (mut send, mut recv) = bi.map_err(|e| conn.lost(e))?;
                 let reply = match frame::read::<AgentCommand, _>(&mut recv, DEFAULT_MAX_FRAME).await {
                     Ok(AgentCommand::Discover) => {
                         spawn_discovery(config, &conn, &scanning, Some(send));
@@ -333,7 +347,7 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
                 }
             }
             uni = conn.conn.accept_uni() => {
-                let mut recv = uni.map_err(|e| anyhow!("connection lost: {e}"))?;
+                let mut recv = uni.map_err(|e| conn.lost(e))?;
                 match frame::read::<Poke, _>(&mut recv, DEFAULT_MAX_FRAME).await {
                     Ok(Poke::DesiredStateChanged) => sync(config, &conn).await?,
                     Err(e) => warn!(error = %e, "malformed poke ignored"),
@@ -341,8 +355,9 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
             }
             _ = resync.tick() => {
                 let id = Identity::load(&config.state_dir)?;
-                if now() >= id.renew_at() {
-                    renew_identity(config, &conn, &id).await?;
+                if now() >= id.renew_at() && renew_identity(config, &conn, &id).await? {
+                    conn.conn.close(0u32.into(), b"reconnecting with the renewed identity");
+                    return Ok(());
                 }
                 sync(config, &conn).await?;
             }
@@ -456,7 +471,29 @@ pub fn jitter() -> f64 {
     f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
 }
 
-/// Run the agent until `shutdown` resolves.
+/// What a removed agent logs before it stops: what happened and the only
+/// way back. A removed agent cannot be re-enrolled under its old id (the
+/// controller refuses `agent token create --reenroll` for it), so the host
+/// comes back as a new agent with an ordinary join token; `enroll
+/// --reenroll` here only lets that replace the identity files.
+fn removed_advice(config: &Config, e: &anyhow::Error) -> String {
+    let agent = Identity::load(&config.state_dir)
+        .map(|id| id.agent)
+        .unwrap_or_else(|_| "this agent".into());
+    format!(
+        "{e:#}. The agent stops (exit status {EXIT_AGENT_REMOVED}; systemd does not restart it). \
+         {agent} cannot be re-enrolled under its old id; to bring this host back, enroll it as \
+         a new agent: on the controller run `certfleet agent token create --labels …`, then \
+         here `certfleet-agent enroll --reenroll --token T --ca-pin P --config {}` (--reenroll \
+         replaces the old identity files) and `systemctl start certfleet-agent`, then deploy \
+         to the new agent again",
+        config.path.display()
+    )
+}
+
+/// Run the agent until `shutdown` resolves. Returns an error wrapping
+/// [`transport::AgentRemoved`] when the controller says the agent has been
+/// removed; every other failure is retried.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     prepare_state_dir(&config.state_dir)?;
     if !Identity::exists(&config.state_dir) {
@@ -473,6 +510,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let mut connected = false;
             match session(&config, &mut connected).await {
                 Ok(()) => {}
+                Err(e) if e.downcast_ref::<transport::AgentRemoved>().is_some() => {
+                    error!("{}", removed_advice(&config, &e));
+                    return Err(e);
+                }
                 Err(e) => warn!(error = %format!("{e:#}"), "session ended"),
             }
             if connected {
@@ -486,7 +527,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     tokio::select! {
-        _ = work => Ok(()),
+        removed = work => removed,
         _ = shutdown => {
             info!("agent stopping");
             Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use certfleet_protocol::message::{Hello, HelloReply, Request, Response, RpcError};
 use certfleet_protocol::skew::{SkewSeen, SkewWatch};
-use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
+use certfleet_protocol::{close, frame, DEFAULT_MAX_FRAME, PROTOCOL};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -183,8 +183,27 @@ pub async fn resolve(controller: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("controller address {controller:?} resolves to nothing"))
 }
 
+/// The controller closed the connection saying this agent has been removed
+/// (close code [`close::AGENT_REMOVED`]): definitive, retrying is pointless.
+#[derive(Debug, thiserror::Error)]
+#[error("the controller at {addr} refused this agent for good: {reason}")]
+pub struct AgentRemoved {
+    /// The controller's address.
+    pub addr: SocketAddr,
+    /// The controller's words.
+    pub reason: String,
+}
+
 fn explain(addr: SocketAddr, e: quinn::ConnectionError) -> anyhow::Error {
     match e {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(close::AGENT_REMOVED) =>
+        {
+            anyhow::Error::new(AgentRemoved {
+                addr,
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            })
+        }
         quinn::ConnectionError::TimedOut => anyhow!("no controller answered at {addr}"),
         quinn::ConnectionError::TransportError(t) => {
             anyhow!("TLS handshake with the controller at {addr} failed: {t}")
@@ -310,6 +329,15 @@ impl Conn {
                 "the controller at {} did not answer the version exchange",
                 self.addr
             ),
+        }
+    }
+
+    /// Why the connection ended, as [`Conn::call`] would report it (an
+    /// [`AgentRemoved`] when the controller says so).
+    pub fn lost(&self, e: quinn::ConnectionError) -> anyhow::Error {
+        match e {
+            quinn::ConnectionError::ApplicationClosed(_) => explain(self.addr, e),
+            other => anyhow!("connection lost: {other}"),
         }
     }
 

@@ -38,13 +38,17 @@ const TOKEN_PREFIX: &str = "cfjt1";
 pub enum SessionEvent {
     /// Desired state changed: fetch it.
     Poke,
-    /// The agent was removed: close the connection.
+    /// The agent's identity was replaced (re-enrollment) or a newer
+    /// session took over: close the connection.
     Kick,
     /// Carry out a command and answer on the channel.
     Command(
         certfleet_protocol::message::AgentCommand,
         tokio::sync::oneshot::Sender<certfleet_protocol::message::AgentCommandReply>,
     ),
+    /// The agent was removed: close the connection with the definitive
+    /// close code, so the agent stops instead of retrying.
+    Removed,
 }
 
 /// Live agent sessions by agent id.
@@ -129,7 +133,7 @@ pub(crate) fn new_agent_row(
 }
 
 /// Record an identity certificate issued to an agent, with its audit entry.
-fn record_identity(
+pub(crate) fn record_identity(
     tx: &rusqlite::Connection,
     agent: &str,
     issued: &crate::identity::IssuedClient,
@@ -562,43 +566,6 @@ impl Service {
         Ok((agent_id, cert_pem))
     }
 
-    /// Issue a fresh identity certificate to a connected agent.
-    pub async fn renew_identity(&self, agent: String, csr_pem: String) -> Result<String> {
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).map_err(|e| {
-            ServiceError::Invalid(format!("certificate signing request is invalid: {e}"))
-        })?;
-        let now = self.now();
-        let issued = self
-            .identity
-            .issue_client(
-                Role::Agent,
-                &agent,
-                &csr.public_key,
-                now,
-                Duration::days(AGENT_IDENTITY_DAYS),
-            )
-            .map_err(internal)?;
-        let ts = now.unix_timestamp();
-        let cert_pem = issued.cert_pem.clone();
-        self.store
-            .call(move |c| -> Result<()> {
-                let tx = c.transaction()?;
-                record_identity(
-                    &tx,
-                    &agent,
-                    &issued,
-                    &format!("agent:{agent}"),
-                    "agent.identity.renew",
-                    "",
-                    ts,
-                )?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
-        Ok(cert_pem)
-    }
-
     /// Whether an agent exists and has not been removed.
     pub async fn agent_active(&self, agent: String) -> Result<bool> {
         Ok(self
@@ -666,7 +633,7 @@ impl Service {
                 Ok(row)
             })
             .await?;
-        self.sessions.send(&row.id, SessionEvent::Kick);
+        self.sessions.send(&row.id, SessionEvent::Removed);
         self.rollout_wake.notify_one();
         let mut info = self.agent_info(&row);
         info.connected = false;

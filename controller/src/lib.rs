@@ -5,7 +5,9 @@
 
 pub mod activity;
 pub mod admin;
+pub mod agent_identity;
 pub mod atrisk;
+pub mod backup;
 pub mod ca;
 pub mod challenge;
 pub mod check;

@@ -6,6 +6,7 @@
 //! guarantees is that nothing a peer sends can make it panic or allocate more
 //! than the frame limit.
 
+pub mod close;
 pub mod frame;
 pub mod list;
 pub mod message;

@@ -948,6 +948,16 @@ pub enum Request {
         agent: String,
         ttl_secs: u64,
     },
+    /// One piece of an online backup of the controller's database
+    /// (`certfleet admin backup`). Without `snapshot` the controller takes
+    /// a consistent snapshot (SQLite's backup API) and answers with its
+    /// first piece; the CLI then asks for each next `offset` of that
+    /// snapshot. The controller deletes the snapshot once its last piece
+    /// has been sent. Answered with `Response::Backup`.
+    AdminBackup {
+        snapshot: Option<String>,
+        offset: u64,
+    },
 }
 
 /// Broad class of a failed request, so clients can choose exit codes.
@@ -1007,6 +1017,37 @@ pub enum Response {
     AdminIssued(AdminIssued),
     /// Admin credentials (`AdminList`; `AdminRevoke`: those it revoked).
     AdminCredentials(Vec<AdminCredentialInfo>),
+    /// A piece of a database snapshot (`AdminBackup`).
+    Backup(BackupChunk),
+}
+
+/// A piece of a database snapshot being copied to `certfleet admin backup`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupChunk {
+    /// The snapshot's id, to ask for the next piece.
+    pub snapshot: String,
+    /// The snapshot's whole size in bytes.
+    pub size: u64,
+    /// Where `data` starts in the snapshot.
+    pub offset: u64,
+    /// At most [`BACKUP_CHUNK`] bytes; empty only for an empty snapshot.
+    pub data: Vec<u8>,
+}
+
+/// The largest piece of a backup one answer carries (well under the frame
+/// limit).
+pub const BACKUP_CHUNK: usize = 1 << 20;
+
+impl std::fmt::Debug for BackupChunk {
+    // The data holds sealed keys and the whole audit log: never in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupChunk")
+            .field("snapshot", &self.snapshot)
+            .field("size", &self.size)
+            .field("offset", &self.offset)
+            .field("data_len", &self.data.len())
+            .finish()
+    }
 }
 
 /// `certfleet ca root`: what anchors an issuer's certificates.
@@ -1615,6 +1656,14 @@ mod tests {
                 agent: "web-1".into(),
                 ttl_secs: 3600,
             },
+            Request::AdminBackup {
+                snapshot: None,
+                offset: 0,
+            },
+            Request::AdminBackup {
+                snapshot: Some("0123456789abcdef".into()),
+                offset: 1 << 20,
+            },
         ]
     }
 
@@ -1845,6 +1894,12 @@ mod tests {
                     deployments: 2,
                 }]),
                 continue_token: None,
+            }),
+            Response::Backup(BackupChunk {
+                snapshot: "0123456789abcdef".into(),
+                size: 3,
+                offset: 0,
+                data: vec![0, 1, 2],
             }),
         ]
     }

@@ -176,7 +176,11 @@ impl Controller {
             .context("creating the controller's temporary directory")?;
         let root_path = root.path().to_path_buf();
         let state_dir = root_path.join("state");
-        fs::create_dir(&state_dir).context("creating the state directory")?;
+        // 0700, as the packaged unit's StateDirectoryMode= makes it: serve
+        // refuses a state directory other users can reach.
+        std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+            .create(&state_dir)
+            .context("creating the state directory")?;
         let mut ctl = Controller {
             root: Some(root),
             log_path: root_path.join("controller.log"),

@@ -273,7 +273,7 @@ fn a_reenrolled_agents_old_identity_is_refused_and_the_running_agent_moves_on() 
     wait_connected(&ctl, &id, true, WAIT)?;
 
     copy.start()?;
-    wait_log(&copy, "was replaced by a re-enrollment")?;
+    wait_log(&copy, "was replaced by a newer one")?;
     ensure!(
         !copy.log_text().contains("session: connected"),
         "the old identity got in:\n{}",

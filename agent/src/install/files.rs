@@ -1012,6 +1012,85 @@ fn recover_one(journal_dir: &Path, path: &Path) -> Result<Recovered, FileError> 
     })
 }
 
+/// Create the directories from `root` down to `dir` that are missing (mode
+/// `mode`, set exactly on the new directory whatever the umask), walking
+/// one component at a time with `O_NOFOLLOW` as [`swap_in`] does: a symlink
+/// anywhere below `root` is refused, never followed. `root` itself must
+/// exist; it is opened by path.
+pub fn create_dirs_below(root: &Path, dir: &Path, mode: u32) -> Result<(), FileError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let rest = dir
+        .strip_prefix(root)
+        .map_err(|_| FileError::OutsideAllowed {
+            path: dir.to_owned(),
+            allowed: vec![root.to_owned()],
+        })?;
+    // The root comes from the agent's config and is opened by path, as the
+    // allowed directories of a swap are.
+    let mut fd =
+        open(root, flags & !OFlag::O_NOFOLLOW, Mode::empty()).map_err(|e| dir_open_err(root, e))?;
+    let mut current = root.to_owned();
+    for component in rest.components() {
+        current.push(component);
+        let name = component.as_os_str();
+        let created = match nix::sys::stat::mkdirat(&fd, name, Mode::from_bits_truncate(mode)) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
+            Err(e) => return Err(sys_err("create directory", &current)(e)),
+        };
+        fd = openat(&fd, name, flags, Mode::empty()).map_err(|e| dir_open_err(&current, e))?;
+        if created {
+            fchmod(&fd, Mode::from_bits_truncate(mode))
+                .map_err(sys_err("set mode of", &current))?;
+        }
+    }
+    Ok(())
+}
+
+/// Write one file below `root` in place of any earlier one: staged as
+/// `.<name>.certfleet-new` (`O_CREAT|O_EXCL|O_NOFOLLOW`, exact mode,
+/// fsynced) in its directory opened component by component with
+/// `O_NOFOLLOW`, then renamed over the live name. No journal: for files
+/// that are replaced whole and need no rollback (HTTP-01 challenges).
+pub fn write_below(root: &Path, spec: &FileSpec) -> Result<(), FileError> {
+    check_lexical(&spec.live)?;
+    if spec.mode & !0o777 != 0 {
+        return Err(FileError::InvalidMode {
+            path: spec.live.clone(),
+            mode: spec.mode,
+        });
+    }
+    let entry = Entry::open(&spec.live, root, false)?;
+    // A symlink, directory or device where the file should be: leave it.
+    entry.live_exists()?;
+    entry.stage(spec)?;
+    entry.swap().inspect_err(|_| entry.discard_staged())
+}
+
+/// Remove the file `path` below `root`, its directories opened with
+/// `O_NOFOLLOW` as in [`write_below`]. `Ok(false)` when it (or a directory
+/// on its way) does not exist; a symlinked directory is an error, a
+/// symlink at `path` itself is removed, not followed.
+pub fn remove_below(root: &Path, path: &Path) -> Result<bool, FileError> {
+    check_lexical(path)?;
+    let entry = match Entry::open(path, root, false) {
+        Ok(entry) => entry,
+        Err(FileError::MissingDirectory { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match unlinkat(
+        &entry.dir,
+        entry.name.as_os_str(),
+        UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) => {}
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(sys_err("remove", path)(e)),
+    }
+    fsync(&entry.dir).map_err(sys_err("fsync directory", &entry.dir_path))?;
+    Ok(true)
+}
+
 /// Look up user and group names to numeric ids for [`FileSpec`].
 pub fn resolve_owner(
     owner: Option<&str>,

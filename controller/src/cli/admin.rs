@@ -61,6 +61,49 @@ pub enum AdminCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Check the controller's database for damage: SQLite's full
+    /// integrity_check and foreign_key_check, on the controller host.
+    ///
+    /// Works with the controller running or stopped; exits with status 1
+    /// when it finds damage (then restore a backup: `admin restore`).
+    /// `serve` runs the quicker quick_check at every start.
+    Check {
+        /// The controller's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Write a consistent backup of the controller's database (mode 0600).
+    ///
+    /// The running controller takes the snapshot with SQLite's online
+    /// backup API, without stopping its work, and the CLI copies it into
+    /// FILE. With --state-dir the snapshot is taken on this host from the
+    /// state directory, controller running or not. The backup holds every
+    /// private key sealed under the master key, not the key itself: keep a
+    /// copy of the master key apart.
+    Backup {
+        /// File to write the backup into (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Take the snapshot on this host from this state directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Put a backup in place of the controller's database.
+    ///
+    /// The controller must be stopped (the state directory's lock tells).
+    /// The backup is checked in full, and the state directory's master key
+    /// must be the one it was made with; the current database is kept
+    /// beside it as certfleet.db.before-restore-<time>.
+    Restore {
+        /// The backup file (from `admin backup`).
+        file: PathBuf,
+        /// The controller's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Master key file, when it is not <state-dir>/master.key.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+    },
 }
 
 /// Run an `admin` command; `connect` opens the controller connection for
@@ -145,6 +188,25 @@ where
             let list = expect_response!(r?, AdminCredentials);
             credentials(out, &list)
         }
+        AdminCmd::Check { state_dir } => super::backup::check(state_dir, out).await,
+        AdminCmd::Backup {
+            out: file,
+            state_dir: Some(dir),
+        } => super::backup::backup_offline(dir, file, out).await,
+        AdminCmd::Backup {
+            out: file,
+            state_dir: None,
+        } => {
+            let client = connect().await?;
+            let r = super::backup::backup_online(&client, file, out).await;
+            client.close();
+            r
+        }
+        AdminCmd::Restore {
+            file,
+            state_dir,
+            master_key_file,
+        } => super::backup::restore(file, state_dir, master_key_file, out).await,
         AdminCmd::Revoke { name, force } => {
             let client = connect().await?;
             let r = client.call(&Request::AdminRevoke { name, force }).await;

@@ -12,6 +12,7 @@ macro_rules! expect_response {
 }
 
 mod admin;
+pub mod backup;
 mod download;
 mod inventory;
 mod list;

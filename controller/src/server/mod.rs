@@ -6,10 +6,10 @@ mod crl_http;
 pub mod endpoint_cert;
 pub mod lock;
 mod rpc;
+pub mod state_dir;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,29 +66,10 @@ pub struct State {
     pub identity: Arc<IdentityCa>,
 }
 
-fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
-    }
-    let meta = std::fs::metadata(dir)
-        .with_context(|| format!("cannot read state directory {}", dir.display()))?;
-    if !meta.is_dir() {
-        bail!("state directory {} is not a directory", dir.display());
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        warn!(dir = %dir.display(), "state directory is accessible by other users; chmod 700 it");
-    }
-    Ok(())
-}
-
 /// Open the state directory: database, master key (created at first start,
 /// verified on every later one), identity CA and the first admin credential.
 pub fn open_state(opts: &ServeOptions, clock: &dyn Clock) -> anyhow::Result<State> {
-    ensure_state_dir(&opts.state_dir)?;
+    state_dir::prepare(&opts.state_dir)?;
     let key_path = master_key_path(&opts.state_dir, opts.master_key_file.as_deref());
     let store = Store::open(&opts.state_dir.join(DB_FILE))?;
     let check = store.call_blocking(|c| store::meta_get(c, MASTER_KEY_CHECK))?;
@@ -192,6 +173,36 @@ fn verified_master_key(
     Ok(key)
 }
 
+/// Check that the master key at `key_path` is the one the database file
+/// `db` (a backup about to be restored) was made with.
+pub fn verify_master_key_of(db: &Path, key_path: &Path) -> anyhow::Result<()> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("cannot open {}", db.display()))?;
+    let check = store::meta_get(&conn, MASTER_KEY_CHECK)?.ok_or_else(|| {
+        anyhow!(
+            "{} holds no certfleet controller state (no master key check value)",
+            db.display()
+        )
+    })?;
+    let key = MasterKey::load(key_path)?;
+    key.open(MASTER_KEY_CHECK_AAD, &check).map_err(|_| {
+        anyhow!(
+            "master key {} is not the key {} was made with: its private keys would not open. \
+             Put the master key of the controller the backup came from there, or name it with \
+             --master-key-file",
+            key_path.display(),
+            db.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// The master key's path: `file`, or `master.key` in the state directory.
+pub fn master_key_location(state_dir: &Path, file: Option<&Path>) -> PathBuf {
+    master_key_path(state_dir, file)
+}
+
 /// Open an initialized state directory without creating anything and
 /// without the controller lock, for `certfleet admin create --state-dir`:
 /// it works beside a running controller (SQLite's own locking orders the
@@ -251,7 +262,10 @@ pub fn open_existing(state_dir: &Path, master_key_file: Option<&Path>) -> anyhow
 
 fn write_runtime(dir: &Path, info: &RuntimeInfo) -> anyhow::Result<()> {
     let tmp = dir.join(format!("{RUNTIME_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(info)?)
+    // Created afresh, so 0600 applies (an existing file keeps its mode).
+    let _ = std::fs::remove_file(&tmp);
+    crate::client::create_private_file(&tmp, 0o600)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(info)?))
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, dir.join(RUNTIME_FILE))
         .with_context(|| format!("cannot write {}", dir.join(RUNTIME_FILE).display()))?;
@@ -292,6 +306,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         let opts = opts.clone();
         let clock = clock.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            state_dir::prepare_dir(&opts.state_dir)?;
             let state_lock = lock::acquire(&opts.state_dir)?;
             Ok((state_lock, open_state(&opts, clock.as_ref())?))
         })

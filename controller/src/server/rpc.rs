@@ -26,9 +26,10 @@ use crate::service::{Issue, Mode, Service, ServiceError};
 use crate::store::{self, Store};
 
 /// QUIC application close codes.
-pub(super) const CLOSE_UNAUTHORIZED: u32 = 1;
-pub(super) const CLOSE_PROTOCOL: u32 = 2;
-pub(super) const CLOSE_VERSION: u32 = 3;
+pub(super) const CLOSE_UNAUTHORIZED: u32 = certfleet_protocol::close::UNAUTHORIZED;
+pub(super) const CLOSE_PROTOCOL: u32 = certfleet_protocol::close::PROTOCOL;
+pub(super) const CLOSE_VERSION: u32 = certfleet_protocol::close::VERSION;
+pub(super) const CLOSE_AGENT_REMOVED: u32 = certfleet_protocol::close::AGENT_REMOVED;
 
 pub(super) struct Ctx {
     pub(super) service: Arc<Service>,
@@ -71,9 +72,21 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// Why a connection is refused: the close code and the reason text.
+type Refusal = (u32, String);
+
+fn unauthorized(reason: impl Into<String>) -> Refusal {
+    (CLOSE_UNAUTHORIZED, reason.into())
+}
+
 /// Who the peer is: `None` for a connection without a client certificate
-/// (enrollment only), or an identity that is still valid in the store.
-async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<PeerIdentity>, String> {
+/// (enrollment only), or an identity that is still valid in the store. An
+/// agent authenticated by a newer identity retires its older ones
+/// (`agent_identity.rs`); a removed agent is told so with its own close code.
+async fn authenticate(
+    conn: &quinn::Connection,
+    ctx: &Ctx,
+) -> Result<Option<PeerIdentity>, Refusal> {
     let Some(certs) = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -83,37 +96,48 @@ async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<Peer
     let Some(leaf) = certs.first() else {
         return Ok(None);
     };
-    let peer = peer_identity(leaf).map_err(|e| e.to_string())?;
+    let peer = peer_identity(leaf).map_err(|e| unauthorized(e.to_string()))?;
     // One trip to the store answers both questions: is the credential
     // known and not revoked, and (for an agent) is the agent not removed.
     let serial = peer.serial.clone();
     let agent = (peer.role == Role::Agent).then(|| peer.subject.clone());
-    let (row, agent_active) = ctx
+    let now = ctx.service.now().unix_timestamp();
+    let (row, agent_known, removed_at) = ctx
         .store
         .call(move |c| -> Result<_, store::StoreError> {
             let row = store::credential_get(c, &serial)?;
-            let active = match agent {
-                Some(id) => store::agent_get(c, &id)?.is_some_and(|a| a.removed_at.is_none()),
-                None => true,
+            let Some(id) = agent else {
+                return Ok((row, true, None));
             };
-            Ok((row, active))
+            let agent_row = store::agent_get(c, &id)?;
+            let removed_at = agent_row.as_ref().and_then(|a| a.removed_at);
+            let valid = row.as_ref().is_some_and(|r| {
+                r.revoked_at.is_none() && r.role == Role::Agent.as_str() && r.subject == id
+            });
+            if valid && removed_at.is_none() {
+                crate::agent_identity::retire_superseded(c, &id, &serial, now)?;
+            }
+            Ok((row, agent_row.is_some(), removed_at))
         })
         .await
-        .map_err(|e| format!("store: {e}"))?;
+        .map_err(|e| unauthorized(format!("store: {e}")))?;
+    if peer.role == Role::Agent {
+        if let Some(at) = removed_at {
+            return Err((CLOSE_AGENT_REMOVED, agent_removed(&peer.subject, Some(at))));
+        }
+    }
     match row {
         Some(r) if r.revoked_at.is_some() => {
-            return Err(if peer.role == Role::Agent && agent_active {
-                // Only a re-enrollment revokes the identity of an agent
-                // that is still there.
+            return Err(unauthorized(if peer.role == Role::Agent {
+                // Only a renewal or a re-enrollment revokes the identity of
+                // an agent that is still there.
                 format!(
-                    "the identity of agent {} (serial {}) was replaced by a re-enrollment; \
-                     this copy of it is refused. Use the host that was re-enrolled, or run \
-                     `certfleet agent token create --reenroll {}` and `certfleet-agent enroll \
-                     --reenroll …` on this one",
+                    "the identity of agent {} (serial {}) was replaced by a newer one (renewed \
+                     and used, or re-enrolled); this copy of it is refused. Use the host that \
+                     holds the newer identity, or run `certfleet agent token create --reenroll \
+                     {}` and `certfleet-agent enroll --reenroll …` on this one",
                     peer.subject, peer.serial, peer.subject
                 )
-            } else if peer.role == Role::Agent {
-                "agent has been removed".into()
             } else {
                 format!(
                     "the credential of admin {:?} (serial {}) has been revoked; ask another \
@@ -121,23 +145,32 @@ async fn authenticate(conn: &quinn::Connection, ctx: &Ctx) -> Result<Option<Peer
                      --out FILE` on the controller host",
                     peer.subject, peer.serial
                 )
-            });
+            }));
         }
-        Some(r) if r.role == peer.role.as_str() && r.subject == peer.subject => {}
-        _ => return Err("credential is not known to this controller".into()),
-    }
-    if !agent_active {
-        return Err("agent has been removed".into());
+        Some(r) if r.role == peer.role.as_str() && r.subject == peer.subject && agent_known => {}
+        _ => return Err(unauthorized("credential is not known to this controller")),
     }
     Ok(Some(peer))
+}
+
+/// The close reason for an agent removed (at `at`, Unix seconds, when
+/// known).
+fn agent_removed(agent: &str, at: Option<i64>) -> String {
+    let when = at
+        .map(|t| format!(" at {}", certfleet_protocol::message::Timestamp(t)))
+        .unwrap_or_default();
+    format!(
+        "agent {agent} has been removed from this controller{when}; its identity will not be \
+         accepted again"
+    )
 }
 
 async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
     let peer = match authenticate(&conn, &ctx).await {
         Ok(p) => p,
-        Err(reason) => {
+        Err((code, reason)) => {
             warn!(%reason, "refusing connection");
-            conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), reason.as_bytes());
+            conn.close(VarInt::from_u32(code), reason.as_bytes());
             return;
         }
     };
@@ -203,7 +236,9 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
         let session = match &peer {
             Some(p) if p.role == Role::Agent => {
                 let (id, events) = ctx.service.sessions.register(&p.subject);
-                tokio::spawn(session_events(conn.clone(), events).in_current_span());
+                tokio::spawn(
+                    session_events(conn.clone(), events, p.subject.clone()).in_current_span(),
+                );
                 Some((p.subject.clone(), id))
             }
             _ => None,
@@ -238,6 +273,7 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
 async fn session_events(
     conn: quinn::Connection,
     mut events: tokio::sync::mpsc::UnboundedReceiver<SessionEvent>,
+    agent: String,
 ) {
     while let Some(event) = events.recv().await {
         match event {
@@ -293,11 +329,19 @@ async fn session_events(
                     .in_current_span(),
                 );
             }
+            SessionEvent::Removed => {
+                info!("closing session of removed agent");
+                conn.close(
+                    VarInt::from_u32(CLOSE_AGENT_REMOVED),
+                    agent_removed(&agent, None).as_bytes(),
+                );
+                return;
+            }
             SessionEvent::Kick => {
-                info!("closing session of removed or replaced agent");
+                info!("closing session of replaced agent");
                 conn.close(
                     VarInt::from_u32(CLOSE_UNAUTHORIZED),
-                    b"agent removed or replaced",
+                    b"agent identity replaced, or a newer session of it took over",
                 );
                 return;
             }
@@ -423,6 +467,7 @@ fn mutation(request: &Request) -> Option<(&'static str, String)> {
         Request::AdminCreate { name, .. } => ("admin.credential.create", name.clone()),
         Request::AdminRenew { .. } => ("admin.credential.renew", String::new()),
         Request::AdminRevoke { name, .. } => ("admin.credential.revoke", name.clone()),
+        Request::AdminBackup { snapshot: None, .. } => ("admin.backup", String::new()),
         _ => return None,
     })
 }
@@ -654,6 +699,10 @@ async fn admin_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             .admin_revoke(actor.clone(), name, force)
             .await
             .map(Response::AdminCredentials),
+        Request::AdminBackup { snapshot, offset } => svc
+            .backup_chunk(actor.clone(), snapshot, offset)
+            .await
+            .map(Response::Backup),
         Request::Enroll { .. }
         | Request::InventoryReport(_)
         | Request::AgentHello(_)
@@ -694,7 +743,7 @@ async fn agent_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
             .await
             .map(|()| Response::Ack),
         Request::RenewIdentity { csr_pem } => svc
-            .renew_identity(agent, csr_pem)
+            .renew_identity(agent, peer.serial.clone(), csr_pem)
             .await
             .map(|cert_pem| Response::Identity { cert_pem }),
         _ => return denied("agents may only make agent requests"),

@@ -17,6 +17,7 @@
 
 pub mod at_risk;
 pub mod fallback;
+pub mod integrity;
 mod migrations;
 pub mod page;
 
@@ -49,6 +50,14 @@ pub enum StoreError {
     Worker,
     #[error("cannot flush {path} to disk")]
     Sync {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file operation on the database file as a whole (backup, restore).
+    #[error("cannot {what} {path}")]
+    File {
+        what: String,
         path: String,
         #[source]
         source: std::io::Error,
@@ -215,6 +224,11 @@ impl Store {
                 })?;
         }
         Ok(store)
+    }
+
+    /// The database file (as SQLite resolved it).
+    pub fn path(&self) -> &Path {
+        &self.durable.db
     }
 
     /// fsyncs of the write-ahead log so far (each covers every commit
@@ -980,6 +994,54 @@ pub fn agent_credentials_revoke(
          WHERE role = 'agent' AND subject = ?1 AND revoked_at IS NULL",
         params![id, now],
     )?)
+}
+
+/// Revoke every still-valid agent credential of `agent` issued before
+/// `serial` (in insertion order); returns how many.
+pub fn agent_credentials_revoke_older(
+    conn: &Connection,
+    agent: &str,
+    serial: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE credentials SET revoked_at = ?3
+             WHERE role = 'agent' AND subject = ?1 AND revoked_at IS NULL
+               AND rowid < (SELECT rowid FROM credentials WHERE serial = ?2)",
+        )?
+        .execute(params![agent, serial, now])?)
+}
+
+/// Revoke every still-valid agent credential of `agent` but `keep`;
+/// returns how many.
+pub fn agent_credentials_revoke_except(
+    conn: &Connection,
+    agent: &str,
+    keep: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE credentials SET revoked_at = ?3
+         WHERE role = 'agent' AND subject = ?1 AND revoked_at IS NULL AND serial != ?2",
+        params![agent, keep, now],
+    )?)
+}
+
+/// The serials of `agent`'s credentials that are neither revoked nor
+/// expired at `now`, oldest first.
+pub fn agent_credentials_valid(
+    conn: &Connection,
+    agent: &str,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT serial FROM credentials
+         WHERE role = 'agent' AND subject = ?1 AND revoked_at IS NULL AND not_after > ?2
+         ORDER BY rowid",
+    )?;
+    let rows = stmt.query_map(params![agent, now], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 // ---------------------------------------------------------------- join tokens

@@ -48,6 +48,9 @@ pub(crate) const OUTPUTS: &[(&str, Option<(&str, bool)>)] = &[
     ("admin list", Some(("AdminCredentialInfo", true))),
     ("admin renew", Some(("AdminCredentialInfo", false))),
     ("admin revoke", Some(("AdminCredentialInfo", true))),
+    ("admin check", Some(("DatabaseCheck", false))),
+    ("admin backup", Some(("BackupWritten", false))),
+    ("admin restore", Some(("Restored", false))),
     ("deploy", Some(("RolloutInfo", false))),
     ("deployment list", Some(("DeploymentInfo", true))),
     ("rollout list", Some(("RolloutSummary", true))),
@@ -327,6 +330,9 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::JoinToken>(&mut t)?;
     trace::<m::AgentInfo>(&mut t)?;
     trace::<m::AdminCredentialInfo>(&mut t)?;
+    trace::<certfleet_controller::cli::backup::DatabaseCheck>(&mut t)?;
+    trace::<certfleet_controller::cli::backup::BackupWritten>(&mut t)?;
+    trace::<certfleet_controller::cli::backup::Restored>(&mut t)?;
     trace::<m::DeploymentInfo>(&mut t)?;
     trace::<m::RolloutInfo>(&mut t)?;
     trace::<m::RolloutSummary>(&mut t)?;

@@ -271,6 +271,18 @@ pub async fn sync(config: &Config, conn: &Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Renew the identity over `conn` when it is two thirds into its life
+/// ([`Identity::renew_at`]); whether it was renewed. What the agent does
+/// after connecting and at every resync.
+pub async fn renew_identity_if_due(config: &Config, conn: &Conn) -> anyhow::Result<bool> {
+    let id = Identity::load(&config.state_dir)?;
+    if now() < id.renew_at() {
+        return Ok(false);
+    }
+    renew_identity(config, conn, &id).await?;
+    Ok(true)
+}
+
 async fn renew_identity(config: &Config, conn: &Conn, id: &Identity) -> anyhow::Result<()> {
     let (key_pem, csr_pem) = identity::new_key_and_csr(&config.name)?;
     let cert_pem = match conn.call(&Request::RenewIdentity { csr_pem }).await? {
@@ -299,9 +311,7 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     *connected = true;
     info!(controller = %addr, agent = %id.agent, "connected");
     conn.call(&Request::AgentHello(hello(config))).await?;
-    if now() >= id.renew_at() {
-        renew_identity(config, &conn, &id).await?;
-    }
+    renew_identity_if_due(config, &conn).await?;
     sync(config, &conn).await?;
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.tick().await;
@@ -340,10 +350,7 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
                 }
             }
             _ = resync.tick() => {
-                let id = Identity::load(&config.state_dir)?;
-                if now() >= id.renew_at() {
-                    renew_identity(config, &conn, &id).await?;
-                }
+                renew_identity_if_due(config, &conn).await?;
                 sync(config, &conn).await?;
             }
         }

@@ -314,6 +314,8 @@ async fn instances(client: &Client, n: usize) -> Result<Vec<String>> {
             validity_days: 90,
             key: KeyType::EcdsaP256,
             renew_before_days: None,
+            fallback_issuers: Vec::new(),
+            fallback_after_secs: None,
         };
         match call(client, Request::InstanceCreate(spec)).await? {
             Response::Instance(i) => ids.push(i.id),

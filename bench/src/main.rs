@@ -232,6 +232,8 @@ async fn issue_rate(running: &server::Running, key: KeyType, count: usize) -> Re
                     validity_days: 90,
                     key,
                     renew_before_days: None,
+                    fallback_issuers: Vec::new(),
+                    fallback_after_secs: None,
                 },
             )
             .await

@@ -51,6 +51,8 @@ async fn issue(rig: &Rig) -> Result<(String, String)> {
             validity_days: 90,
             key: KeyType::EcdsaP256,
             renew_before_days: None,
+            fallback_issuers: Vec::new(),
+            fallback_after_secs: None,
         }))
         .await?
     else {

@@ -719,11 +719,14 @@ impl Service {
                         validity_days,
                         key,
                         renew_before_days: None,
+                        fallback_issuers: Vec::new(),
+                        fallback_after_secs: None,
                     },
                     state: InstanceState::Unused,
                     created_at: Timestamp(now),
                     application: None,
                     certificate: None,
+                    issuing: None,
                 };
                 store::instance_insert(&tx, &instance)?;
                 let domains: Vec<String> = names.iter().map(ToString::to_string).collect();

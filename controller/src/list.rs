@@ -250,7 +250,8 @@ fn list_in_store(
             (PageRows::Audit(rows), next)
         }
         ListQuery::Instances => {
-            let fetched = page::instance_page(c, after, limit + 1)?;
+            let mut fetched = page::instance_page(c, after, limit + 1)?;
+            store::fallback::attach(c, &mut fetched)?;
             let (rows, next) = fill("instance", fetched, n, PAGE_BYTE_BUDGET, |r| r.id.clone())?;
             (PageRows::Instances(rows), next)
         }

@@ -34,6 +34,10 @@ use crate::store::{self, AuditRecord, CertRow, IssuerRow, Store, StoreError};
 pub const MAX_VALIDITY_DAYS: u32 = 3650;
 /// Most names one instance may cover.
 pub const MAX_DOMAINS: u32 = 100;
+/// Most fallback issuers an instance may name.
+pub const MAX_FALLBACK_ISSUERS: usize = 8;
+/// Longest `--fallback-after`: 90 days.
+pub const MAX_FALLBACK_AFTER_SECS: u64 = 90 * 86_400;
 /// Most applications the issuing worker takes at once: enough to amortize a
 /// durable commit over many certificates, few enough that the first of a
 /// large wave is reported within a fraction of a second.
@@ -376,6 +380,7 @@ impl Service {
                 spec.validity_days
             )));
         }
+        check_fallback_spec(&spec)?;
         let now = self.now().unix_timestamp();
         let instance = InstanceInfo {
             id: store::new_id("inst"),
@@ -384,6 +389,7 @@ impl Service {
             created_at: Timestamp(now),
             application: None,
             certificate: None,
+            issuing: None,
         };
         let out = instance.clone();
         self.store
@@ -394,6 +400,14 @@ impl Service {
                         what: "issuer",
                         id: instance.spec.issuer.clone(),
                     });
+                }
+                for name in &instance.spec.fallback_issuers {
+                    if store::issuer_get(&tx, name)?.is_none() {
+                        return Err(ServiceError::Invalid(format!(
+                            "fallback issuer {name:?} not found; add it with \
+                             `certfleet issuer add {name} …` or see `certfleet issuer list`"
+                        )));
+                    }
                 }
                 store::instance_insert(&tx, &instance)?;
                 let s = &instance.spec;
@@ -406,13 +420,22 @@ impl Service {
                         target: &instance.id,
                         outcome: "ok",
                         detail: &format!(
-                            "issuer={} type={} domains={} wildcard={} validity_days={} key={}",
+                            "issuer={} type={} domains={} wildcard={} validity_days={} key={}{}",
                             s.issuer,
                             s.validation,
                             s.max_domains,
                             s.wildcard,
                             s.validity_days,
-                            s.key
+                            s.key,
+                            if s.fallback_issuers.is_empty() {
+                                String::new()
+                            } else {
+                                format!(
+                                    " fallback={} fallback_after={}s",
+                                    s.fallback_issuers.join(","),
+                                    crate::renewal::fallback::fallback_after(s)
+                                )
+                            }
                         ),
                     },
                 )?;
@@ -424,16 +447,25 @@ impl Service {
     }
 
     pub async fn instance_list(&self) -> Result<Vec<InstanceInfo>> {
-        Ok(self.store.call(|c| store::instance_list(c)).await?)
+        Ok(self
+            .store
+            .call(|c| -> std::result::Result<Vec<InstanceInfo>, StoreError> {
+                let mut list = store::instance_list(c)?;
+                store::fallback::attach(c, &mut list)?;
+                Ok(list)
+            })
+            .await?)
     }
 
     pub async fn instance_show(&self, id: String) -> Result<InstanceInfo> {
         self.store
             .call(move |c| {
-                store::instance_get(c, &id)?.ok_or(ServiceError::NotFound {
+                let mut found = store::instance_get(c, &id)?.ok_or(ServiceError::NotFound {
                     what: "instance",
                     id,
-                })
+                })?;
+                store::fallback::attach(c, std::slice::from_mut(&mut found))?;
+                Ok(found)
             })
             .await
     }
@@ -829,10 +861,14 @@ impl Service {
                             now,
                             old.info.not_after.0,
                         );
-                        if message.contains("rate limiting") {
+                        if crate::renewal::fallback::is_rate_limit(&message) {
                             // The CA's limits run over hours; don't knock sooner.
                             delay = delay.max(crate::renewal::policy::RATE_LIMIT_BACKOFF_SECS);
                         }
+                        // Sooner when a fallback issuer is about to take over.
+                        delay = crate::renewal::fallback::on_failure(
+                            &tx, &app.id, &old, &message, now, delay,
+                        )?;
                         store::cert_set_renewal(
                             &tx,
                             &old_id,
@@ -868,10 +904,10 @@ impl Service {
                     }
                     let instance = store::instance_get(&tx, &app.instance)?
                         .ok_or_else(|| internal(format!("instance {} vanished", app.instance)))?;
-                    let issuer =
-                        store::issuer_get(&tx, &instance.spec.issuer)?.ok_or_else(|| {
-                            internal(format!("issuer {} vanished", instance.spec.issuer))
-                        })?;
+                    let name = store::fallback::application_issuer(&tx, &app.id)?
+                        .unwrap_or_else(|| instance.spec.issuer.clone());
+                    let issuer = store::issuer_get(&tx, &name)?
+                        .ok_or_else(|| internal(format!("issuer {name} vanished")))?;
                     app.state = ApplicationState::Validating;
                     app.attempts += 1;
                     app.updated_at = Timestamp(now.unix_timestamp());
@@ -886,6 +922,8 @@ impl Service {
         };
 
         let mut row = if issuer.acme.is_some() {
+            // Test seam: an injected outage refuses before the CA is asked.
+            crate::fault::check_issuer(&issuer.name)?;
             let names = parse_names(&app.domains)?;
             let (leaf_pem, chain_pem, checked, key) =
                 self.issue_acme(&app, &instance, &issuer, &names).await?;
@@ -1237,6 +1275,45 @@ impl Service {
     }
 }
 
+/// Check an instance's fallback issuers against its primary: each named
+/// once, none the primary, `--fallback-after` only with fallback issuers.
+/// (That they exist is checked in the store's transaction.)
+fn check_fallback_spec(spec: &InstanceSpec) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for name in &spec.fallback_issuers {
+        if *name == spec.issuer {
+            return Err(ServiceError::Invalid(format!(
+                "--fallback-issuer {name} is the primary issuer (--issuer); \
+                 name a different issuer to fall back to"
+            )));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(ServiceError::Invalid(format!(
+                "--fallback-issuer {name} is given twice"
+            )));
+        }
+    }
+    if spec.fallback_issuers.len() > MAX_FALLBACK_ISSUERS {
+        return Err(ServiceError::Invalid(format!(
+            "at most {MAX_FALLBACK_ISSUERS} fallback issuers, not {}",
+            spec.fallback_issuers.len()
+        )));
+    }
+    match spec.fallback_after_secs {
+        Some(_) if spec.fallback_issuers.is_empty() => Err(ServiceError::Invalid(
+            "--fallback-after needs at least one --fallback-issuer".to_string(),
+        )),
+        Some(0) => Err(ServiceError::Invalid(
+            "--fallback-after must be longer than 0s".to_string(),
+        )),
+        Some(s) if s > MAX_FALLBACK_AFTER_SECS => Err(ServiceError::Invalid(format!(
+            "--fallback-after must be at most {} days, not {s}s",
+            MAX_FALLBACK_AFTER_SECS / 86_400
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Store a new application on an instance, inside the caller's
 /// transaction: validates names against the instance's quota, enforces one
 /// application in flight, moves the instance to `applying`, audits.
@@ -1365,11 +1442,13 @@ fn claim_builtin(
             others.push(id);
             continue;
         };
-        let issuer = match issuers.get(&instance.spec.issuer) {
+        let name = store::fallback::application_issuer(&tx, &app.id)?
+            .unwrap_or_else(|| instance.spec.issuer.clone());
+        let issuer = match issuers.get(&name) {
             Some(i) => i.clone(),
             None => {
-                let i = store::issuer_get(&tx, &instance.spec.issuer)?.map(Arc::new);
-                issuers.insert(instance.spec.issuer.clone(), i.clone());
+                let i = store::issuer_get(&tx, &name)?.map(Arc::new);
+                issuers.insert(name, i.clone());
                 i
             }
         };
@@ -1432,9 +1511,11 @@ fn issue_chunk(
             let ca = cas
                 .entry(c.issuer.name.clone())
                 .or_insert_with(|| load_ca(master, crl_base, &c.issuer).map_err(|e| e.to_string()));
-            let r = match ca {
-                Ok(ca) => issue_one(master, ca, &memo, &c, now),
-                Err(e) => Err(internal(e.clone())),
+            // Test seam: an injected outage refuses before anything is signed.
+            let r = match (crate::fault::check_issuer(&c.issuer.name), ca) {
+                (Err(refused), _) => Err(refused),
+                (Ok(()), Ok(ca)) => issue_one(master, ca, &memo, &c, now),
+                (Ok(()), Err(e)) => Err(internal(e.clone())),
             };
             (c.app.id, r)
         })
@@ -1636,6 +1717,7 @@ fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<
             store::cert_set_state(tx, &old.info.id, CertState::Superseded)?;
         }
         store::cert_set_renewal(tx, &old.info.id, None, 0, None, None)?;
+        crate::renewal::fallback::on_issued(tx, old, row, at)?;
         let targets = store::lineage_deployments(tx, &row.lineage)?;
         if !targets.is_empty() {
             // The strategy of the lineage's last deploy; the default for a
@@ -1739,6 +1821,8 @@ mod tests {
             validity_days,
             key: KeyType::EcdsaP256,
             renew_before_days: None,
+            fallback_issuers: Vec::new(),
+            fallback_after_secs: None,
         }
     }
 

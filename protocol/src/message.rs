@@ -257,6 +257,12 @@ pub struct InstanceSpec {
     /// Renew this long before expiry (default 30 days, at most a third of
     /// the lifetime).
     pub renew_before_days: Option<u32>,
+    /// Issuers a renewal falls back to, in order, when the primary
+    /// (`issuer`) keeps refusing or rate-limits.
+    pub fallback_issuers: Vec<String>,
+    /// How long applications to an issuer may fail before the renewal
+    /// switches to the next one (default one hour).
+    pub fallback_after_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +275,25 @@ pub struct InstanceInfo {
     pub application: Option<String>,
     /// The certificate issued on this instance.
     pub certificate: Option<String>,
+    /// Which issuer the renewals of this instance's lineage apply to, when
+    /// the lineage has ever failed over (absent: the primary, as always).
+    pub issuing: Option<IssuingStatus>,
+}
+
+/// The issuer a lineage currently renews from, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuingStatus {
+    /// The lineage (its first certificate's id).
+    pub lineage: String,
+    /// The issuer renewals apply to now.
+    pub active_issuer: String,
+    /// When `active_issuer` became the one renewals apply to.
+    pub active_since: Timestamp,
+    /// When the lineage left its primary issuer; absent while on the primary.
+    pub fallback_since: Option<Timestamp>,
+    /// When applications to `active_issuer` started failing; absent when
+    /// its last application succeeded.
+    pub failing_since: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1165,6 +1190,8 @@ mod tests {
             validity_days: 90,
             key: KeyType::EcdsaP384,
             renew_before_days: Some(10),
+            fallback_issuers: vec!["backup".into()],
+            fallback_after_secs: Some(3600),
         }
     }
 
@@ -1518,6 +1545,13 @@ mod tests {
             created_at: Timestamp(2),
             application: Some("a".into()),
             certificate: None,
+            issuing: Some(IssuingStatus {
+                lineage: "cert-0".into(),
+                active_issuer: "backup".into(),
+                active_since: Timestamp(3),
+                fallback_since: Some(Timestamp(3)),
+                failing_since: None,
+            }),
         };
         let app = ApplicationInfo {
             id: "a".into(),

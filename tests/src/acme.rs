@@ -323,6 +323,9 @@ pub struct PebbleOptions {
     /// More environment for Pebble, e.g. `PEBBLE_AUTHZREUSE=0`,
     /// `PEBBLE_VA_ALWAYS_VALID=1`, `PEBBLE_CHAIN_LENGTH=2`.
     pub env: Vec<(String, String)>,
+    /// Lifetime of the certificates Pebble issues, in seconds
+    /// (`certificateValidityPeriod`; Pebble's default is five years).
+    pub certificate_validity_secs: Option<u64>,
 }
 
 impl PebbleOptions {
@@ -336,6 +339,7 @@ impl PebbleOptions {
             no_nonce_reject: false,
             domain_blocklist: Vec::new(),
             env: Vec::new(),
+            certificate_validity_secs: None,
         }
     }
 }
@@ -390,6 +394,9 @@ impl Pebble {
             // Pebble 2.5+ only; 2.4 ignores unknown keys.
             "retryAfter": { "authz": 3, "order": 5 },
         });
+        if let Some(secs) = options.certificate_validity_secs {
+            pebble["certificateValidityPeriod"] = json!(secs);
+        }
         if let Some((kid, hmac)) = &options.eab {
             pebble["externalAccountMACKeys"] = json!({ kid: hmac });
         }

@@ -348,6 +348,14 @@ pub enum InstanceCmd {
         /// of the lifetime].
         #[arg(long)]
         renew_before_days: Option<u32>,
+        /// Issuer renewals fall back to when the primary keeps failing or
+        /// rate-limits; repeat for more, tried in order.
+        #[arg(long = "fallback-issuer", value_name = "ISSUER")]
+        fallback_issuers: Vec<String>,
+        /// How long applications to an issuer may fail before renewals
+        /// switch to the next one, e.g. 30m, 2h, 1d [default: 1h].
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        fallback_after: Option<Duration>,
     },
     /// List instances, by id.
     List(list::ListArgs),
@@ -781,6 +789,8 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             validity_days,
             key,
             renew_before_days,
+            fallback_issuers,
+            fallback_after,
         }) => {
             let r = client
                 .call(&Request::InstanceCreate(InstanceSpec {
@@ -791,6 +801,8 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
                     validity_days,
                     key,
                     renew_before_days,
+                    fallback_issuers,
+                    fallback_after_secs: fallback_after.map(|d| d.as_secs()),
                 }))
                 .await?;
             out.instance(&expect_response!(r, Instance))

@@ -77,7 +77,7 @@ impl Output {
 
     pub(super) fn instance(&self, i: &InstanceInfo) -> anyhow::Result<()> {
         self.emit(i, || {
-            fields(&[
+            let mut f = vec![
                 ("id", i.id.clone()),
                 ("state", i.state.to_string()),
                 ("issuer", i.spec.issuer.clone()),
@@ -89,7 +89,9 @@ impl Output {
                 ("application", opt(&i.application)),
                 ("certificate", opt(&i.certificate)),
                 ("created", i.created_at.to_string()),
-            ])
+            ];
+            f.extend(super::rows::instance_fallback_fields(i));
+            fields(&f)
         })
     }
 

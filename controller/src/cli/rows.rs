@@ -4,7 +4,7 @@
 //! lists of [`super::list`] print these page by page.
 
 use certfleet_protocol::list::ListQuery;
-use certfleet_protocol::message::{PageRows, Timestamp};
+use certfleet_protocol::message::{InstanceInfo, PageRows, Timestamp};
 
 /// "in 12 d", "3 h ago", "now": how far `t` is from `now`, in the largest
 /// whole unit.
@@ -66,6 +66,7 @@ const INSTANCE_HEADER: &[&str] = &[
     "DAYS",
     "KEY",
     "CERTIFICATE",
+    "RENEWS FROM",
 ];
 const ISSUER_HEADER: &[&str] = &["NAME", "KIND", "KEY", "CREATED", "CRL"];
 const ROLLOUT_HEADER: &[&str] = &[
@@ -204,6 +205,7 @@ pub(super) fn rows_of(rows: &PageRows, now: i64) -> (&'static [&'static str], Ve
                         i.spec.validity_days.to_string(),
                         i.spec.key.to_string(),
                         opt(&i.certificate),
+                        renews_from(i),
                     ]
                 })
                 .collect(),
@@ -286,6 +288,51 @@ pub(super) fn labels(l: &[(String, String)]) -> String {
 
 pub(super) fn opt(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
+}
+
+/// The issuer an instance's lineage renews from, for the list's RENEWS FROM
+/// column: the primary unless it failed over (`backup (fallback)`).
+fn renews_from(i: &InstanceInfo) -> String {
+    match &i.issuing {
+        Some(s) if s.fallback_since.is_some() => format!("{} (fallback)", s.active_issuer),
+        Some(s) => s.active_issuer.clone(),
+        None => i.spec.issuer.clone(),
+    }
+}
+
+/// The fallback lines of `instance show`: the chain, and which issuer the
+/// lineage renews from now, since when.
+pub(super) fn instance_fallback_fields(i: &InstanceInfo) -> Vec<(&'static str, String)> {
+    let mut f = Vec::new();
+    if !i.spec.fallback_issuers.is_empty() {
+        f.push(("fallback issuers", i.spec.fallback_issuers.join(", ")));
+        let after = i
+            .spec
+            .fallback_after_secs
+            .unwrap_or(crate::renewal::fallback_policy::DEFAULT_FALLBACK_AFTER_SECS.unsigned_abs());
+        f.push((
+            "fallback after",
+            humantime::format_duration(std::time::Duration::from_secs(after)).to_string(),
+        ));
+    }
+    if let Some(s) = &i.issuing {
+        let role = if s.fallback_since.is_some() {
+            "fallback"
+        } else {
+            "primary"
+        };
+        f.push((
+            "renews from",
+            format!("{} ({role}) since {}", s.active_issuer, s.active_since),
+        ));
+        if let Some(at) = s.fallback_since {
+            f.push(("on fallback since", at.to_string()));
+        }
+        if let Some(at) = s.failing_since {
+            f.push(("failing since", format!("{at} ({})", s.active_issuer)));
+        }
+    }
+    f
 }
 
 #[cfg(test)]

@@ -5,11 +5,14 @@
 //! certificate that heads its lineage and is due ([`policy::due_at`]), with
 //! no renewal in flight and no back-off pending, it takes an instance with
 //! the same spec — an unused one from the pool, or a new one for the
-//! built-in issuers, which cost nothing — and applies. The application
+//! built-in issuers, which cost nothing — and applies, to the primary
+//! issuer or to a fallback one ([`fallback`]). The application
 //! worker finishes the job: on success the old certificate is `superseded`
 //! and a rollout starts (`service.rs`); on failure the old certificate
 //! carries the error and the time of the next attempt.
 
+pub mod fallback;
+pub mod fallback_policy;
 pub mod policy;
 
 use std::sync::Arc;
@@ -74,11 +77,16 @@ fn renew_in_tx(
     }
     let old_instance = store::instance_get(conn, &cert.info.instance)?
         .ok_or_else(|| crate::service::internal("instance of certificate vanished"))?;
-    let issuer = store::issuer_get(conn, &old_instance.spec.issuer)?
+    let primary = store::issuer_get(conn, &old_instance.spec.issuer)?
         .ok_or_else(|| crate::service::internal("issuer of certificate vanished"))?;
+    // The primary, or a fallback issuer when the primary keeps failing.
+    let chosen = fallback::choose(conn, cert, &old_instance.spec, actor, now)?;
+    let free = primary.kind == IssuerKind::Builtin
+        || (chosen != primary.name
+            && store::issuer_get(conn, &chosen)?.is_some_and(|i| i.kind == IssuerKind::Builtin));
     let instance = match store::instance_from_pool(conn, &old_instance.spec)? {
         Some(id) => id,
-        None if issuer.kind == IssuerKind::Builtin => {
+        None if free => {
             // Built-in issuers are free: buy the same spec again.
             let instance = InstanceInfo {
                 id: store::new_id("inst"),
@@ -87,6 +95,7 @@ fn renew_in_tx(
                 created_at: Timestamp(now),
                 application: None,
                 certificate: None,
+                issuing: None,
             };
             store::instance_insert(conn, &instance)?;
             store::audit_insert(
@@ -136,6 +145,9 @@ fn renew_in_tx(
         Some(&cert.info.id),
         now,
     )?;
+    if chosen != old_instance.spec.issuer {
+        store::fallback::application_set_issuer(conn, &app.id, &chosen)?;
+    }
     Ok(Some(app))
 }
 
@@ -176,6 +188,12 @@ impl Service {
             self.start_application(&app.id);
         }
         Ok(app)
+    }
+
+    /// Every lineage renewing from a fallback issuer, with the instance of
+    /// its newest certificate, the issuer and since when (longest first).
+    pub async fn issuing_from_fallback(&self) -> Result<Vec<store::fallback::OnFallback>> {
+        Ok(self.store.call(|c| store::fallback::on_fallback(c)).await?)
     }
 
     /// One pass: start renewals of every due certificate.

@@ -300,4 +300,26 @@ CREATE TABLE lineage_strategies (
     updated_at INTEGER NOT NULL
 ) STRICT;
 "#,
+    // 12: fallback issuers. An instance names the issuers its renewals fall
+    // back to (a JSON list, '[]' for none) and how long an issuer may fail
+    // first; an application records the issuer it was sent to when that is
+    // not its instance's (NULL: the instance's); a lineage that ever failed
+    // over has a row saying which issuer it renews from and since when
+    // (`fallback_since` NULL while that is the primary).
+    r#"
+ALTER TABLE instances ADD COLUMN fallback_issuers TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE instances ADD COLUMN fallback_after_secs INTEGER;
+ALTER TABLE applications ADD COLUMN issuer TEXT REFERENCES issuers(name);
+CREATE TABLE lineage_issuers (
+    lineage       TEXT PRIMARY KEY,
+    active_issuer TEXT NOT NULL REFERENCES issuers(name),
+    active_since  INTEGER NOT NULL,
+    fallback_since INTEGER,
+    failing_since INTEGER,
+    rate_limited  INTEGER NOT NULL DEFAULT 0,
+    updated_at    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX lineage_issuers_fallback ON lineage_issuers(fallback_since)
+    WHERE fallback_since IS NOT NULL;
+"#,
 ];

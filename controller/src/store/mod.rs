@@ -15,6 +15,7 @@
 //! instead of paying one each, and nothing is acknowledged before it is on
 //! disk — the same promise as `synchronous=FULL`.
 
+pub mod fallback;
 mod migrations;
 pub mod page;
 
@@ -525,7 +526,8 @@ pub fn issuer_set_crl(
 // ---------------------------------------------------------------- instances
 
 const INSTANCE_COLS: &str = "id, issuer, validation, max_domains, wildcard, validity_days, \
-                             key_type, state, application, certificate, created_at, renew_before_secs";
+                             key_type, state, application, certificate, created_at, renew_before_secs, \
+                             fallback_issuers, fallback_after_secs";
 
 fn instance_from_row(r: &Row<'_>) -> Result<InstanceInfo, rusqlite::Error> {
     Ok(InstanceInfo {
@@ -538,18 +540,22 @@ fn instance_from_row(r: &Row<'_>) -> Result<InstanceInfo, rusqlite::Error> {
             validity_days: r.get(5)?,
             key: parse(r.get(6)?)?,
             renew_before_days: r.get::<_, Option<i64>>(11)?.map(|s| (s / 86_400) as u32),
+            fallback_issuers: json_list(r.get(12)?)?,
+            fallback_after_secs: r.get::<_, Option<i64>>(13)?.map(|s| s.max(0) as u64),
         },
         state: parse(r.get(7)?)?,
         application: r.get(8)?,
         certificate: r.get(9)?,
         created_at: Timestamp(r.get(10)?),
+        // Filled in by `fallback::attach` where it is shown.
+        issuing: None,
     })
 }
 
 pub fn instance_insert(conn: &Connection, i: &InstanceInfo) -> Result<(), StoreError> {
     conn.prepare_cached(&format!(
         "INSERT INTO instances ({INSTANCE_COLS})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
     ))?
     .execute(params![
         i.id,
@@ -563,7 +569,11 @@ pub fn instance_insert(conn: &Connection, i: &InstanceInfo) -> Result<(), StoreE
         i.application,
         i.certificate,
         i.created_at.0,
-        i.spec.renew_before_days.map(|d| i64::from(d) * 86_400)
+        i.spec.renew_before_days.map(|d| i64::from(d) * 86_400),
+        to_json(&i.spec.fallback_issuers),
+        i.spec
+            .fallback_after_secs
+            .map(|s| i64::try_from(s).unwrap_or(i64::MAX))
     ])?;
     Ok(())
 }
@@ -1263,6 +1273,7 @@ pub fn instance_from_pool(
         .prepare_cached(
             "SELECT id FROM instances WHERE state = 'unused' AND issuer = ?1 AND validation = ?2
              AND max_domains = ?3 AND wildcard = ?4 AND validity_days = ?5 AND key_type = ?6
+             AND fallback_issuers = ?7
              ORDER BY created_at LIMIT 1",
         )?
         .query_row(
@@ -1272,7 +1283,8 @@ pub fn instance_from_pool(
                 spec.max_domains,
                 spec.wildcard,
                 spec.validity_days,
-                spec.key.as_str()
+                spec.key.as_str(),
+                to_json(&spec.fallback_issuers)
             ],
             |r| r.get(0),
         )

@@ -30,7 +30,7 @@ CREATE TABLE applications (
     certificate TEXT,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
-, renews TEXT REFERENCES certificates(id), challenge TEXT, order_url TEXT, key_sealed BLOB, retry_at INTEGER, challenges_answered INTEGER NOT NULL DEFAULT 0) STRICT;
+, renews TEXT REFERENCES certificates(id), challenge TEXT, order_url TEXT, key_sealed BLOB, retry_at INTEGER, challenges_answered INTEGER NOT NULL DEFAULT 0, issuer TEXT REFERENCES issuers(name)) STRICT;
 
 CREATE TABLE audit (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -106,7 +106,7 @@ CREATE TABLE instances (
     application   TEXT,
     certificate   TEXT,
     created_at    INTEGER NOT NULL
-, renew_before_secs INTEGER) STRICT;
+, renew_before_secs INTEGER, fallback_issuers TEXT NOT NULL DEFAULT '[]', fallback_after_secs INTEGER) STRICT;
 
 CREATE TABLE inventory (
     agent       TEXT NOT NULL REFERENCES agents(id),
@@ -154,6 +154,16 @@ CREATE TABLE join_tokens (
     expires_at  INTEGER NOT NULL,
     created_at  INTEGER NOT NULL
 , reenroll_agent TEXT) STRICT;
+
+CREATE TABLE lineage_issuers (
+    lineage       TEXT PRIMARY KEY,
+    active_issuer TEXT NOT NULL REFERENCES issuers(name),
+    active_since  INTEGER NOT NULL,
+    fallback_since INTEGER,
+    failing_since INTEGER,
+    rate_limited  INTEGER NOT NULL DEFAULT 0,
+    updated_at    INTEGER NOT NULL
+) STRICT;
 
 CREATE TABLE lineage_strategies (
     lineage    TEXT PRIMARY KEY,
@@ -213,6 +223,9 @@ CREATE INDEX instances_unused ON instances(issuer, created_at) WHERE state = 'un
 CREATE INDEX inventory_fingerprint ON inventory(fingerprint);
 
 CREATE INDEX inventory_not_after ON inventory(not_after, agent, position);
+
+CREATE INDEX lineage_issuers_fallback ON lineage_issuers(fallback_since)
+    WHERE fallback_since IS NOT NULL;
 
 CREATE INDEX rollouts_created ON rollouts(created_at, id);
 

@@ -287,13 +287,17 @@ impl Running {
     }
 
     /// Stop as a crash would: every task aborted where it stands, nothing
-    /// drained, no close sent, `runtime.json` left behind. Open
-    /// connections die with their tasks. For the soak benchmark, which
-    /// restarts controllers both ways.
+    /// drained or waited for, `runtime.json` left behind. For the soak
+    /// benchmark, which restarts controllers both ways in one process.
+    /// Peers see their connections closed at once (after a real crash they
+    /// would see a reset from the next controller on the port, or an idle
+    /// timeout); the port is free once those connections' own tasks have
+    /// noticed, a moment later.
     pub async fn abort(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        drop(self.endpoint);
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"controller aborted");
         warn!("controller aborted");
     }
 

@@ -81,8 +81,11 @@ impl Schedule {
             s.add(until, Event::InstallWorks(agent, k));
         }
         for i in 0..plan.restarts {
-            // Spread over the run, each at a random hour of its share.
-            let share = plan.hours / plan.restarts.max(1) as i64;
+            // Spread over the first half of the run, each at a random hour
+            // of its share; the second half is one long uptime, longer
+            // than the controller's endpoint certificate lives (90 days)
+            // in a two-year run, as a controller that is never restarted.
+            let share = (plan.hours / 2) / plan.restarts.max(1) as i64;
             let at = i as i64 * share + rng.range(1, share.max(2) - 1);
             let kind = if i % 2 == 0 {
                 Restart::Graceful
@@ -137,6 +140,12 @@ mod tests {
         );
         assert_eq!(count(&|e| matches!(e, Event::IssuerDown(_))), 1);
         assert!(a.events.keys().all(|h| (1..=730 * 24).contains(h)));
+        // The second half has no restart: one uptime longer than 90 days.
+        assert!(a
+            .events
+            .iter()
+            .filter(|(_, e)| e.iter().any(|e| matches!(e, Event::Restart(_))))
+            .all(|(h, _)| *h <= 365 * 24));
         // A host down for three weeks comes back three weeks later.
         for (h, events) in &a.events {
             for e in events {

@@ -39,6 +39,9 @@ pub(crate) struct Plan {
     pub(crate) agents: usize,
     /// (agent, target) of every target.
     pub(crate) targets: Vec<(usize, usize)>,
+    /// Per target: the hours its certificate is expected to come due for
+    /// renewal, when an install failure may hit it (see [`Schedule::new`]).
+    pub(crate) renewals: Vec<Vec<i64>>,
     pub(crate) failing_percent: usize,
     pub(crate) restarts: usize,
 }
@@ -72,13 +75,28 @@ impl Schedule {
             s.add(from, Event::HostDown(agent));
             s.add(until, Event::HostUp(agent));
         }
+        // A failing install matters when something is to be installed: each
+        // failure starts up to two days before one of the target's
+        // renewals (the due time's jitter is at most 1.5 days) and lasts a
+        // week. Only targets whose certificate's renewal window is longer
+        // than the failure are hit: a host that cannot install anything for
+        // the whole window serves an expired certificate whatever its
+        // controller does (the at-risk item says so).
+        let len = (7 * 24).min(plan.hours / 3).max(1);
+        let fits = |h: &i64| *h - 48 >= 1 && *h + len + 24 <= plan.hours;
+        let eligible: Vec<usize> = (0..plan.targets.len())
+            .filter(|&i| plan.renewals.get(i).is_some_and(|r| r.iter().any(fits)))
+            .collect();
         let n = (plan.targets.len() * plan.failing_percent).div_ceil(100);
-        s.failing_targets = n.min(plan.targets.len());
-        for i in rng.pick(plan.targets.len(), n) {
-            let (agent, k) = plan.targets[i];
-            let (from, until) = window(&mut rng, 7 * 24);
+        s.failing_targets = n.min(eligible.len());
+        for i in rng.pick(eligible.len(), n) {
+            let t = eligible[i];
+            let (agent, k) = plan.targets[t];
+            let due: Vec<i64> = plan.renewals[t].iter().copied().filter(fits).collect();
+            let at = due[rng.range(0, due.len() as i64 - 1) as usize];
+            let from = at - rng.range(1, 48);
             s.add(from, Event::InstallFails(agent, k));
-            s.add(until, Event::InstallWorks(agent, k));
+            s.add(from + len, Event::InstallWorks(agent, k));
         }
         for i in 0..plan.restarts {
             // Spread over the first half of the run, each at a random hour
@@ -119,6 +137,15 @@ mod tests {
             agents: 200,
             targets: (0..1000).map(|i| (i % 200, i / 200)).collect(),
             failing_percent: 5,
+            renewals: (0..1000)
+                .map(|i| {
+                    if i % 10 == 0 {
+                        vec![]
+                    } else {
+                        vec![2000, 9000]
+                    }
+                })
+                .collect(),
             restarts: 20,
         }
     }
@@ -133,6 +160,17 @@ mod tests {
         assert_eq!(count(&|e| matches!(e, Event::HostDown(_))), 20);
         assert_eq!(count(&|e| matches!(e, Event::HostUp(_))), 20);
         assert_eq!(count(&|e| matches!(e, Event::InstallFails(..))), 50);
+        // Each failure covers a renewal of its target.
+        for (h, events) in &a.events {
+            for e in events {
+                if let Event::InstallFails(..) = e {
+                    assert!(
+                        [2000, 9000].iter().any(|r| (h + 1..=h + 48).contains(r)),
+                        "{h}"
+                    );
+                }
+            }
+        }
         assert_eq!(count(&|e| matches!(e, Event::Restart(Restart::Crash))), 10);
         assert_eq!(
             count(&|e| matches!(e, Event::Restart(Restart::Graceful))),

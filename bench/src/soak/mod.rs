@@ -200,6 +200,22 @@ impl Operator {
     }
 }
 
+/// The hours at which a lineage of `days`-day certificates issued at hour
+/// 0 comes due for renewal (the default renewal window: a third of the
+/// lifetime, at most 30 days), while the window is a day longer than the
+/// week a failing install lasts; none otherwise.
+fn renewal_hours(days: i64, hours: i64) -> Vec<i64> {
+    let window = (days * 24 / 3).min(30 * 24);
+    if window < 8 * 24 {
+        return Vec::new();
+    }
+    let period = days * 24 - window;
+    (1..)
+        .map(|n| n * period)
+        .take_while(|&h| h <= hours)
+        .collect()
+}
+
 /// Where certificate `j` goes: (agent, target).
 fn placement(j: usize, agents: usize) -> (usize, usize) {
     (j % agents, j / agents)
@@ -295,11 +311,13 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
 
     // Certificates, then one deploy each.
     let mut apps = Vec::with_capacity(o.certificates);
+    let mut lifetimes = Vec::with_capacity(o.certificates);
     for j in 0..o.certificates {
         let lifetime = rng.range(
             i64::from(o.min_lifetime_days),
             i64::from(o.max_lifetime_days),
         );
+        lifetimes.push(lifetime);
         let inst = svc
             .instance_create(
                 "soak".into(),
@@ -361,6 +379,10 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
             offline_agents: o.offline_agents.min(o.agents),
             agents: o.agents,
             targets: targets.clone(),
+            renewals: lifetimes
+                .iter()
+                .map(|&days| renewal_hours(days, hours * o.step_secs / 3600))
+                .collect(),
             failing_percent: o.failing_percent,
             restarts: o.restarts,
         },

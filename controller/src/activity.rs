@@ -56,6 +56,12 @@ impl Activity {
         )
     }
 
+    /// The latest activity of every agent seen since the controller started.
+    pub fn snapshot(&self) -> HashMap<String, i64> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.seen.clone()
+    }
+
     /// The latest activity of `agent` recorded since the controller started.
     pub fn last(&self, agent: &str) -> Option<i64> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -87,6 +87,11 @@ impl Sessions {
         self.lock().len()
     }
 
+    /// Ids of the agents connected now.
+    pub fn connected_ids(&self) -> std::collections::HashSet<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, mpsc::UnboundedSender<SessionEvent>)>>

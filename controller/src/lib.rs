@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod admin;
+pub mod atrisk;
 pub mod ca;
 pub mod challenge;
 pub mod check;

@@ -12,8 +12,8 @@
 //! clients treat it as opaque. A key is the last row's place in the order
 //! the list is read in: an id or name, or for the lists in another order
 //! its sort columns and the id that breaks ties, one per line
-//! (`not_after` and id for certificates, `created_at` and id for
-//! rollouts, `not_after` or `-`, agent id and position for the
+//! (`not_after` and id for certificates and at-risk items, `created_at`
+//! and id for rollouts, `not_after` or `-`, agent id and position for the
 //! inventory). A token that does not parse as the list's key is an
 //! invalid argument. Filters are ids, applied in SQL.
 
@@ -298,6 +298,22 @@ fn list_in_store(
                 PageRows::InventoryProblems(rows.into_iter().flat_map(|(_, p)| p).collect()),
                 next,
             )
+        }
+        ListQuery::AtRiskDeployments => {
+            let after = number_key_or(after, store::at_risk::FIRST)?;
+            let fetched = store::at_risk::item_page(c, after, limit + 1)?;
+            let (rows, next) = fill("at-risk deployment", fetched, n, PAGE_BYTE_BUDGET, |r| {
+                format!("{}\n{}", r.not_after.0, r.deployment)
+            })?;
+            (PageRows::AtRiskDeployments(rows), next)
+        }
+        ListQuery::AtRiskCertificates => {
+            let after = number_key_or(after, store::at_risk::FIRST)?;
+            let fetched = store::at_risk::certificate_page(c, after, limit + 1)?;
+            let (rows, next) = fill("at-risk certificate", fetched, n, PAGE_BYTE_BUDGET, |r| {
+                format!("{}\n{}", r.not_after.0, r.id)
+            })?;
+            (PageRows::AtRiskCertificates(rows), next)
         }
         ListQuery::Agents | ListQuery::Issuers => {
             return Err(internal("agents and issuers are listed outside the store"));

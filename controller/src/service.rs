@@ -1255,6 +1255,7 @@ impl Service {
                 status.agents.clock_skewed += 1;
             }
         }
+        status.at_risk = self.at_risk_status().await?;
         Ok(status)
     }
 

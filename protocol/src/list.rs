@@ -55,6 +55,11 @@ pub enum ListQuery {
     InventoryProblems {
         agent: Option<String>,
     },
+    /// Certificates served by an at-risk deployment, soonest expiry first
+    /// (ties by id), each with its earliest item's reason and since.
+    AtRiskCertificates,
+    /// At-risk deployments, soonest expiry first (ties by deployment id).
+    AtRiskDeployments,
 }
 
 /// One page of a list request.

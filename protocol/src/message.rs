@@ -13,7 +13,7 @@ use crate::version::VersionRange;
 
 /// A point in time, in whole seconds since the Unix epoch. Encoded as an
 /// integer on the wire and as RFC 3339 text in human-readable formats (JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
@@ -595,6 +595,8 @@ pub struct FleetStatus {
     pub expiring: ExpiringCounts,
     pub renewals: RenewalCounts,
     pub rollouts: RolloutCounts,
+    /// Deployments at risk of serving an expired certificate.
+    pub at_risk: AtRiskStatus,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1137,6 +1139,8 @@ pub enum PageRows {
     Inventory(Vec<InventoryItem>),
     /// `(agent name, problem)`.
     InventoryProblems(Vec<(String, String)>),
+    AtRiskCertificates(Vec<AtRiskCertificate>),
+    AtRiskDeployments(Vec<AtRiskItem>),
 }
 
 impl PageRows {
@@ -1151,6 +1155,8 @@ impl PageRows {
             PageRows::Rollouts(r) => r.len(),
             PageRows::Inventory(r) => r.len(),
             PageRows::InventoryProblems(r) => r.len(),
+            PageRows::AtRiskCertificates(r) => r.len(),
+            PageRows::AtRiskDeployments(r) => r.len(),
         }
     }
 
@@ -1166,6 +1172,86 @@ pub struct ListPage {
     /// Pass back for the next page; `None` when this page is the last.
     pub continue_token: Option<String>,
 }
+
+// At-risk items (`certfleet status`, `cert list --at-risk`,
+// `deployment list --at-risk`).
+
+named_enum!(
+    /// Why a deployment is at risk of serving an expired certificate:
+    /// `renewal_failing` (the renewal of the served certificate keeps
+    /// failing), `rollout_failed` (the install of the newer certificate
+    /// failed on this target), `rollout_halted` (its rollout halted or was
+    /// aborted before reaching this target), `agent_offline` (the agent has
+    /// been offline longer than its deadline), `no_instance` (no instance
+    /// is left to renew with), `half_window_left` (less than half of the
+    /// renewal window is left, whatever the cause), `fallback_issuer` (the
+    /// lineage renews from a fallback issuer because its primary keeps
+    /// failing; raised at the switch, cleared when the primary is back).
+    /// New reasons are appended at the end; clients match with a catch-all
+    /// arm.
+    #[non_exhaustive]
+    AtRiskReason {
+        RenewalFailing = "renewal_failing",
+        RolloutFailed = "rollout_failed",
+        RolloutHalted = "rollout_halted",
+        AgentOffline = "agent_offline",
+        NoInstance = "no_instance",
+        HalfWindowLeft = "half_window_left",
+        FallbackIssuer = "fallback_issuer",
+    }
+);
+
+/// A deployment whose served certificate nears expiry with no newer one
+/// installed because something failed (or with less than half of its
+/// renewal window left).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtRiskItem {
+    pub deployment: String,
+    pub agent: String,
+    pub agent_name: String,
+    pub target: String,
+    /// The certificate the target serves.
+    pub certificate: String,
+    pub domains: Vec<String>,
+    pub not_after: Timestamp,
+    pub reason: AtRiskReason,
+    /// The error or cause behind `reason`, in words.
+    pub reason_text: String,
+    /// When the condition began (not when it was noticed).
+    pub since: Timestamp,
+}
+
+/// A certificate served by at least one at-risk deployment: the earliest
+/// of its items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtRiskCertificate {
+    pub id: String,
+    pub domains: Vec<String>,
+    pub issuer: String,
+    pub state: CertState,
+    pub not_after: Timestamp,
+    pub reason: AtRiskReason,
+    pub reason_text: String,
+    pub since: Timestamp,
+    /// How many deployments serving it are at risk.
+    pub deployments: u32,
+}
+
+/// The at-risk part of [`FleetStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtRiskStatus {
+    /// Every deployment at risk.
+    pub total: u32,
+    /// The first of them, soonest expiry first (at most
+    /// [`STATUS_AT_RISK_ITEMS`]).
+    pub items: Vec<AtRiskItem>,
+    /// The controller's time when the status was taken, for "expires in".
+    pub now: Timestamp,
+}
+
+/// Most at-risk items `status` carries; `cert list --at-risk` and
+/// `deployment list --at-risk` have them all.
+pub const STATUS_AT_RISK_ITEMS: usize = 20;
 
 #[cfg(test)]
 mod tests {
@@ -1499,6 +1585,20 @@ mod tests {
                     continue_token: Some("c1.00".into()),
                 },
             },
+            Request::List {
+                query: crate::list::ListQuery::AtRiskCertificates,
+                page: crate::list::PageRequest {
+                    limit: 20,
+                    continue_token: None,
+                },
+            },
+            Request::List {
+                query: crate::list::ListQuery::AtRiskDeployments,
+                page: crate::list::PageRequest {
+                    limit: 20,
+                    continue_token: None,
+                },
+            },
             Request::AdminCreate {
                 name: "alice".into(),
                 csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
@@ -1720,7 +1820,59 @@ mod tests {
                     ..admin
                 },
             ]),
+            Response::Status(FleetStatus {
+                at_risk: AtRiskStatus {
+                    total: 3,
+                    items: vec![at_risk_item()],
+                    now: Timestamp(1_700_000_000),
+                },
+                ..FleetStatus::default()
+            }),
+            Response::Page(ListPage {
+                rows: PageRows::AtRiskDeployments(vec![at_risk_item()]),
+                continue_token: Some("c1.00".into()),
+            }),
+            Response::Page(ListPage {
+                rows: PageRows::AtRiskCertificates(vec![AtRiskCertificate {
+                    id: "cert-1".into(),
+                    domains: vec!["a.example".into()],
+                    issuer: "ca".into(),
+                    state: CertState::Superseded,
+                    not_after: Timestamp(1_800_000_000),
+                    reason: AtRiskReason::HalfWindowLeft,
+                    reason_text: "less than half".into(),
+                    since: Timestamp(1_790_000_000),
+                    deployments: 2,
+                }]),
+                continue_token: None,
+            }),
         ]
+    }
+
+    fn at_risk_item() -> AtRiskItem {
+        AtRiskItem {
+            deployment: "dep-1".into(),
+            agent: "agent-1".into(),
+            agent_name: "web-1".into(),
+            target: "nginx".into(),
+            certificate: "cert-1".into(),
+            domains: vec!["a.example".into()],
+            not_after: Timestamp(1_800_000_000),
+            reason: AtRiskReason::RolloutFailed,
+            reason_text: "rolled_back: nginx -t failed".into(),
+            since: Timestamp(1_790_000_000),
+        }
+    }
+
+    #[test]
+    fn at_risk_items_in_json_carry_reason_text_and_since() {
+        let v = serde_json::to_value(at_risk_item()).unwrap();
+        assert_eq!(v["reason"], "rollout_failed");
+        assert_eq!(v["reason_text"], "rolled_back: nginx -t failed");
+        assert_eq!(v["since"], "2026-09-21T14:13:20Z");
+        for r in AtRiskReason::ALL {
+            assert_eq!(r.as_str().parse::<AtRiskReason>(), Ok(*r));
+        }
     }
 
     #[test]

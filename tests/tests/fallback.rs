@@ -202,6 +202,20 @@ fn a_renewal_falls_back_to_the_backup_issuer_while_the_primary_ca_is_down() -> R
         ensure!(issuing["fallback_since"].is_string(), "{shown:#}");
         ensure!(issuing["failing_since"].is_null(), "{shown:#}");
     }
+    // ... and flagged at risk (the target's deployment) until the primary
+    // is back, since the switch.
+    wait_for(WAIT, "the fallback at-risk item in status", || {
+        let status = ctl.cli_json(&["status"])?;
+        Ok(array(&status["at_risk"]["items"])?
+            .iter()
+            .find(|i| i["reason"] == "fallback_issuer")
+            .cloned())
+    })
+    .and_then(|item| {
+        let text = item["reason_text"].as_str().unwrap_or_default();
+        ensure!(text.contains("fallback issuer backup"), "{item:#}");
+        Ok(())
+    })?;
     let text = ctl.cli_ok(&["instance", "show", &inst_id])?;
     let text = String::from_utf8_lossy(&text.stdout);
     ensure!(
@@ -215,7 +229,21 @@ fn a_renewal_falls_back_to_the_backup_issuer_while_the_primary_ca_is_down() -> R
     let list = ctl.cli_ok(&["instance", "list"])?;
     let list = String::from_utf8_lossy(&list.stdout);
     ensure!(list.contains("backup (fallback)"), "{list}");
-    let _ = new_id;
+
+    // The next renewal would try the primary first, but the pool holds no
+    // instance for it (and its CA is still down): the backup renews again
+    // rather than leaving the renewal blocked.
+    write_clock_offset(&offset_file, 2 * PAST_RENEWAL_OF_ONE_DAY + 31 * 60)?;
+    let third = wait_for(WAIT, "the second renewal", || {
+        let certs = ctl.cli_json(&["cert", "list"])?;
+        Ok(array(&certs)?
+            .iter()
+            .find(|c| c["renews"] == new_id.as_str())
+            .cloned())
+    })?;
+    assert_eq!(third["issuer"], "backup", "{third:#}");
+    let shown = ctl.cli_json(&["instance", "show", &inst_id])?;
+    assert_eq!(shown["issuing"]["active_issuer"], "backup", "{shown:#}");
     Ok(())
 }
 

@@ -73,6 +73,8 @@ impl<W: Write> Sink<W> {
                 PageRows::Rollouts(r) => self.json_rows(r)?,
                 PageRows::Inventory(r) => self.json_rows(r)?,
                 PageRows::InventoryProblems(r) => self.json_rows(r)?,
+                PageRows::AtRiskCertificates(r) => self.json_rows(r)?,
+                PageRows::AtRiskDeployments(r) => self.json_rows(r)?,
             },
             Format::Table => {
                 let (header, cells) = rows_of(rows, self.now);
@@ -120,6 +122,8 @@ fn truncate(rows: &mut PageRows, n: usize) {
         PageRows::Rollouts(r) => r.truncate(n),
         PageRows::Inventory(r) => r.truncate(n),
         PageRows::InventoryProblems(r) => r.truncate(n),
+        PageRows::AtRiskCertificates(r) => r.truncate(n),
+        PageRows::AtRiskDeployments(r) => r.truncate(n),
     }
 }
 

@@ -225,6 +225,11 @@ pub enum DeploymentCmd {
         /// Only deployments on this agent (id or unique name).
         #[arg(long)]
         agent: Option<String>,
+        /// Only deployments at risk of serving an expired certificate, soonest
+        /// expiry first, with the reason and since when (JSON rows:
+        /// AtRiskItem).
+        #[arg(long, conflicts_with_all = ["cert", "agent"])]
+        at_risk: bool,
         #[command(flatten)]
         page: list::ListArgs,
     },
@@ -391,6 +396,10 @@ pub enum CertCmd {
         /// (e.g. 30d, 12h).
         #[arg(long, value_parser = humantime::parse_duration)]
         expiring_within: Option<Duration>,
+        /// Only certificates served by a deployment at risk, with the
+        /// reason and since when (JSON rows: AtRiskCertificate).
+        #[arg(long, conflicts_with = "expiring_within")]
+        at_risk: bool,
         #[command(flatten)]
         page: list::ListArgs,
     },
@@ -850,8 +859,14 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
             out.application(&expect_response!(r, Application))
         }
         Command::Cert(CertCmd::List {
+            at_risk: true,
+            page,
+            ..
+        }) => list::stream(client, out.format(), ListQuery::AtRiskCertificates, &page).await,
+        Command::Cert(CertCmd::List {
             expiring_within,
             page,
+            at_risk: false,
         }) => {
             let secs = expiring_within.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
             let query = ListQuery::Certificates {
@@ -1006,7 +1021,17 @@ async fn client_command(client: &Client, command: Command, out: &Output) -> anyh
                 out.rollout(&rollout)
             }
         }
-        Command::Deployment(DeploymentCmd::List { cert, agent, page }) => {
+        Command::Deployment(DeploymentCmd::List {
+            at_risk: true,
+            page,
+            ..
+        }) => list::stream(client, out.format(), ListQuery::AtRiskDeployments, &page).await,
+        Command::Deployment(DeploymentCmd::List {
+            cert,
+            agent,
+            page,
+            at_risk: false,
+        }) => {
             let query = ListQuery::Deployments {
                 certificate: cert,
                 agent,

@@ -347,7 +347,8 @@ impl Output {
                         s.rollouts.running, s.rollouts.paused, s.rollouts.halted
                     ),
                 ),
-            ])
+                ("at risk", format!("{} deployment(s)", s.at_risk.total)),
+            ]) + &at_risk_section(&s.at_risk)
         })
     }
 
@@ -391,5 +392,78 @@ impl Output {
                 .map(|f| format!("wrote {}\n", f.display()))
                 .collect()
         })
+    }
+}
+
+/// `status`'s at-risk items, soonest expiry first, and how many more the
+/// lists have; nothing when no deployment is at risk.
+fn at_risk_section(a: &certfleet_protocol::message::AtRiskStatus) -> String {
+    if a.items.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n");
+    out += &table(
+        super::rows::AT_RISK_HEADER,
+        super::rows::at_risk_cells(&a.items, a.now.0),
+    );
+    let more = (a.total as usize).saturating_sub(a.items.len());
+    if more > 0 {
+        out += &format!("… and {more} more (certfleet deployment list --at-risk lists them all)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certfleet_protocol::message::{AtRiskItem, AtRiskReason, AtRiskStatus, Timestamp};
+
+    fn item(n: u32, not_after: i64) -> AtRiskItem {
+        AtRiskItem {
+            deployment: format!("dep-{n}"),
+            agent: format!("agent-{n}"),
+            agent_name: format!("web-{n}"),
+            target: "nginx".into(),
+            certificate: format!("cert-{n}"),
+            domains: vec!["www.example.test".into(), "example.test".into()],
+            not_after: Timestamp(not_after),
+            reason: AtRiskReason::RolloutFailed,
+            reason_text: "rolled_back: nginx -t failed\nnginx: [emerg] unknown directive".into(),
+            since: Timestamp(not_after - 86_400),
+        }
+    }
+
+    #[test]
+    fn status_names_at_risk_items_and_counts_the_rest() {
+        let now = 1_800_000_000;
+        let section = at_risk_section(&AtRiskStatus {
+            total: 25,
+            items: vec![item(1, now - 7200), item(2, now + 3 * 86_400)],
+            now: Timestamp(now),
+        });
+        let lines: Vec<&str> = section.lines().collect();
+        assert!(lines[1].starts_with("AGENT"), "{section}");
+        for (line, expect) in [
+            (
+                lines[2],
+                ["web-1", "www.example.test +1 (cert-1)", "expired 2 h ago"],
+            ),
+            (
+                lines[3],
+                ["web-2", "www.example.test +1 (cert-2)", "in 3 d"],
+            ),
+        ] {
+            for e in expect {
+                assert!(line.contains(e), "{e:?} missing in {line:?}\n{section}");
+            }
+            assert!(line.contains("rollout_failed: rolled_back: nginx -t failed"));
+            assert!(!line.contains("emerg"), "only the first line of the error");
+        }
+        assert!(
+            lines[4].starts_with("… and 23 more (certfleet deployment list --at-risk"),
+            "{section}"
+        );
+        let none = at_risk_section(&AtRiskStatus::default());
+        assert_eq!(none, "");
     }
 }

@@ -4,7 +4,7 @@
 //! lists of [`super::list`] print these page by page.
 
 use certfleet_protocol::list::ListQuery;
-use certfleet_protocol::message::{InstanceInfo, PageRows, Timestamp};
+use certfleet_protocol::message::{AtRiskItem, AtRiskReason, InstanceInfo, PageRows, Timestamp};
 
 /// "in 12 d", "3 h ago", "now": how far `t` is from `now`, in the largest
 /// whole unit.
@@ -91,6 +91,17 @@ const INVENTORY_HEADER: &[&str] = &[
     "NAMES",
 ];
 const PROBLEM_HEADER: &[&str] = &["AGENT", "PROBLEM"];
+const AT_RISK_CERT_HEADER: &[&str] =
+    &["ID", "DOMAINS", "EXPIRES", "DEPLOYMENTS", "SINCE", "REASON"];
+/// Also the table of `status`'s at-risk items.
+pub(super) const AT_RISK_HEADER: &[&str] = &[
+    "AGENT",
+    "TARGET",
+    "CERTIFICATE",
+    "EXPIRES",
+    "SINCE",
+    "REASON",
+];
 
 /// The table header of a list.
 pub(super) fn header_of(q: &ListQuery) -> &'static [&'static str] {
@@ -104,6 +115,8 @@ pub(super) fn header_of(q: &ListQuery) -> &'static [&'static str] {
         ListQuery::Rollouts => ROLLOUT_HEADER,
         ListQuery::Inventory { .. } => INVENTORY_HEADER,
         ListQuery::InventoryProblems { .. } => PROBLEM_HEADER,
+        ListQuery::AtRiskCertificates => AT_RISK_CERT_HEADER,
+        ListQuery::AtRiskDeployments => AT_RISK_HEADER,
     }
 }
 
@@ -272,7 +285,62 @@ pub(super) fn rows_of(rows: &PageRows, now: i64) -> (&'static [&'static str], Ve
                 .map(|(agent, p)| vec![agent.clone(), p.clone()])
                 .collect(),
         ),
+        PageRows::AtRiskCertificates(list) => (
+            AT_RISK_CERT_HEADER,
+            list.iter()
+                .map(|c| {
+                    vec![
+                        c.id.clone(),
+                        c.domains.join(","),
+                        expires(c.not_after, now),
+                        c.deployments.to_string(),
+                        rel(c.since, now),
+                        reason(c.reason, &c.reason_text),
+                    ]
+                })
+                .collect(),
+        ),
+        PageRows::AtRiskDeployments(list) => (AT_RISK_HEADER, at_risk_cells(list, now)),
     }
+}
+
+/// "expired 2 h ago" or "in 3 d".
+fn expires(t: Timestamp, now: i64) -> String {
+    if t.0 <= now {
+        format!("expired {}", rel(t, now))
+    } else {
+        rel(t, now)
+    }
+}
+
+/// `kind: first line of the text`.
+fn reason(kind: AtRiskReason, text: &str) -> String {
+    format!("{kind}: {}", text.lines().next().unwrap_or(""))
+}
+
+/// A certificate by name: its first domain (and how many more), then its id.
+fn cert_name(id: &str, domains: &[String]) -> String {
+    match domains {
+        [] => id.to_string(),
+        [one] => format!("{one} ({id})"),
+        [first, rest @ ..] => format!("{first} +{} ({id})", rest.len()),
+    }
+}
+
+/// The cells of at-risk items (a list page, or `status`).
+pub(super) fn at_risk_cells(list: &[AtRiskItem], now: i64) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|i| {
+            vec![
+                i.agent_name.clone(),
+                i.target.clone(),
+                cert_name(&i.certificate, &i.domains),
+                expires(i.not_after, now),
+                rel(i.since, now),
+                reason(i.reason, &i.reason_text),
+            ]
+        })
+        .collect()
 }
 
 /// Labels as `k=v,k=v`, or `-`.

@@ -114,6 +114,16 @@ fn audit_switch(
     Ok(())
 }
 
+/// Where the next renewal application goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The issuer to apply to.
+    pub issuer: String,
+    /// For a probe of the primary: the active fallback issuer, to apply to
+    /// instead when the primary cannot be applied to at all (no instance).
+    pub otherwise: Option<String>,
+}
+
 /// The issuer the next renewal application of `cert` (whose instance has
 /// `spec`) goes to. A switch is stored and audited here.
 pub fn choose(
@@ -122,10 +132,13 @@ pub fn choose(
     spec: &InstanceSpec,
     actor: &str,
     now: i64,
-) -> Result<String> {
+) -> Result<Choice> {
     let chain = chain(spec);
     if chain.len() <= 1 {
-        return Ok(spec.issuer.clone());
+        return Ok(Choice {
+            issuer: spec.issuer.clone(),
+            otherwise: None,
+        });
     }
     let state = match load(conn, &cert.lineage, &chain)? {
         Some(s) => s,
@@ -160,7 +173,11 @@ pub fn choose(
         }
         Pick::Active(_) => {}
     }
-    Ok(chain[pick.index()].clone())
+    Ok(Choice {
+        issuer: chain[pick.index()].clone(),
+        otherwise: (pick == Pick::ProbePrimary)
+            .then(|| chain[state.active.min(chain.len() - 1)].clone()),
+    })
 }
 
 /// Record a failed renewal application `app` of `old` and return the delay

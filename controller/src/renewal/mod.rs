@@ -80,13 +80,22 @@ fn renew_in_tx(
     let primary = store::issuer_get(conn, &old_instance.spec.issuer)?
         .ok_or_else(|| crate::service::internal("issuer of certificate vanished"))?;
     // The primary, or a fallback issuer when the primary keeps failing.
-    let chosen = fallback::choose(conn, cert, &old_instance.spec, actor, now)?;
-    let free = primary.kind == IssuerKind::Builtin
-        || (chosen != primary.name
-            && store::issuer_get(conn, &chosen)?.is_some_and(|i| i.kind == IssuerKind::Builtin));
-    let instance = match store::instance_from_pool(conn, &old_instance.spec)? {
+    let choice = fallback::choose(conn, cert, &old_instance.spec, actor, now)?;
+    // Built-in issuers are free: an instance is bought on the fly when the
+    // pool is empty (for a probe of an ACME primary without one: apply to
+    // the built-in fallback instead).
+    let free = |name: &str| -> Result<bool> {
+        Ok(primary.kind == IssuerKind::Builtin
+            || store::issuer_get(conn, name)?.is_some_and(|i| i.kind == IssuerKind::Builtin))
+    };
+    let pooled = store::instance_from_pool(conn, &old_instance.spec)?;
+    let chosen = match (&pooled, choice.otherwise) {
+        (None, Some(other)) if !free(&choice.issuer)? && free(&other)? => other,
+        _ => choice.issuer,
+    };
+    let instance = match pooled {
         Some(id) => id,
-        None if free => {
+        None if free(&chosen)? => {
             // Built-in issuers are free: buy the same spec again.
             let instance = InstanceInfo {
                 id: store::new_id("inst"),

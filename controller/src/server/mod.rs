@@ -391,6 +391,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     tasks.spawn(expiry_loop(service.clone(), shutdown_rx.clone()));
     tasks.spawn(service.clone().run_rollouts(shutdown_rx.clone()));
     tasks.spawn(service.clone().run_renewals(shutdown_rx.clone()));
+    tasks.spawn(service.clone().run_at_risk(shutdown_rx.clone()));
     tasks.spawn(endpoint_cert::renew_loop(
         endpoint_cert.clone(),
         state.identity.clone(),

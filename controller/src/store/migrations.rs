@@ -322,4 +322,28 @@ CREATE TABLE lineage_issuers (
 CREATE INDEX lineage_issuers_fallback ON lineage_issuers(fallback_since)
     WHERE fallback_since IS NOT NULL;
 "#,
+    // 13: at-risk items, one per deployment at risk, with when the
+    // condition began (`since`) so it is kept across passes and restarts.
+    // No foreign key to deployments: removing an agent deletes its
+    // deployments, and the next pass clears (and audits) their items.
+    // A rollout target remembers when it first failed (`failed_since`,
+    // kept across automatic retries, cleared once installed), and rollouts
+    // are found by certificate, for the pass's per-target look-ups.
+    r#"
+CREATE TABLE at_risk (
+    deployment  TEXT PRIMARY KEY,
+    agent       TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    not_after   INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    reason_text TEXT NOT NULL,
+    since       INTEGER NOT NULL,
+    raised_at   INTEGER NOT NULL
+) STRICT;
+CREATE INDEX at_risk_not_after ON at_risk(not_after, deployment);
+CREATE INDEX at_risk_certificate ON at_risk(not_after, certificate);
+ALTER TABLE rollout_targets ADD COLUMN failed_since INTEGER;
+CREATE INDEX rollouts_certificate ON rollouts(certificate, created_at);
+"#,
 ];

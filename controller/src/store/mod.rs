@@ -15,6 +15,7 @@
 //! instead of paying one each, and nothing is acknowledged before it is on
 //! disk — the same promise as `synchronous=FULL`.
 
+pub mod at_risk;
 pub mod fallback;
 mod migrations;
 pub mod page;
@@ -1574,6 +1575,8 @@ pub fn rollout_target_set(
     conn.execute(
         "UPDATE rollout_targets SET state = ?4, error = ?5,
            sent_at = CASE WHEN ?4 = 'in_progress' THEN ?6 ELSE sent_at END,
+           failed_since = CASE WHEN ?4 = 'failed' THEN COALESCE(failed_since, ?6)
+                               WHEN ?4 = 'installed' THEN NULL ELSE failed_since END,
            done_at = CASE WHEN ?4 IN ('installed', 'failed', 'skipped') THEN ?6 ELSE done_at END
          WHERE rollout = ?1 AND agent = ?2 AND target = ?3",
         params![rollout, agent, target, state, error, now],

@@ -32,6 +32,18 @@ CREATE TABLE applications (
     updated_at  INTEGER NOT NULL
 , renews TEXT REFERENCES certificates(id), challenge TEXT, order_url TEXT, key_sealed BLOB, retry_at INTEGER, challenges_answered INTEGER NOT NULL DEFAULT 0, issuer TEXT REFERENCES issuers(name)) STRICT;
 
+CREATE TABLE at_risk (
+    deployment  TEXT PRIMARY KEY,
+    agent       TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    not_after   INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    reason_text TEXT NOT NULL,
+    since       INTEGER NOT NULL,
+    raised_at   INTEGER NOT NULL
+) STRICT;
+
 CREATE TABLE audit (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     at      INTEGER NOT NULL,
@@ -185,7 +197,7 @@ CREATE TABLE rollout_targets (
     state    TEXT NOT NULL,
     error    TEXT,
     sent_at  INTEGER,
-    done_at  INTEGER,
+    done_at  INTEGER, failed_since INTEGER,
     PRIMARY KEY (rollout, agent, target)
 ) STRICT;
 
@@ -210,6 +222,10 @@ CREATE UNIQUE INDEX applications_one_in_flight
 
 CREATE INDEX applications_renews ON applications(renews);
 
+CREATE INDEX at_risk_certificate ON at_risk(not_after, certificate);
+
+CREATE INDEX at_risk_not_after ON at_risk(not_after, deployment);
+
 CREATE INDEX certificates_not_after ON certificates(not_after, id);
 
 CREATE INDEX certificates_renews ON certificates(renews);
@@ -226,6 +242,8 @@ CREATE INDEX inventory_not_after ON inventory(not_after, agent, position);
 
 CREATE INDEX lineage_issuers_fallback ON lineage_issuers(fallback_since)
     WHERE fallback_since IS NOT NULL;
+
+CREATE INDEX rollouts_certificate ON rollouts(certificate, created_at);
 
 CREATE INDEX rollouts_created ON rollouts(created_at, id);
 

@@ -331,6 +331,9 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::RolloutInfo>(&mut t)?;
     trace::<m::RolloutSummary>(&mut t)?;
     trace::<m::FleetStatus>(&mut t)?;
+    // `cert list --at-risk` rows (`deployment list --at-risk` prints the
+    // AtRiskItem rows `status` carries).
+    trace::<m::AtRiskCertificate>(&mut t)?;
     trace::<m::InventoryList>(&mut t)?;
     trace::<m::AdoptionInfo>(&mut t)?;
     trace::<m::InventoryReport>(&mut t)?;
@@ -349,6 +352,7 @@ fn registry(human_readable: bool) -> Result<Registry> {
     trace::<m::CertState>(&mut t)?;
     trace::<m::RevocationReason>(&mut t)?;
     trace::<m::DeploymentStatus>(&mut t)?;
+    trace::<m::AtRiskReason>(&mut t)?;
     t.registry().map_err(|e| {
         anyhow!(
             "incomplete trace of the JSON output types ({e}): add `trace::<EnumName>` for each \

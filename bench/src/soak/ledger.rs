@@ -152,7 +152,6 @@ impl Ledger {
 
     /// An at-risk item names the certificate with `fingerprint`, at risk
     /// since `since`.
-    #[allow(dead_code)] // fed by the controller's at-risk items, once it computes them
     pub(crate) fn at_risk(&mut self, fingerprint: &str, since: i64) {
         let e = self
             .at_risk_since

@@ -394,6 +394,8 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     }
 
     let mut ledger = Ledger::default();
+    ledger.at_risk_known = true;
+    let mut fingerprints: std::collections::HashMap<String, String> = Default::default();
     let mut operator = Operator::load(&opts.state_dir.join(server::ADMIN_CREDENTIAL_FILE))?;
     let mut identity_not_after: Vec<(u64, i64)> = Vec::with_capacity(o.agents);
     for h in &hosts {
@@ -439,6 +441,24 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
             eprintln!(
                 "soak: step {step} did not settle within 30 s: {pending:?}, hosts not ready: {waiting:?}"
             );
+        }
+
+        // What the controller holds at risk now.
+        svc.reconcile_at_risk().await.map_err(rpc)?;
+        for item in svc.at_risk_items().await.map_err(rpc)? {
+            let fp = match fingerprints.get(&item.certificate) {
+                Some(fp) => fp.clone(),
+                None => {
+                    let fp = svc
+                        .cert_show(item.certificate.clone())
+                        .await
+                        .map_err(rpc)?
+                        .fingerprint;
+                    fingerprints.insert(item.certificate.clone(), fp.clone());
+                    fp
+                }
+            };
+            ledger.at_risk(&fp, item.since.0);
         }
 
         // What is served now.

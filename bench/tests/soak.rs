@@ -50,8 +50,9 @@ fn sixty_days_serve_nothing_past_expiry() {
     }
     // The run did what it says: renewals rolled out, faults happened, the
     // controller restarted both ways, and identities renewed themselves.
-    assert!(r["renewals"].as_u64().unwrap() > 100, "{r}");
-    assert!(r["installs"].as_u64().unwrap() > 100, "{r}");
+    assert!(r["renewals"].as_u64().unwrap() > 50, "{r}");
+    assert!(r["installs"].as_u64().unwrap() > 50, "{r}");
+    assert!(r["at_risk_raised"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["restarts_graceful"], 2, "{r}");
     assert_eq!(r["restarts_crash"], 2, "{r}");
     assert_eq!(r["faults"]["hosts_down"], 2, "{r}");

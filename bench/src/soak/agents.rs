@@ -44,6 +44,10 @@ pub(crate) struct SoakAgent {
     ready: AtomicBool,
     /// Synced since the driver last looked (its targets may have changed).
     pub(crate) dirty: AtomicBool,
+    /// The last step whose work (identity check, resync) this agent has
+    /// finished, so the driver never reads a target in the middle of an
+    /// install.
+    step_done: AtomicU64,
     /// Identity renewals done over the agent's own code path.
     pub(crate) identity_renewals: AtomicU64,
     pub(crate) sessions: AtomicU64,
@@ -98,6 +102,7 @@ impl SoakAgent {
             online: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            step_done: AtomicU64::new(0),
             identity_renewals: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -137,6 +142,11 @@ impl SoakAgent {
 
     pub(crate) fn ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Connected, synced, and done with the work of step `step`.
+    pub(crate) fn settled(&self, step: u64) -> bool {
+        self.ready() && self.step_done.load(Ordering::SeqCst) >= step
     }
 
     pub(crate) fn identity(&self) -> Result<Identity> {
@@ -204,8 +214,10 @@ async fn session(
     agent.sessions.fetch_add(1, Ordering::Relaxed);
     conn.call(&Request::AgentHello(session::hello(config)))
         .await?;
+    let step_now = *step.borrow_and_update();
     renew_identity(agent, &conn).await?;
     sync(agent, &conn).await?;
+    agent.step_done.store(step_now, Ordering::SeqCst);
     agent.ready.store(true, Ordering::SeqCst);
     loop {
         tokio::select! {
@@ -238,11 +250,12 @@ async fn session(
                     conn.conn.close(0u32.into(), b"host down");
                     return Ok(());
                 }
-                renew_identity(agent, &conn).await?;
                 let n = *step.borrow_and_update();
+                renew_identity(agent, &conn).await?;
                 if n.wrapping_add(agent.index as u64) % RESYNC_STEPS == 0 {
                     sync(agent, &conn).await?;
                 }
+                agent.step_done.store(n, Ordering::SeqCst);
             }
         }
     }

@@ -362,7 +362,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         .await
         .map_err(rpc)?;
     }
-    if !settle(&svc, &hosts, Duration::from_secs(300)).await? {
+    if !settle(&svc, &hosts, 0, Duration::from_secs(300)).await? {
         bail!("the first deploys did not settle within 5 minutes");
     }
     let setup_seconds = wall.elapsed().as_secs_f64();
@@ -423,7 +423,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         let _ = step_tx.send(step as u64);
         let work = svc.reconcile_step().await.map_err(rpc)?;
         counts.expired += work.expired as u64;
-        if !settle(&svc, &hosts, Duration::from_secs(30)).await? {
+        if !settle(&svc, &hosts, step as u64, Duration::from_secs(30)).await? {
             counts.unsettled_steps += 1;
             let pending = svc.pending().await.map_err(rpc)?;
             let waiting: Vec<String> = hosts
@@ -701,13 +701,19 @@ async fn wait_ready(hosts: &[Arc<SoakAgent>], timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Wait until every host that is up is connected and synced and nothing
-/// the step started is in flight, driving rollouts meanwhile. `false` when
+/// Wait until every host that is up is connected, synced and done with
+/// step `step`, and nothing the step started is in flight, driving
+/// rollouts meanwhile. `false` when
 /// `timeout` passed first.
-async fn settle(svc: &Arc<Service>, hosts: &[Arc<SoakAgent>], timeout: Duration) -> Result<bool> {
+async fn settle(
+    svc: &Arc<Service>,
+    hosts: &[Arc<SoakAgent>],
+    step: u64,
+    timeout: Duration,
+) -> Result<bool> {
     let start = Instant::now();
     loop {
-        if hosts.iter().all(|h| !h.online() || h.ready()) {
+        if hosts.iter().all(|h| !h.online() || h.settled(step)) {
             svc.reconcile_rollouts().await.map_err(rpc)?;
             if svc.pending().await.map_err(rpc)?.settled() {
                 return Ok(true);

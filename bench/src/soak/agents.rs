@@ -9,7 +9,8 @@
 //! pipeline, then answers pokes and commands. What stands in for the
 //! agent's wall-clock timers is the soak's step signal: at every simulated
 //! step the agent checks its identity again (the agent does at every
-//! resync) and resyncs every [`RESYNC_STEPS`] steps.
+//! resync) and resyncs every `resync_steps` steps (0: only on pokes and
+//! reconnections).
 //!
 //! A host taken offline ([`SoakAgent::set_online`]) closes its connection
 //! and stays away until brought back; the driver counts its targets as
@@ -29,15 +30,14 @@ use certfleet_protocol::message::{AgentCommand, AgentCommandReply, Poke, Request
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME};
 use tokio::sync::watch;
 
-/// Steps between full resyncs without a poke.
-pub(crate) const RESYNC_STEPS: u64 = 24;
-
 /// One simulated host with an agent.
 pub(crate) struct SoakAgent {
     pub(crate) index: usize,
     pub(crate) config: Config,
     /// The agent's clock offset from the simulated clock, in seconds.
     pub(crate) skew: i64,
+    /// Steps between full resyncs without a poke; 0: never.
+    pub(crate) resync_steps: u64,
     dir: PathBuf,
     online: AtomicBool,
     /// Connected, hello sent and synced since it last connected.
@@ -64,6 +64,7 @@ impl SoakAgent {
         controller: SocketAddr,
         domains: &[String],
         skew: i64,
+        resync_steps: u64,
     ) -> Result<SoakAgent> {
         let dir = root.join(format!("a{index}"));
         let state_dir = dir.join("state");
@@ -98,6 +99,7 @@ impl SoakAgent {
             index,
             config,
             skew,
+            resync_steps,
             dir,
             online: AtomicBool::new(true),
             ready: AtomicBool::new(false),
@@ -252,7 +254,9 @@ async fn session(
                 }
                 let n = *step.borrow_and_update();
                 renew_identity(agent, &conn).await?;
-                if n.wrapping_add(agent.index as u64) % RESYNC_STEPS == 0 {
+                if agent.resync_steps > 0
+                    && n.wrapping_add(agent.index as u64) % agent.resync_steps == 0
+                {
                     sync(agent, &conn).await?;
                 }
                 agent.step_done.store(n, Ordering::SeqCst);

@@ -82,6 +82,11 @@ pub(crate) struct Options {
     /// Client endpoints (UDP sockets) the agents share.
     #[arg(long, default_value_t = 8)]
     pub(crate) endpoints: usize,
+    /// Simulated hours between an agent's full resyncs without a poke (the
+    /// real agent resyncs every 5 minutes; 0: only on pokes and
+    /// reconnections, to see what the controller heals on its own).
+    #[arg(long, default_value_t = 24)]
+    pub(crate) resync_hours: u64,
     /// Print every fault as it happens (stderr).
     #[arg(long)]
     pub(crate) verbose: bool,
@@ -280,7 +285,8 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
             .map(domain)
             .collect();
         let skew = if a == 0 { o.skew_secs } else { 0 };
-        let agent = SoakAgent::new(root.path(), a, addr, &domains, skew)?;
+        let resync_steps = o.resync_hours * 3600 / o.step_secs.max(1) as u64;
+        let agent = SoakAgent::new(root.path(), a, addr, &domains, skew, resync_steps)?;
         certfleet_agent::session::enroll(
             &agent.config,
             &addr.to_string(),

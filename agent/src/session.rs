@@ -275,12 +275,35 @@ pub async fn sync(config: &Config, conn: &Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Renew the identity over `conn`. Returns whether the session should end
-/// so the agent reconnects with the new identity at once: its first use
-/// retires the old one at the controller, so a copy of the old key stops
-/// working now rather than when this session ends. Not when the new
-/// identity is itself already due by this host's clock (a clock far ahead
-/// of the controller's), which would reconnect and renew in a loop.
+/// What [`renew_identity_if_due`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityRenewal {
+    /// The identity is not two thirds into its life yet.
+    NotDue,
+    /// Renewed; with `reconnect`, the session should end so the agent
+    /// reconnects with the new identity at once: its first use retires the
+    /// old one at the controller, so a copy of the old key stops working now
+    /// rather than when this session ends. Not when the new identity is
+    /// itself already due by this host's clock (a clock far ahead of the
+    /// controller's), which would reconnect and renew in a loop.
+    Renewed { reconnect: bool },
+}
+
+/// Renew the identity over `conn` when it is two thirds into its life
+/// ([`Identity::renew_at`]). What the agent does after connecting and at
+/// every resync.
+pub async fn renew_identity_if_due(
+    config: &Config,
+    conn: &Conn,
+) -> anyhow::Result<IdentityRenewal> {
+    let id = Identity::load(&config.state_dir)?;
+    if now() < id.renew_at() {
+        return Ok(IdentityRenewal::NotDue);
+    }
+    let reconnect = renew_identity(config, conn, &id).await?;
+    Ok(IdentityRenewal::Renewed { reconnect })
+}
+
 async fn renew_identity(config: &Config, conn: &Conn, id: &Identity) -> anyhow::Result<bool> {
     let (key_pem, csr_pem) = identity::new_key_and_csr(&config.name)?;
     let cert_pem = match conn.call(&Request::RenewIdentity { csr_pem }).await? {
@@ -311,7 +334,8 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
     *connected = true;
     info!(controller = %addr, agent = %id.agent, "connected");
     conn.call(&Request::AgentHello(hello(config))).await?;
-    if now() >= id.renew_at() && renew_identity(config, &conn, &id).await? {
+    if renew_identity_if_due(config, &conn).await? == (IdentityRenewal::Renewed { reconnect: true })
+    {
         conn.conn
             .close(0u32.into(), b"reconnecting with the renewed identity");
         return Ok(());
@@ -354,8 +378,7 @@ async fn session(config: &Config, connected: &mut bool) -> anyhow::Result<()> {
                 }
             }
             _ = resync.tick() => {
-                let id = Identity::load(&config.state_dir)?;
-                if now() >= id.renew_at() && renew_identity(config, &conn, &id).await? {
+                if renew_identity_if_due(config, &conn).await? == (IdentityRenewal::Renewed { reconnect: true }) {
                     conn.conn.close(0u32.into(), b"reconnecting with the renewed identity");
                     return Ok(());
                 }

@@ -28,7 +28,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The time the controller's certificate is judged by: the agent's clock
 /// ([`crate::clock`]), which the tests may shift like the controller's.
 fn tls_time() -> Arc<dyn rustls::time_provider::TimeProvider> {
-    Arc::new(crate::clock::TlsTime)
+    Arc::new(crate::clock::TlsTime::current())
 }
 
 /// `sha256:<hex>` of a certificate's SubjectPublicKeyInfo.

@@ -19,6 +19,8 @@
 //!   connection, idle CPU, reconnection after a restart.
 //! - `rollout`: one certificate to 10k simulated agents in a single wave:
 //!   time until every acknowledgement is persisted, CPU per push, p50/p99.
+//! - `soak`: two simulated years of a 1,000-certificate, 200-agent fleet
+//!   with faults, on one simulated clock (module `soak`).
 //!
 //! `issue` runs the controller in this process; the others drive the real
 //! `certfleet serve` (and `served`/`acme` the real agent; build them first
@@ -29,6 +31,7 @@ mod fleet_sim;
 mod hold;
 mod rollout;
 mod serve;
+mod soak;
 
 mod acme;
 
@@ -117,6 +120,9 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         idle_secs: u64,
     },
+    /// Years of fleet life on a simulated clock, with faults: zero
+    /// certificate-hours served past expiry, at-risk items raised in time.
+    Soak(soak::Options),
     /// One certificate to every simulated agent in a single wave.
     Rollout {
         #[arg(long, default_value_t = 10_000)]
@@ -517,6 +523,7 @@ fn main() -> Result<()> {
                         )
                         .await
                     }
+                    Bench::Soak(options) => soak::run(&cli.results, options).await,
                     Bench::Served { .. } | Bench::Acme { .. } => {
                         unreachable!("handled above")
                     }

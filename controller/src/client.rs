@@ -99,7 +99,10 @@ pub fn create_private_file(path: &Path, mode: u32) -> std::io::Result<std::fs::F
         .open(path)
 }
 
-fn client_config(cred: &Credential) -> anyhow::Result<(quinn::ClientConfig, SkewSeen)> {
+fn client_config(
+    cred: &Credential,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> anyhow::Result<(quinn::ClientConfig, SkewSeen)> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cred.ca.clone())?;
@@ -115,7 +118,7 @@ fn client_config(cred: &Credential) -> anyhow::Result<(quinn::ClientConfig, Skew
     };
     // The controller's certificate is judged by the same clock the
     // controller uses (the wall clock, or the tests' simulated one).
-    let time = Arc::new(crate::clock::TlsTime(crate::clock::from_env()));
+    let time = Arc::new(crate::clock::TlsTime(clock));
     let mut tls = rustls::ClientConfig::builder_with_details(provider, time)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -179,13 +182,22 @@ fn explain(addr: SocketAddr, e: quinn::ConnectionError) -> anyhow::Error {
 
 /// Connect to a controller (QUIC + mutual TLS only; no version exchange).
 pub async fn connect(addr: SocketAddr, cred: &Credential) -> anyhow::Result<quinn::Connection> {
+    connect_at(addr, cred, crate::clock::from_env()).await
+}
+
+/// [`connect`], judging the controller's certificate by `clock`.
+async fn connect_at(
+    addr: SocketAddr,
+    cred: &Credential,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> anyhow::Result<quinn::Connection> {
     let bind: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
         "[::]:0".parse()?
     };
     let endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
-    let (config, skew) = client_config(cred)?;
+    let (config, skew) = client_config(cred, clock)?;
     let connecting = endpoint
         .connect_with(config, addr, SERVER_NAME)
         .with_context(|| format!("cannot connect to {addr}"))?;
@@ -212,7 +224,17 @@ pub struct Client {
 impl Client {
     /// Connect and exchange versions.
     pub async fn open(addr: SocketAddr, cred: &Credential) -> anyhow::Result<Client> {
-        let conn = connect(addr, cred).await?;
+        Self::open_at(addr, cred, crate::clock::from_env()).await
+    }
+
+    /// [`Client::open`], judging the controller's certificate by `clock`
+    /// (a program running the controller on a simulated clock).
+    pub async fn open_at(
+        addr: SocketAddr,
+        cred: &Credential,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> anyhow::Result<Client> {
+        let conn = connect_at(addr, cred, clock).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain(addr, e))?;
         let hello = Hello {
             versions: PROTOCOL,

@@ -28,4 +28,5 @@ pub mod seal;
 pub mod seed;
 pub mod server;
 pub mod service;
+pub mod step;
 pub mod store;

@@ -131,33 +131,38 @@ pub async fn renew_loop(
             _ = shutdown.changed() => return,
         }
         wait = CHECK_INTERVAL;
-        let now = clock.now();
-        let (not_before, not_after) = cert.validity();
-        if !renewal_due(now, not_before, not_after) {
-            continue;
-        }
-        match cert.renew(&identity, now) {
-            Ok(()) => {
-                let (_, new_not_after) = cert.validity();
-                info!(
-                    old_not_after = %not_after,
-                    not_after = %new_not_after,
-                    "endpoint certificate renewed; new connections get the new one"
-                );
-            }
-            Err(e) => {
-                // Connections keep working on the old certificate until
-                // it expires; the next attempt may succeed.
-                warn!(
-                    error = %e,
-                    not_after = %not_after,
-                    retry_in = ?RETRY_INTERVAL,
-                    "endpoint certificate renewal failed"
-                );
-                wait = RETRY_INTERVAL;
-            }
+        if let Err(e) = renew_if_due(&cert, &identity, clock.now()) {
+            // Connections keep working on the old certificate until it
+            // expires; the next attempt may succeed.
+            warn!(
+                error = %e,
+                not_after = %cert.validity().1,
+                retry_in = ?RETRY_INTERVAL,
+                "endpoint certificate renewal failed"
+            );
+            wait = RETRY_INTERVAL;
         }
     }
+}
+
+/// One check of [`renew_loop`]: renew the certificate if [`renewal_due`]
+/// says so at `now`. Whether it was renewed.
+pub fn renew_if_due(
+    cert: &EndpointCert,
+    identity: &IdentityCa,
+    now: OffsetDateTime,
+) -> Result<bool, IdentityError> {
+    let (not_before, not_after) = cert.validity();
+    if !renewal_due(now, not_before, not_after) {
+        return Ok(false);
+    }
+    cert.renew(identity, now)?;
+    info!(
+        old_not_after = %not_after,
+        not_after = %cert.validity().1,
+        "endpoint certificate renewed; new connections get the new one"
+    );
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -280,6 +280,9 @@ pub struct Running {
     endpoint: quinn::Endpoint,
     tasks: tokio::task::JoinSet<()>,
     state_dir: PathBuf,
+    endpoint_cert: Arc<endpoint_cert::EndpointCert>,
+    identity: Arc<IdentityCa>,
+    clock: Arc<dyn Clock>,
     // Held until the controller has stopped; dropped last.
     _lock: lock::StateLock,
 }
@@ -295,6 +298,36 @@ impl Running {
         while self.tasks.join_next().await.is_some() {}
         let _ = std::fs::remove_file(self.state_dir.join(RUNTIME_FILE));
         info!("controller stopped");
+    }
+
+    /// Stop as a crash would: every task aborted where it stands, nothing
+    /// drained or waited for, `runtime.json` left behind. For the soak
+    /// benchmark, which restarts controllers both ways in one process.
+    /// Peers see their connections closed at once (after a real crash they
+    /// would see a reset from the next controller on the port, or an idle
+    /// timeout); the port is free once those connections' own tasks have
+    /// noticed, a moment later.
+    pub async fn abort(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"controller aborted");
+        warn!("controller aborted");
+    }
+
+    /// The validity of the endpoint certificate new handshakes get.
+    pub fn endpoint_cert_validity(&self) -> (time::OffsetDateTime, time::OffsetDateTime) {
+        self.endpoint_cert.validity()
+    }
+
+    /// One check of the endpoint-certificate renewal loop, now: renew it if
+    /// it is due. Whether it was renewed.
+    pub fn renew_endpoint_cert_if_due(&self) -> anyhow::Result<bool> {
+        Ok(endpoint_cert::renew_if_due(
+            &self.endpoint_cert,
+            &self.identity,
+            self.clock.now(),
+        )?)
     }
 }
 
@@ -375,7 +408,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     tasks.spawn(service.clone().run_renewals(shutdown_rx.clone()));
     tasks.spawn(service.clone().run_at_risk(shutdown_rx.clone()));
     tasks.spawn(endpoint_cert::renew_loop(
-        endpoint_cert,
+        endpoint_cert.clone(),
         state.identity.clone(),
         clock.clone(),
         shutdown_rx.clone(),
@@ -403,6 +436,9 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         endpoint,
         tasks,
         state_dir: opts.state_dir,
+        endpoint_cert,
+        identity: state.identity.clone(),
+        clock,
         _lock: state_lock,
     })
 }

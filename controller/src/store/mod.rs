@@ -1472,18 +1472,24 @@ pub fn rollout_list(
     conn: &Connection,
     states: Option<&[&str]>,
 ) -> Result<Vec<RolloutRow>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {ROLLOUT_COLS} FROM rollouts ORDER BY created_at DESC, id"
+    // The filter is in SQL: the reconciler asks for the running few among
+    // every rollout ever made.
+    let filter = match states {
+        Some(states) => format!(
+            "WHERE state IN ({})",
+            (1..=states.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => String::new(),
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ROLLOUT_COLS} FROM rollouts {filter} ORDER BY created_at DESC, id"
     ))?;
-    let rows = stmt.query_map([], rollout_from_row)?;
-    let all: Vec<RolloutRow> = rows.collect::<Result<_, _>>()?;
-    Ok(match states {
-        Some(states) => all
-            .into_iter()
-            .filter(|r| states.contains(&r.state.as_str()))
-            .collect(),
-        None => all,
-    })
+    let params = rusqlite::params_from_iter(states.unwrap_or(&[]).iter());
+    let rows = stmt.query_map(params, rollout_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Rollouts with an automatic retry due at or before `now`.

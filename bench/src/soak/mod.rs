@@ -1,0 +1,733 @@
+//! `certfleet-bench soak`: years of fleet life on a simulated clock.
+//!
+//! The real controller runs in this process on a [`SimClock`] (store,
+//! issuing with two built-in issuers, renewal, rollouts with their retries,
+//! expiry, the endpoint certificate's renewal, agent identities), and the
+//! agent library runs beside it for every simulated host ([`agents`]), on
+//! the same clock, installing through the real `files` pipeline into tmpfs.
+//! The soak steps the clock (an hour by default); after each step it runs
+//! every reconciler pass once ([`Service::reconcile_step`]; the background
+//! loops still run on their wall-clock ticks too), waits until the work it
+//! started has settled ([`Service::pending`]), then reads back what every
+//! target serves and judges it against the clock ([`ledger`]). Faults come
+//! from a seeded schedule ([`faults`]). One JSON line is the result; a
+//! certificate or credential served past its expiry, or a certificate that
+//! came close to expiry without having been flagged at risk early enough,
+//! makes the run fail.
+
+mod agents;
+mod faults;
+mod ledger;
+mod sim;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use certfleet_controller::client::{Client, Credential};
+use certfleet_controller::rollout::policy::Strategy;
+use certfleet_controller::server::{self, Running, ServeOptions};
+use certfleet_controller::service::{Mode, Service, ServiceError};
+use certfleet_protocol::message::{
+    InstanceSpec, IssuerKind, KeyType, Request, Response, ValidationType,
+};
+use serde_json::json;
+use tokio::sync::watch;
+
+use agents::SoakAgent;
+use faults::{Event, Plan, Restart, Schedule};
+use ledger::{Ledger, Served};
+use sim::{Rng, SimClock};
+
+/// The soak's size and faults.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Options {
+    /// Simulated days.
+    #[arg(long, default_value_t = 730)]
+    pub(crate) days: i64,
+    /// Certificates, each deployed to one target.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) certificates: usize,
+    /// Simulated hosts, each with an agent and `certificates / agents`
+    /// `files` targets.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) agents: usize,
+    /// Seed of the fault schedule and the lifetimes.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Shortest certificate lifetime, in days.
+    #[arg(long, default_value_t = 6)]
+    pub(crate) min_lifetime_days: u32,
+    /// Longest certificate lifetime, in days.
+    #[arg(long, default_value_t = 365)]
+    pub(crate) max_lifetime_days: u32,
+    /// Hosts that go down for three weeks each.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) offline_agents: usize,
+    /// Percentage of targets whose install fails for a week.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) failing_percent: usize,
+    /// Controller restarts, alternately graceful and crash-like.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) restarts: usize,
+    /// Clock offset of one agent, in seconds.
+    #[arg(long, default_value_t = 600, allow_hyphen_values = true)]
+    pub(crate) skew_secs: i64,
+    /// Simulated seconds per step.
+    #[arg(long, default_value_t = 3600)]
+    pub(crate) step_secs: i64,
+    /// Client endpoints (UDP sockets) the agents share.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) endpoints: usize,
+    /// Simulated hours between an agent's full resyncs without a poke (the
+    /// real agent resyncs every 5 minutes; 0: only on pokes and
+    /// reconnections, to see what the controller heals on its own).
+    #[arg(long, default_value_t = 24)]
+    pub(crate) resync_hours: u64,
+    /// Print every fault as it happens (stderr).
+    #[arg(long)]
+    pub(crate) verbose: bool,
+}
+
+fn rpc(e: ServiceError) -> anyhow::Error {
+    anyhow!(e.to_rpc().message)
+}
+
+/// The controller under test, restarted in place.
+struct Ctl {
+    running: Option<Running>,
+    opts: ServeOptions,
+    clock: SimClock,
+}
+
+impl Ctl {
+    async fn start(opts: ServeOptions, clock: SimClock) -> Result<Ctl> {
+        let running = Some(Self::open(&opts, &clock).await?);
+        Ok(Ctl {
+            running,
+            opts,
+            clock,
+        })
+    }
+
+    /// Start on the same state directory and port; the port of a crashed
+    /// controller may take a moment to be free.
+    async fn open(opts: &ServeOptions, clock: &SimClock) -> Result<Running> {
+        let mut last = None;
+        for _ in 0..100 {
+            match server::start(opts.clone(), Arc::new(clock.clone())).await {
+                Ok(r) => return Ok(r),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow!("controller did not start")))
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().expect("controller is running")
+    }
+
+    fn svc(&self) -> Arc<Service> {
+        self.running().service.clone()
+    }
+
+    async fn restart(&mut self, how: Restart) -> Result<()> {
+        if let Some(r) = self.running.take() {
+            match how {
+                Restart::Graceful => r.stop().await,
+                Restart::Crash => r.abort().await,
+            }
+        }
+        self.running = Some(Self::open(&self.opts, &self.clock).await?);
+        Ok(())
+    }
+}
+
+/// The operator: an admin credential, used once a simulated day and
+/// renewed (`admin renew`) when the CLI would start warning, 30 days
+/// before it expires.
+struct Operator {
+    cred: Credential,
+    not_after: i64,
+    renewals: u64,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+impl Operator {
+    fn load(path: &Path) -> Result<Operator> {
+        let cred = Credential::load(path)?;
+        let (_, not_after) = ledger::validity(cred.cert.as_ref())?;
+        Ok(Operator {
+            cred,
+            not_after,
+            renewals: 0,
+            failures: 0,
+            last_error: None,
+        })
+    }
+
+    async fn daily(&mut self, addr: SocketAddr, clock: &SimClock) {
+        if let Err(e) = self.try_daily(addr, clock).await {
+            self.failures += 1;
+            self.last_error = Some(format!("{e:#}"));
+        }
+    }
+
+    async fn try_daily(&mut self, addr: SocketAddr, clock: &SimClock) -> Result<()> {
+        let client = Client::open_at(addr, &self.cred, Arc::new(clock.clone())).await?;
+        client.call(&Request::Status).await?;
+        if self.not_after - clock.secs() < 30 * 86_400 {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())?
+                .serialize_request(&key)?
+                .pem()?;
+            let issued = match client.call(&Request::AdminRenew { csr_pem }).await? {
+                Response::AdminIssued(i) => i,
+                other => bail!("unexpected answer to AdminRenew: {other:?}"),
+            };
+            let pem = format!(
+                "{}{}{}",
+                issued.cert_pem,
+                issued.ca_pem,
+                key.serialize_pem()
+            );
+            self.cred = Credential::from_pem(pem.as_bytes())?;
+            self.not_after = issued.credential.not_after.0;
+            self.renewals += 1;
+        }
+        client.close();
+        Ok(())
+    }
+}
+
+/// The hours at which a lineage of `days`-day certificates issued at hour
+/// 0 comes due for renewal (the default renewal window: a third of the
+/// lifetime, at most 30 days), while the window is a day longer than the
+/// week a failing install lasts; none otherwise.
+fn renewal_hours(days: i64, hours: i64) -> Vec<i64> {
+    let window = (days * 24 / 3).min(30 * 24);
+    if window < 8 * 24 {
+        return Vec::new();
+    }
+    let period = days * 24 - window;
+    (1..)
+        .map(|n| n * period)
+        .take_while(|&h| h <= hours)
+        .collect()
+}
+
+/// Where certificate `j` goes: (agent, target).
+fn placement(j: usize, agents: usize) -> (usize, usize) {
+    (j % agents, j / agents)
+}
+
+pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
+    if o.agents == 0 || o.certificates == 0 || o.days <= 0 || o.step_secs <= 0 {
+        bail!("--agents, --certificates, --days and --step-secs must be positive");
+    }
+    if o.min_lifetime_days < 1 || o.min_lifetime_days > o.max_lifetime_days {
+        bail!("--min-lifetime-days must be at least 1 and at most --max-lifetime-days");
+    }
+    let wall = Instant::now();
+    let start = time::OffsetDateTime::now_utc().unix_timestamp();
+    let clock = SimClock::install(start);
+    let root = tempfile::Builder::new()
+        .prefix("certfleet-soak-")
+        .tempdir_in(crate::fleet_sim::TMPFS)
+        .with_context(|| format!("cannot create a directory in {}", crate::fleet_sim::TMPFS))?;
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let opts = ServeOptions {
+        state_dir: root.path().join("controller"),
+        listen: addr,
+        crl_listen: "127.0.0.1:0".parse()?,
+        crl_url_base: None,
+        master_key_file: None,
+    };
+    let mut ctl = Ctl::start(opts.clone(), clock.clone()).await?;
+    let svc = ctl.svc();
+    let issuers = ["ca-a", "ca-b"];
+    for name in issuers {
+        svc.issuer_add(
+            "soak".into(),
+            name.into(),
+            IssuerKind::Builtin,
+            KeyType::EcdsaP256,
+        )
+        .await
+        .map_err(rpc)?;
+    }
+
+    // Hosts: agent a holds target k for certificate k * agents + a.
+    let mut rng = Rng::new(o.seed ^ 0x5eed);
+    let domain = |j: usize| format!("c{j}.soak.test");
+    let mut hosts = Vec::with_capacity(o.agents);
+    let token = svc
+        .token_create(
+            "soak".into(),
+            vec![("role".into(), "soak".into())],
+            3600,
+            u32::try_from(o.agents)?,
+        )
+        .await
+        .map_err(rpc)?;
+    for a in 0..o.agents {
+        let domains: Vec<String> = (0..)
+            .map(|k| k * o.agents + a)
+            .take_while(|&j| j < o.certificates)
+            .map(domain)
+            .collect();
+        let skew = if a == 0 { o.skew_secs } else { 0 };
+        let resync_steps = o.resync_hours * 3600 / o.step_secs.max(1) as u64;
+        let agent = SoakAgent::new(root.path(), a, addr, &domains, skew, resync_steps)?;
+        certfleet_agent::session::enroll(
+            &agent.config,
+            &addr.to_string(),
+            token.token.clone(),
+            &token.ca_pin,
+            false,
+        )
+        .await
+        .with_context(|| format!("enrolling {}", agent.name()))?;
+        hosts.push(Arc::new(agent));
+    }
+    let (step_tx, step_rx) = watch::channel(0u64);
+    let endpoints = (0..o.endpoints.max(1))
+        .map(|_| certfleet_agent::transport::client_endpoint(addr))
+        .collect::<Result<Vec<_>>>()?;
+    let tasks: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            tokio::spawn(agents::run(
+                h.clone(),
+                endpoints[h.index % endpoints.len()].clone(),
+                addr,
+                step_rx.clone(),
+            ))
+        })
+        .collect();
+    wait_ready(&hosts, Duration::from_secs(120)).await?;
+
+    // Certificates, then one deploy each.
+    let mut apps = Vec::with_capacity(o.certificates);
+    let mut lifetimes = Vec::with_capacity(o.certificates);
+    for j in 0..o.certificates {
+        let lifetime = rng.range(
+            i64::from(o.min_lifetime_days),
+            i64::from(o.max_lifetime_days),
+        );
+        lifetimes.push(lifetime);
+        let inst = svc
+            .instance_create(
+                "soak".into(),
+                InstanceSpec {
+                    issuer: issuers[j % issuers.len()].into(),
+                    validation: ValidationType::Dv,
+                    max_domains: 1,
+                    wildcard: false,
+                    validity_days: u32::try_from(lifetime)?,
+                    key: KeyType::EcdsaP256,
+                    renew_before_days: None,
+                    // Each issuer is the other's fallback.
+                    fallback_issuers: vec![issuers[(j + 1) % issuers.len()].into()],
+                    fallback_after_secs: None,
+                },
+            )
+            .await
+            .map_err(rpc)?;
+        let app = svc
+            .cert_apply("soak".into(), inst.id, vec![domain(j)])
+            .await
+            .map_err(rpc)?;
+        apps.push(app.id);
+    }
+    while svc.applications_in_flight().await.map_err(rpc)? > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (j, app) in apps.into_iter().enumerate() {
+        let info = svc.application_show(app).await.map_err(rpc)?;
+        let cert = info
+            .certificate
+            .ok_or_else(|| anyhow!("certificate {j} was not issued: {:?}", info.last_error))?;
+        let (a, k) = placement(j, o.agents);
+        svc.deploy(
+            "soak".into(),
+            cert,
+            format!("agent=sim-{a}"),
+            format!("t{k}"),
+            Strategy::default(),
+            Mode::Commit,
+        )
+        .await
+        .map_err(rpc)?;
+    }
+    if !settle(&svc, &hosts, 0, Duration::from_secs(300)).await? {
+        bail!("the first deploys did not settle within 5 minutes");
+    }
+    let setup_seconds = wall.elapsed().as_secs_f64();
+
+    // The schedule.
+    let hours = o.days * 86_400 / o.step_secs;
+    let targets: Vec<(usize, usize)> = (0..o.certificates)
+        .map(|j| placement(j, o.agents))
+        .collect();
+    let schedule = Schedule::new(
+        &Plan {
+            hours,
+            issuer: Some(issuers[1].to_string()),
+            offline_agents: o.offline_agents.min(o.agents),
+            agents: o.agents,
+            targets: targets.clone(),
+            renewals: lifetimes
+                .iter()
+                .map(|&days| renewal_hours(days, hours * o.step_secs / 3600))
+                .collect(),
+            failing_percent: o.failing_percent,
+            restarts: o.restarts,
+        },
+        o.seed,
+    );
+    let mut targets_of: Vec<Vec<usize>> = vec![Vec::new(); o.agents];
+    for (a, k) in &targets {
+        targets_of[*a].push(*k);
+    }
+
+    let mut ledger = Ledger::default();
+    ledger.at_risk_known = true;
+    let mut fingerprints: std::collections::HashMap<String, String> = Default::default();
+    let mut operator = Operator::load(&opts.state_dir.join(server::ADMIN_CREDENTIAL_FILE))?;
+    let mut identity_not_after: Vec<(u64, i64)> = Vec::with_capacity(o.agents);
+    for h in &hosts {
+        identity_not_after.push((u64::MAX, h.identity()?.not_after));
+    }
+    let mut counts = Counts::default();
+    for step in 1..=hours {
+        clock.advance(o.step_secs);
+        let now = clock.secs();
+        for event in schedule.at(step) {
+            if o.verbose {
+                eprintln!(
+                    "soak: step {step} (day {:.1}): {event:?}",
+                    step as f64 * o.step_secs as f64 / 86_400.0
+                );
+            }
+            counts
+                .apply(event, &mut ctl, &hosts, &mut ledger, addr)
+                .await?;
+        }
+        let svc = ctl.svc();
+        if ctl.running().renew_endpoint_cert_if_due()? {
+            counts.endpoint_renewals += 1;
+        }
+        let _ = step_tx.send(step as u64);
+        let work = svc.reconcile_step().await.map_err(rpc)?;
+        counts.expired += work.expired as u64;
+        if !settle(&svc, &hosts, step as u64, Duration::from_secs(30)).await? {
+            counts.unsettled_steps += 1;
+            let pending = svc.pending().await.map_err(rpc)?;
+            let waiting: Vec<String> = hosts
+                .iter()
+                .filter(|h| h.online() && !h.ready())
+                .take(3)
+                .map(|h| {
+                    format!(
+                        "{}: {:?}",
+                        h.name(),
+                        h.last_error.lock().ok().and_then(|e| e.clone())
+                    )
+                })
+                .collect();
+            eprintln!(
+                "soak: step {step} did not settle within 30 s: {pending:?}, hosts not ready: {waiting:?}"
+            );
+        }
+
+        // What the controller holds at risk now.
+        svc.reconcile_at_risk().await.map_err(rpc)?;
+        for item in svc.at_risk_items().await.map_err(rpc)? {
+            let fp = match fingerprints.get(&item.certificate) {
+                Some(fp) => fp.clone(),
+                None => {
+                    let fp = svc
+                        .cert_show(item.certificate.clone())
+                        .await
+                        .map_err(rpc)?
+                        .fingerprint;
+                    fingerprints.insert(item.certificate.clone(), fp.clone());
+                    fp
+                }
+            };
+            ledger.at_risk(&fp, item.since.0);
+        }
+
+        // What is served now.
+        for h in hosts.iter().filter(|h| h.online()) {
+            if h.dirty.swap(false, Ordering::SeqCst) {
+                for &k in &targets_of[h.index] {
+                    ledger.target((h.index, k), Served::read(&h.fullchain(k))?, now);
+                }
+            }
+        }
+        ledger.hour(now, |a| hosts[a].online());
+        if now >= ctl.running().endpoint_cert_validity().1.unix_timestamp() {
+            ledger.past(format!(
+                "the controller's endpoint certificate at step {step}"
+            ));
+        }
+        for h in hosts.iter().filter(|h| h.online()) {
+            let seen = h.identity_renewals.load(Ordering::Relaxed) + counts.reenrolled_epoch;
+            let slot = &mut identity_not_after[h.index];
+            if slot.0 != seen {
+                *slot = (seen, h.identity()?.not_after);
+            }
+            if now >= slot.1 {
+                ledger.past(format!("the identity of {} at step {step}", h.name()));
+            }
+        }
+        if step % (86_400 / o.step_secs).max(1) == 0 {
+            operator.daily(addr, &clock).await;
+        }
+        if now >= operator.not_after {
+            ledger.past(format!("the operator's admin credential at step {step}"));
+        }
+    }
+
+    if o.verbose {
+        for h in &hosts {
+            eprintln!(
+                "soak: {} renewed its identity {} times, {} sessions, identity until {:?}, last error {:?}",
+                h.name(),
+                h.identity_renewals.load(Ordering::Relaxed),
+                h.sessions.load(Ordering::Relaxed),
+                h.identity().map(|i| i.not_after - start).ok(),
+                h.last_error.lock().ok().and_then(|e| e.clone()),
+            );
+        }
+    }
+    let svc = ctl.svc();
+    let status = svc.status().await.map_err(rpc)?;
+    let ratio = ledger.min_lead_ratio();
+    let identity_renewals: u64 = hosts
+        .iter()
+        .map(|h| h.identity_renewals.load(Ordering::Relaxed))
+        .sum();
+    let stuck: Vec<String> = hosts
+        .iter()
+        .filter(|h| h.online() && !h.ready())
+        .map(|h| {
+            format!(
+                "{}: {}",
+                h.name(),
+                h.last_error
+                    .lock()
+                    .map(|e| e.clone().unwrap_or_default())
+                    .unwrap_or_default()
+            )
+        })
+        .take(5)
+        .collect();
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    record_result(
+        results,
+        json!({
+            "bench": "soak",
+            "simulated_days": o.days,
+            "certificates": o.certificates,
+            "agents": o.agents,
+            "served_past_expiry_cert_hours": ledger.past_expiry_hours,
+            "past_expiry_examples": ledger.past_expiry_examples,
+            "min_margin_hours": ledger.min_margin_secs.map(|s| round(s as f64 / 3600.0)),
+            "at_risk_raised": ledger.at_risk_since.len(),
+            "at_risk_min_lead_ratio": ratio.map(round),
+            "came_within_lead": ledger.came_close.len(),
+            "restarts": counts.graceful + counts.crashes,
+            "restarts_graceful": counts.graceful,
+            "restarts_crash": counts.crashes,
+            "wall_seconds": round(wall.elapsed().as_secs_f64()),
+            "setup_seconds": round(setup_seconds),
+            "steps": hours,
+            "step_secs": o.step_secs,
+            "renewals": status.certificates.superseded,
+            "installs": ledger.installs,
+            "certificates_expired": status.certificates.expired,
+            "marked_expired_by_steps": counts.expired,
+            "endpoint_cert_renewals": counts.endpoint_renewals,
+            "agent_identity_renewals": identity_renewals,
+            "agent_reenrollments": counts.reenrollments,
+            "admin_credential_renewals": operator.renewals,
+            "operator_failures": operator.failures,
+            "operator_last_error": operator.last_error,
+            "unsettled_steps": counts.unsettled_steps,
+            "agents_not_connected_at_end": stuck,
+            "faults": {
+                "hosts_down": counts.hosts_down,
+                "failing_targets": schedule.failing_targets,
+                "install_failure_windows": counts.install_faults,
+                "issuer_outages": counts.issuer_outages,
+                "skewed_agents": usize::from(o.skew_secs != 0),
+                "skew_secs": o.skew_secs,
+            },
+            "seed": o.seed,
+            "machine": crate::machine(),
+        }),
+    )?;
+    let _ = step_tx.send(u64::MAX);
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Some(r) = ctl.running.take() {
+        r.stop().await;
+    }
+    for e in &endpoints {
+        e.close(0u32.into(), b"soak over");
+    }
+    if ledger.past_expiry_hours > 0 {
+        bail!(
+            "{} certificate-hours served past expiry, e.g. {:?}",
+            ledger.past_expiry_hours,
+            ledger.past_expiry_examples
+        );
+    }
+    if let Some(r) = ratio.filter(|r| *r < 1.0) {
+        bail!("a certificate came close to expiry with an at-risk lead ratio of {r:.2} (< 1)");
+    }
+    Ok(())
+}
+
+fn record_result(results: &Path, value: serde_json::Value) -> Result<()> {
+    crate::record(results, value)
+}
+
+/// What the faults did.
+#[derive(Debug, Default)]
+struct Counts {
+    graceful: u64,
+    crashes: u64,
+    hosts_down: u64,
+    install_faults: u64,
+    issuer_outages: u64,
+    reenrollments: u64,
+    /// Bumped at every re-enrollment, so cached identities are re-read.
+    reenrolled_epoch: u64,
+    endpoint_renewals: u64,
+    expired: u64,
+    unsettled_steps: u64,
+}
+
+impl Counts {
+    async fn apply(
+        &mut self,
+        event: &Event,
+        ctl: &mut Ctl,
+        hosts: &[Arc<SoakAgent>],
+        ledger: &mut Ledger,
+        addr: SocketAddr,
+    ) -> Result<()> {
+        match event {
+            Event::Restart(how) => {
+                ctl.restart(*how).await?;
+                match how {
+                    Restart::Graceful => self.graceful += 1,
+                    Restart::Crash => self.crashes += 1,
+                }
+            }
+            Event::HostDown(a) => {
+                hosts[*a].set_online(false);
+                ledger.forget(*a);
+                self.hosts_down += 1;
+            }
+            Event::HostUp(a) => {
+                let host = &hosts[*a];
+                let id = host.identity()?;
+                if id
+                    .expired(certfleet_agent::clock::now(), &host.config.path)
+                    .is_some()
+                {
+                    // Its identity expired while the host was down: the
+                    // documented way back, a re-enroll token.
+                    let token = ctl
+                        .svc()
+                        .token_create_reenroll("soak".into(), host.name(), 3600)
+                        .await
+                        .map_err(rpc)?;
+                    certfleet_agent::session::enroll(
+                        &host.config,
+                        &addr.to_string(),
+                        token.token,
+                        &token.ca_pin,
+                        true,
+                    )
+                    .await
+                    .with_context(|| format!("re-enrolling {}", host.name()))?;
+                    self.reenrollments += 1;
+                    self.reenrolled_epoch += 1 << 32;
+                }
+                host.set_online(true);
+            }
+            Event::InstallFails(a, k) => {
+                hosts[*a].set_failing(*k, true)?;
+                self.install_faults += 1;
+            }
+            Event::InstallWorks(a, k) => hosts[*a].set_failing(*k, false)?,
+            Event::IssuerDown(issuer) => {
+                certfleet_controller::fault::set_issuer_outage(issuer, true);
+                self.issuer_outages += 1;
+            }
+            Event::IssuerUp(issuer) => {
+                certfleet_controller::fault::set_issuer_outage(issuer, false)
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wait until every host that is up is connected and synced.
+async fn wait_ready(hosts: &[Arc<SoakAgent>], timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while !hosts.iter().all(|h| !h.online() || h.ready()) {
+        if start.elapsed() > timeout {
+            let h = hosts.iter().find(|h| h.online() && !h.ready());
+            bail!(
+                "agents did not connect within {timeout:?}; e.g. {:?}",
+                h.map(|h| (h.name(), h.last_error.lock().ok().and_then(|e| e.clone())))
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Wait until every host that is up is connected, synced and done with
+/// step `step`, and nothing the step started is in flight, driving
+/// rollouts meanwhile. `false` when
+/// `timeout` passed first.
+async fn settle(
+    svc: &Arc<Service>,
+    hosts: &[Arc<SoakAgent>],
+    step: u64,
+    timeout: Duration,
+) -> Result<bool> {
+    let start = Instant::now();
+    loop {
+        if hosts.iter().all(|h| !h.online() || h.settled(step)) {
+            svc.reconcile_rollouts().await.map_err(rpc)?;
+            if svc.pending().await.map_err(rpc)?.settled() {
+                return Ok(true);
+            }
+        }
+        if start.elapsed() > timeout {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

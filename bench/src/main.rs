@@ -19,6 +19,9 @@
 //!   connection, idle CPU, reconnection after a restart.
 //! - `rollout`: one certificate to 10k simulated agents in a single wave:
 //!   time until every acknowledgement is persisted, CPU per push, p50/p99.
+//! - `hostile`: partial frames, header-only streams, over-long messages and
+//!   a flood of bogus enrollments against a real controller while honest
+//!   calls and agents go on: RSS growth, honest p99, state growth.
 //!
 //! `issue` runs the controller in this process; the others drive the real
 //! `certfleet serve` (and `served`/`acme` the real agent; build them first
@@ -27,6 +30,7 @@
 
 mod fleet_sim;
 mod hold;
+mod hostile;
 mod rollout;
 mod serve;
 
@@ -116,6 +120,25 @@ enum Bench {
         /// Seconds over which idle CPU is measured at each level.
         #[arg(long, default_value_t = 10)]
         idle_secs: u64,
+    },
+    /// Hostile peers against a real controller while honest calls and
+    /// agents go on (module `hostile`).
+    Hostile {
+        /// Connections without a certificate holding partial frames.
+        #[arg(long, default_value_t = 1000)]
+        hostile_connections: usize,
+        /// Loopback source addresses they come from (127.0.0.2 …).
+        #[arg(long, default_value_t = 64)]
+        sources: usize,
+        /// Bogus enrollments (wrong tokens) in the flood.
+        #[arg(long, default_value_t = 10_000)]
+        enrollments: usize,
+        /// Seconds of attack during which honest calls are timed.
+        #[arg(long, default_value_t = 20)]
+        attack_secs: u64,
+        /// Simulated agents connected throughout.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
     },
     /// One certificate to every simulated agent in a single wave.
     Rollout {
@@ -511,6 +534,25 @@ fn main() -> Result<()> {
                                 agents,
                                 endpoints: sim.endpoints,
                                 ramp_concurrency: sim.ramp_concurrency,
+                            },
+                        )
+                        .await
+                    }
+                    Bench::Hostile {
+                        hostile_connections,
+                        sources,
+                        enrollments,
+                        attack_secs,
+                        agents,
+                    } => {
+                        hostile::run(
+                            &cli.results,
+                            hostile::Options {
+                                hostile_connections,
+                                sources,
+                                enrollments,
+                                attack_secs,
+                                agents,
                             },
                         )
                         .await

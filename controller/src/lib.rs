@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod enrollment;
 pub mod fleet;
 pub mod identity;
 pub mod inventory;

@@ -117,7 +117,7 @@ impl Meter {
 
     fn too_many<E: de::Error>(&self, n: usize) -> E {
         self.refuse(format!(
-            "a list of {n} items exceeds the limit of {} items",
+            "a list of {n} items exceeds the limit (at most {} are accepted)",
             self.limits.max_items
         ))
     }
@@ -598,7 +598,7 @@ mod tests {
         let err = decode_body::<Msg>(&bytes, LIMITS).unwrap_err();
         assert!(
             err.to_string()
-                .contains("a list of 101 items exceeds the limit of 100"),
+                .contains("a list of 101 items exceeds the limit (at most 100 are accepted)"),
             "{err}"
         );
     }

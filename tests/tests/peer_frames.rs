@@ -385,7 +385,7 @@ async fn oversized_lists_are_refused_before_decoding() -> Result<()> {
     };
     ensure!(
         e.message
-            .contains("a list of 200000 items exceeds the limit of 10000 items"),
+            .contains("a list of 200000 items exceeds the limit (at most 10000 are accepted)"),
         "{}",
         e.message
     );

@@ -16,7 +16,7 @@ use certfleet_protocol::message::{ErrorKind, Response, RpcError};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME};
 use quinn::VarInt;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::intake::{self, Budgets, Refusal};
 use super::rpc::{Ctx, CLOSE_LIMIT, CLOSE_PROTOCOL, CLOSE_UNAUTHORIZED};
@@ -117,7 +117,7 @@ async fn enroll(ctx: &Ctx, source: IpAddr, request: EnrollRequest) -> Response {
             ca_pem: ctx.identity.cert_pem().to_string(),
         },
         Err(EnrollFailure::Refused { why, error }) => {
-            info!(%source, why, "enrollment refused");
+            debug!(%source, why, "enrollment refused");
             ctx.gate.refused(source, now_ms, why);
             Response::Error(error.to_rpc())
         }

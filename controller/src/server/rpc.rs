@@ -348,7 +348,7 @@ async fn serve_stream(
     let request = match intake::read_request(&mut recv, &budgets, Instant::now(), caller).await {
         Ok(r) => r,
         Err(Refusal::Answer(e)) => {
-            info!(error = %e, "request refused before decoding");
+            debug!(error = %e, "request refused before decoding");
             // The rest of the request is not wanted.
             let _ = recv.stop(VarInt::from_u32(0));
             if frame::write(&mut send, &Response::Error(e), DEFAULT_MAX_FRAME)

@@ -70,8 +70,10 @@ pub const ENROLL: MessageLimit = MessageLimit::new(4 * KIB, 512);
 pub const COMMAND_REPLY: MessageLimit = MessageLimit::new(64 * KIB, 16);
 /// An admin request that names things (ids, names, a selector).
 const ADMIN_SMALL: MessageLimit = MessageLimit::new(16 * KIB, 1_000);
-/// An admin request that carries lists or PEM (domains, labels, a CA bundle).
+/// An admin request that carries lists or PEM (domains, labels).
 const ADMIN_LARGE: MessageLimit = MessageLimit::new(256 * KIB, 10_000);
+/// An ACME issuer with its CA bundle (which may be a whole trust store).
+const ADMIN_ACME: MessageLimit = MessageLimit::new(1024 * KIB, 10_000);
 
 /// The role and limits of a [`Request`] variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +92,9 @@ fn class_of(name: &str) -> Option<(Caller, MessageLimit)> {
         "Enroll" => (Enrolling, ENROLL),
         "AgentHello" => (Agent, MessageLimit::new(256 * KIB, 4_000)),
         "DesiredState" => (Agent, MessageLimit::new(KIB, 16)),
-        "Report" => (Agent, MessageLimit::new(64 * KIB, 16)),
+        // Errors carry captured command output (4 KiB per stream and
+        // command, several commands).
+        "Report" => (Agent, MessageLimit::new(256 * KIB, 16)),
         "RenewIdentity" => (Agent, MessageLimit::new(16 * KIB, 16)),
         "InventoryReport" => (
             Agent,
@@ -102,8 +106,9 @@ fn class_of(name: &str) -> Option<(Caller, MessageLimit)> {
                 },
             },
         ),
-        "IssuerAddAcme" | "InstanceCreate" | "CertApply" | "CertApplyChallenge" | "DryRun"
-        | "TokenCreate" | "List" | "Deploy" | "DeployRollout" => (Admin, ADMIN_LARGE),
+        "IssuerAddAcme" => (Admin, ADMIN_ACME),
+        "InstanceCreate" | "CertApply" | "CertApplyChallenge" | "DryRun" | "TokenCreate"
+        | "List" | "Deploy" | "DeployRollout" => (Admin, ADMIN_LARGE),
         "IssuerAdd"
         | "IssuerList"
         | "InstanceList"
@@ -337,7 +342,7 @@ mod tests {
     fn roles_and_limits() {
         assert_eq!(max_request_bytes(Caller::Enrolling), ENROLL.max_bytes);
         assert_eq!(max_request_bytes(Caller::Agent), DEFAULT_MAX_FRAME);
-        assert_eq!(max_request_bytes(Caller::Admin), ADMIN_LARGE.max_bytes);
+        assert_eq!(max_request_bytes(Caller::Admin), ADMIN_ACME.max_bytes);
         let tag = request_variants()
             .iter()
             .position(|n| *n == "CertApply")

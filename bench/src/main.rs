@@ -21,6 +21,9 @@
 //!   time until every acknowledgement is persisted, CPU per push, p50/p99.
 //! - `soak`: two simulated years of a 1,000-certificate, 200-agent fleet
 //!   with faults, on one simulated clock (module `soak`).
+//! - `hostile`: partial frames, header-only streams, over-long messages and
+//!   a flood of bogus enrollments against a real controller while honest
+//!   calls and agents go on: RSS growth, honest p99, state growth.
 //!
 //! `issue` runs the controller in this process; the others drive the real
 //! `certfleet serve` (and `served`/`acme` the real agent; build them first
@@ -29,6 +32,7 @@
 
 mod fleet_sim;
 mod hold;
+mod hostile;
 mod rollout;
 mod serve;
 mod soak;
@@ -123,6 +127,25 @@ enum Bench {
     /// Years of fleet life on a simulated clock, with faults: zero
     /// certificate-hours served past expiry, at-risk items raised in time.
     Soak(soak::Options),
+    /// Hostile peers against a real controller while honest calls and
+    /// agents go on (module `hostile`).
+    Hostile {
+        /// Connections without a certificate holding partial frames.
+        #[arg(long, default_value_t = 1000)]
+        hostile_connections: usize,
+        /// Loopback source addresses they come from (127.0.0.2 …).
+        #[arg(long, default_value_t = 64)]
+        sources: usize,
+        /// Bogus enrollments (wrong tokens) in the flood.
+        #[arg(long, default_value_t = 10_000)]
+        enrollments: usize,
+        /// Seconds of attack during which honest calls are timed.
+        #[arg(long, default_value_t = 20)]
+        attack_secs: u64,
+        /// Simulated agents connected throughout.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+    },
     /// One certificate to every simulated agent in a single wave.
     Rollout {
         #[arg(long, default_value_t = 10_000)]
@@ -524,6 +547,25 @@ fn main() -> Result<()> {
                         .await
                     }
                     Bench::Soak(options) => soak::run(&cli.results, options).await,
+                    Bench::Hostile {
+                        hostile_connections,
+                        sources,
+                        enrollments,
+                        attack_secs,
+                        agents,
+                    } => {
+                        hostile::run(
+                            &cli.results,
+                            hostile::Options {
+                                hostile_connections,
+                                sources,
+                                enrollments,
+                                attack_secs,
+                                agents,
+                            },
+                        )
+                        .await
+                    }
                     Bench::Served { .. } | Bench::Acme { .. } => {
                         unreachable!("handled above")
                     }

@@ -135,6 +135,28 @@ fn client_config(
     Ok((config, seen))
 }
 
+/// A client configuration without a client certificate that trusts the
+/// identity CA `ca`: what an enrolling agent (or anyone else who can reach
+/// the port) presents. For tests and benchmarks of what such a peer may do.
+pub fn anonymous_client_config(
+    ca: &CertificateDer<'static>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![certfleet_protocol::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
 /// Explain a failed connection in the operator's terms.
 fn explain(addr: SocketAddr, e: quinn::ConnectionError) -> anyhow::Error {
     use quinn::ConnectionError as E;

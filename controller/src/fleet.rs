@@ -20,7 +20,7 @@ use certfleet_protocol::message::{
 use certfleet_protocol::Secret;
 use time::Duration;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::identity::Role;
 use crate::service::Mode;
@@ -31,7 +31,7 @@ use crate::store::{self, AgentRow, AuditRecord, TokenRow};
 pub const AGENT_IDENTITY_DAYS: i64 = 30;
 /// Longest join-token lifetime.
 pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
-const TOKEN_PREFIX: &str = "cfjt1";
+pub(crate) const TOKEN_PREFIX: &str = "cfjt1";
 
 /// What the controller asks of a live agent session.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ impl Sessions {
     }
 }
 
-fn token_hash(secret: &str) -> Vec<u8> {
+pub(crate) fn token_hash(secret: &str) -> Vec<u8> {
     digest::digest(&digest::SHA256, secret.as_bytes())
         .as_ref()
         .to_vec()
@@ -267,7 +267,7 @@ pub(crate) fn require_certificate(conn: &rusqlite::Connection, id: &str) -> Resu
 }
 
 /// The refusal of a re-enroll token for an agent removed at `at`.
-fn removed_agent(agent: &str, at: i64) -> ServiceError {
+pub(crate) fn removed_agent(agent: &str, at: i64) -> ServiceError {
     ServiceError::Conflict(format!(
         "agent {agent} was removed at {}; its deployments are gone and it cannot be \
          re-enrolled: enroll the host as a new agent with `certfleet agent token create` \
@@ -287,7 +287,7 @@ fn merge_labels(base: &[(String, String)], extra: &[(String, String)]) -> Vec<(S
     out
 }
 
-fn valid_hostname(name: &str) -> bool {
+pub(crate) fn valid_hostname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name
@@ -425,145 +425,6 @@ impl Service {
             uses,
             expires_at: Timestamp(expires_at),
         })
-    }
-
-    /// Enroll an agent: check and consume the token, issue the identity.
-    pub async fn enroll(
-        &self,
-        token: Secret,
-        csr_pem: String,
-        hostname: String,
-    ) -> Result<(String, String)> {
-        let refused = || ServiceError::Invalid("join token is invalid, expired or used up".into());
-        let text = token.expose_str().ok_or_else(refused)?.to_string();
-        let mut parts = text.splitn(3, '.');
-        let (Some(TOKEN_PREFIX), Some(id), Some(secret)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(ServiceError::Invalid(
-                "join token is malformed: expected cfjt1.<id>.<secret>".into(),
-            ));
-        };
-        if !valid_hostname(&hostname) {
-            return Err(ServiceError::Invalid(format!(
-                "agent hostname {hostname:?} is not a valid host name"
-            )));
-        }
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).map_err(|e| {
-            ServiceError::Invalid(format!("certificate signing request is invalid: {e}"))
-        })?;
-        let presented = token_hash(secret);
-        let now = self.now();
-        let ts = now.unix_timestamp();
-        // A re-enroll token names the agent the identity is for; the
-        // binding is read here only to issue under that id, and checked
-        // again (with the secret) in the transaction that consumes it.
-        let token_id = id.to_string();
-        let bound = self
-            .store
-            .call(move |c| store::token_get(c, &token_id))
-            .await?
-            .and_then(|t| t.reenroll_agent);
-        let agent_id = bound.clone().unwrap_or_else(|| store::new_id("agent"));
-        let issued = self
-            .identity
-            .issue_client(
-                Role::Agent,
-                &agent_id,
-                &csr.public_key,
-                now,
-                Duration::days(AGENT_IDENTITY_DAYS),
-            )
-            .map_err(internal)?;
-        let id = id.to_string();
-        let cert_pem = issued.cert_pem.clone();
-        let agent = agent_id.clone();
-        let reenrolled = bound.is_some();
-        self.store
-            .call(move |c| -> Result<()> {
-                let tx = c.transaction()?;
-                let audit_refusal = |tx: &rusqlite::Connection, why: &str| {
-                    store::audit_insert(
-                        tx,
-                        ts,
-                        &AuditRecord {
-                            actor: &format!("enroll:{hostname}"),
-                            action: "agent.enroll",
-                            target: &id,
-                            outcome: &format!("refused: {why}"),
-                            detail: "",
-                        },
-                    )
-                };
-                let Some(row) = store::token_get(&tx, &id)? else {
-                    audit_refusal(&tx, "unknown token")?;
-                    tx.commit()?;
-                    return Err(refused());
-                };
-                let same =
-                    aws_lc_rs::constant_time::verify_slices_are_equal(&row.secret_hash, &presented)
-                        .is_ok();
-                let why = if !same {
-                    Some("wrong secret")
-                } else if row.expires_at <= ts {
-                    Some("expired")
-                } else if !store::token_consume(&tx, &id)? {
-                    Some("no uses left")
-                } else {
-                    None
-                };
-                let why = why.or_else(|| {
-                    (row.reenroll_agent != bound).then_some("token changed during enrollment")
-                });
-                if let Some(why) = why {
-                    audit_refusal(&tx, why)?;
-                    tx.commit()?;
-                    return Err(refused());
-                }
-                let Some(bound) = bound else {
-                    store::agent_insert(&tx, &new_agent_row(&agent, &hostname, &row.labels, ts))?;
-                    record_identity(
-                        &tx,
-                        &agent,
-                        &issued,
-                        &format!("enroll:{hostname}"),
-                        "agent.enroll",
-                        &format!("token={id} "),
-                        ts,
-                    )?;
-                    tx.commit()?;
-                    return Ok(());
-                };
-                // Re-enrollment: the agent keeps its row (labels,
-                // deployments); every earlier identity is refused from now.
-                let removed = store::agent_get(&tx, &bound)?.map_or(Some(ts), |a| a.removed_at);
-                if let Some(at) = removed {
-                    audit_refusal(&tx, "agent removed")?;
-                    tx.commit()?;
-                    return Err(removed_agent(&bound, at));
-                }
-                let revoked = store::agent_credentials_revoke(&tx, &bound, ts)?;
-                record_identity(
-                    &tx,
-                    &bound,
-                    &issued,
-                    &format!("enroll:{hostname}"),
-                    "agent.reenroll",
-                    &format!("token={id} revoked_identities={revoked} "),
-                    ts,
-                )?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
-        if reenrolled {
-            // A session still open on the old identity ends now.
-            self.sessions.send(&agent_id, SessionEvent::Kick);
-            info!(agent = %agent_id, "agent re-enrolled");
-        } else {
-            info!(agent = %agent_id, "agent enrolled");
-        }
-        Ok((agent_id, cert_pem))
     }
 
     /// Whether an agent exists and has not been removed.

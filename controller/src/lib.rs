@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod enrollment;
 pub mod fault;
 pub mod fleet;
 pub mod identity;

@@ -14,3 +14,7 @@ pub const VERSION: u32 = 3;
 /// identity will never be accepted again and re-enrolling it under the same
 /// id is refused; an agent told this stops instead of retrying.
 pub const AGENT_REMOVED: u32 = 4;
+/// A limit of the controller's was reached: too many connections (overall
+/// or from one source), a missed read deadline, a buffer budget exceeded.
+/// Not definitive: the peer may retry later, with back-off.
+pub const LIMIT: u32 = 5;

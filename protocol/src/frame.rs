@@ -3,7 +3,9 @@
 //! A frame is a `u32` big-endian length followed by that many bytes of a
 //! postcard-encoded message. The length is checked against the limit before
 //! any buffer is allocated, a body must decode to exactly one message with no
-//! trailing bytes, and no input makes the decoder panic.
+//! trailing bytes, and no input makes the decoder panic. A body buffer grows
+//! as bytes arrive, never to the announced length up front: a peer that
+//! announces 4 MiB and sends nothing costs nothing.
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -24,6 +26,10 @@ pub enum FrameError {
     TrailingBytes(usize),
     #[error("malformed message")]
     Malformed(#[source] postcard::Error),
+    /// A decode limit of [`crate::bounded`]: too many items or too much
+    /// memory once decoded.
+    #[error("message refused: {0}")]
+    Limit(String),
     #[error("could not encode message")]
     Encode(#[source] postcard::Error),
     #[error("stream error")]
@@ -82,8 +88,12 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8], max: usize) -> Result<T, FrameE
     decode_body(body)
 }
 
-/// Read one frame from a stream. The body buffer is allocated only after the
-/// announced length has passed the limit.
+/// Bytes a body buffer grows by at most per read: a buffer holds at most
+/// what arrived plus this much.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Read one frame from a stream. The body buffer grows as bytes arrive
+/// (see [`read_body`]).
 pub async fn read<T, R>(reader: &mut R, max: usize) -> Result<T, FrameError>
 where
     T: DeserializeOwned,
@@ -95,18 +105,58 @@ where
         .await
         .map_err(FrameError::Io)?;
     let len = body_len(header, max)?;
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated {
-                expected: len,
-                got: 0,
-            }
-        } else {
-            FrameError::Io(e)
-        }
-    })?;
+    let mut body = Vec::new();
+    read_body(reader, len, &mut body).await?;
     decode_body(&body)
+}
+
+/// Read the rest of a body of `len` bytes into `body` (which may hold its
+/// first bytes already), growing it by at most [`READ_CHUNK`] at a time.
+pub async fn read_body<R>(reader: &mut R, len: usize, body: &mut Vec<u8>) -> Result<(), FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    while body.len() < len {
+        let got = read_chunk(reader, len, body).await?;
+        if got == 0 {
+            return Err(FrameError::Truncated {
+                expected: len,
+                got: body.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Read at most [`READ_CHUNK`] more bytes of a body of `len` into `body`;
+/// the number read, 0 at the end of the stream.
+pub async fn read_chunk<R>(
+    reader: &mut R,
+    len: usize,
+    body: &mut Vec<u8>,
+) -> Result<usize, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let start = body.len();
+    let want = (len - start.min(len)).min(READ_CHUNK);
+    if want == 0 {
+        return Ok(0);
+    }
+    // Amortized growth: the capacity stays under twice what arrived plus
+    // one chunk.
+    body.reserve(want);
+    body.resize(start + want, 0);
+    match reader.read(&mut body[start..]).await {
+        Ok(n) => {
+            body.truncate(start + n);
+            Ok(n)
+        }
+        Err(e) => {
+            body.truncate(start);
+            Err(FrameError::Io(e))
+        }
+    }
 }
 
 /// Write one frame to a stream.
@@ -190,6 +240,28 @@ mod tests {
         let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
         let r = read::<Msg, _>(&mut input, 1024).await;
         assert!(matches!(r, Err(FrameError::TooLarge { .. })));
+    }
+
+    #[tokio::test]
+    async fn announced_length_is_not_allocated_up_front() {
+        // 4 MiB announced, 10 bytes sent: the buffer holds what arrived.
+        let mut input: &[u8] = &[1; 10];
+        let mut body = Vec::new();
+        let got = read_chunk(&mut input, DEFAULT_MAX_FRAME, &mut body)
+            .await
+            .unwrap();
+        assert_eq!(got, 10);
+        assert!(body.capacity() <= 2 * READ_CHUNK, "{}", body.capacity());
+        let err = read_body(&mut input, DEFAULT_MAX_FRAME, &mut body)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::Truncated {
+                expected: DEFAULT_MAX_FRAME,
+                got: 10
+            }
+        ));
     }
 
     #[tokio::test]

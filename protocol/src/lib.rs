@@ -4,10 +4,14 @@
 //! This crate owns no sockets and reads no clocks: time always arrives as an
 //! argument (Unix seconds), and byte streams arrive as generic readers. What it
 //! guarantees is that nothing a peer sends can make it panic or allocate more
-//! than the frame limit.
+//! than the frame limit, and
+//! that a request is decoded only within the limits of its role
+//! ([`limits`], [`bounded`]).
 
+pub mod bounded;
 pub mod close;
 pub mod frame;
+pub mod limits;
 pub mod list;
 pub mod message;
 pub mod name;

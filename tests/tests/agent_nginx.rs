@@ -9,7 +9,7 @@ use anyhow::{ensure, Result};
 use certfleet_tests::fleet::{
     served_fingerprint, token, wait_connected, wait_deployments, wait_served, Agent, Nginx,
 };
-use certfleet_tests::{ensure_key_matches_cert, file_mode, str_field, Controller};
+use certfleet_tests::{ensure_key_matches_cert, file_mode, str_field, wait_for, Controller};
 
 const NAME: &str = "www.example.test";
 const WAIT: Duration = Duration::from_secs(30);
@@ -262,18 +262,35 @@ fn join_tokens_are_refused_when_expired_reused_unknown_or_pinned_wrong() -> Resu
         "exactly one concurrent enrollment may use a one-use token"
     );
 
-    let audit = ctl.cli_json(&["audit", "list", "--limit", "1000"])?;
-    let refusals = audit
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            e["action"] == "agent.enroll"
-                && e["outcome"]
-                    .as_str()
-                    .is_some_and(|o| o.starts_with("refused"))
-        })
-        .count();
+    // Refusals before the token matched are counted per source and minute
+    // (one row with `count=N`, flushed within 5 s); a lost race on the
+    // last use has a row of its own.
+    let refusals = wait_for(
+        Duration::from_secs(15),
+        "refused enrollments audited",
+        || {
+            let audit = ctl.cli_json(&["audit", "list", "--limit", "1000"])?;
+            let n: u64 = audit
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    e["action"] == "agent.enroll"
+                        && e["outcome"]
+                            .as_str()
+                            .is_some_and(|o| o.starts_with("refused"))
+                })
+                .map(|e| {
+                    e["detail"]
+                        .as_str()
+                        .and_then(|d| d.split_whitespace().find_map(|w| w.strip_prefix("count=")))
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(1)
+                })
+                .sum();
+            Ok((n >= 5).then_some(n))
+        },
+    )?;
     ensure!(refusals >= 5, "refused enrollments are audited: {refusals}");
     Ok(())
 }

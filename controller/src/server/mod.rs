@@ -4,6 +4,10 @@
 
 mod crl_http;
 pub mod endpoint_cert;
+mod enroll;
+mod gate;
+mod hello;
+mod intake;
 pub mod lock;
 mod rpc;
 pub mod state_dir;
@@ -34,6 +38,11 @@ pub const RUNTIME_FILE: &str = "runtime.json";
 const MASTER_KEY_CHECK: &str = "master_key_check";
 const MASTER_KEY_CHECK_AAD: &str = "meta:master-key-check";
 const MASTER_KEY_CHECK_TEXT: &[u8] = b"certfleet master key check v1";
+
+/// QUIC connection receive window before the peer is authenticated.
+const INITIAL_RECEIVE_WINDOW: u32 = 16 * 1024;
+/// QUIC receive window of one stream.
+const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
 
 /// How long an admin credential written by the controller stays valid.
 pub use crate::admin::ADMIN_CREDENTIAL_DAYS;
@@ -366,6 +375,14 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     // unidirectional streams to the controller (pokes go the other way).
     transport.max_concurrent_bidi_streams(32u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // What quinn buffers for a peer before the controller reads it. A
+    // connection starts with a window that holds a hello and an
+    // enrollment, since anyone may open one; an authenticated connection
+    // is given more (see `rpc`). One stream's window bounds one request's
+    // unread bytes; large requests (inventory reports) are read as they
+    // arrive.
+    transport.receive_window(INITIAL_RECEIVE_WINDOW.into());
+    transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
     server_config.transport_config(Arc::new(transport));
     let endpoint = quinn::Endpoint::server(server_config, opts.listen).with_context(|| {
         format!(
@@ -418,7 +435,10 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         store: state.store.clone(),
         identity: state.identity.clone(),
         admin_revoked: tokio::sync::broadcast::channel(16).0,
+        gate: Arc::new(gate::Gate::default()),
+        budget: intake::Budget::new(intake::GLOBAL_BUDGET),
     });
+    tasks.spawn(enroll::flush_refusals(ctx.clone(), shutdown_rx.clone()));
     tasks.spawn(rpc::accept_loop(endpoint.clone(), ctx, shutdown_rx));
 
     let runtime = RuntimeInfo {

@@ -3,22 +3,29 @@
 //!
 //! A connection is authenticated by TLS (client certificate from the identity
 //! CA) and then against the store (the credential must still be known and
-//! not revoked). Its first stream carries the version exchange. A peer that
-//! sends a malformed or oversized frame has its connection closed; the
-//! controller goes on serving everyone else.
+//! not revoked). Its first stream carries the version exchange. Every frame
+//! is read through [`super::intake`] (deadlines, per-role and per-request
+//! limits, memory budgets); a connection without a certificate is served by
+//! [`super::enroll`] and may only enroll. A peer that sends a malformed
+//! frame, or misses a deadline, has its connection closed; a request over
+//! its limits is answered with an error. The controller goes on serving
+//! everyone else.
 
 use std::sync::Arc;
 
+use certfleet_protocol::limits::{self, Caller};
 use certfleet_protocol::message::{
-    AgentCommand, AgentCommandReply, ErrorKind, Hello, HelloReply, Poke, Request, Response,
-    RpcError,
+    AgentCommand, AgentCommandReply, ErrorKind, Poke, Request, Response, RpcError,
 };
-use certfleet_protocol::{frame, DEFAULT_MAX_FRAME, PROTOCOL};
+use certfleet_protocol::{frame, DEFAULT_MAX_FRAME};
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
+use super::gate::Gate;
+use super::intake::{self, Budget, Budgets, Refusal};
 use crate::fleet::SessionEvent;
 use crate::identity::{peer_identity, IdentityCa, PeerIdentity, Role};
 
@@ -30,6 +37,11 @@ pub(super) const CLOSE_UNAUTHORIZED: u32 = certfleet_protocol::close::UNAUTHORIZ
 pub(super) const CLOSE_PROTOCOL: u32 = certfleet_protocol::close::PROTOCOL;
 pub(super) const CLOSE_VERSION: u32 = certfleet_protocol::close::VERSION;
 pub(super) const CLOSE_AGENT_REMOVED: u32 = certfleet_protocol::close::AGENT_REMOVED;
+pub(super) const CLOSE_LIMIT: u32 = certfleet_protocol::close::LIMIT;
+
+/// The QUIC receive window of a connection once its peer is authenticated
+/// (before, it is the endpoint's small initial window).
+const AUTHENTICATED_RECEIVE_WINDOW: u32 = 1024 * 1024;
 
 pub(super) struct Ctx {
     pub(super) service: Arc<Service>,
@@ -38,6 +50,10 @@ pub(super) struct Ctx {
     /// Admin credentials just revoked, and the connection that revoked
     /// them: every other open connection of such a credential is closed.
     pub(super) admin_revoked: broadcast::Sender<Revoked>,
+    /// Limits on connections without a certificate.
+    pub(super) gate: Arc<Gate>,
+    /// Bytes all connections may hold in unfinished frames.
+    pub(super) budget: Budget,
 }
 
 /// Serials revoked by one `AdminRevoke`, and the connection it came on.
@@ -63,7 +79,7 @@ pub(super) async fn accept_loop(
         tokio::spawn(
             async move {
                 match incoming.await {
-                    Ok(conn) => serve_connection(conn, ctx).await,
+                    Ok(conn) => serve_connection(conn, ctx, Instant::now()).await,
                     Err(e) => debug!(error = %e, "handshake failed"),
                 }
             }
@@ -73,9 +89,9 @@ pub(super) async fn accept_loop(
 }
 
 /// Why a connection is refused: the close code and the reason text.
-type Refusal = (u32, String);
+type ConnRefusal = (u32, String);
 
-fn unauthorized(reason: impl Into<String>) -> Refusal {
+fn unauthorized(reason: impl Into<String>) -> ConnRefusal {
     (CLOSE_UNAUTHORIZED, reason.into())
 }
 
@@ -86,7 +102,7 @@ fn unauthorized(reason: impl Into<String>) -> Refusal {
 async fn authenticate(
     conn: &quinn::Connection,
     ctx: &Ctx,
-) -> Result<Option<PeerIdentity>, Refusal> {
+) -> Result<Option<PeerIdentity>, ConnRefusal> {
     let Some(certs) = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -165,84 +181,47 @@ fn agent_removed(agent: &str, at: Option<i64>) -> String {
     )
 }
 
-async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
+async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>, opened: Instant) {
     let peer = match authenticate(&conn, &ctx).await {
-        Ok(p) => p,
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            let span = tracing::info_span!("peer", actor = "enrolling");
+            return super::enroll::serve(conn, ctx, opened)
+                .instrument(span)
+                .await;
+        }
         Err((code, reason)) => {
             warn!(%reason, "refusing connection");
             conn.close(VarInt::from_u32(code), reason.as_bytes());
             return;
         }
     };
-    let actor = peer
-        .as_ref()
-        .map(PeerIdentity::actor)
-        .unwrap_or_else(|| "enrolling".into());
-    let span = tracing::info_span!("peer", %actor);
+    conn.set_receive_window(VarInt::from_u32(AUTHENTICATED_RECEIVE_WINDOW));
+    let span = tracing::info_span!("peer", actor = %peer.actor());
     async move {
-        // The first stream carries the version exchange.
-        let (mut send, mut recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(e) => {
-                debug!(error = %e, "closed before hello");
-                return;
-            }
-        };
-        let hello: Hello = match frame::read(&mut recv, DEFAULT_MAX_FRAME).await {
-            Ok(h) => h,
-            Err(e) => {
-                warn!(error = %e, "malformed hello; closing connection");
-                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed hello");
-                return;
-            }
-        };
-        let reply = match PROTOCOL.negotiate(hello.versions) {
-            Ok(version) => HelloReply::Accepted {
-                version,
-                controller: format!("certfleet {}", env!("CARGO_PKG_VERSION")),
-            },
-            Err(e) => HelloReply::Refused {
-                reason: e.to_string(),
-            },
-        };
-        let refused = matches!(reply, HelloReply::Refused { .. });
-        if frame::write(&mut send, &reply, DEFAULT_MAX_FRAME)
-            .await
-            .is_err()
-        {
+        let budgets = Budgets::for_connection(&ctx.budget);
+        if let Err(reason) = super::hello::exchange(&conn, &budgets, opened).await {
+            debug!(%reason, "no session");
             return;
         }
-        let _ = send.finish();
-        if refused {
-            info!(software = %hello.software, "refusing peer of incompatible version");
-            let _ = send.stopped().await;
-            conn.close(
-                VarInt::from_u32(CLOSE_VERSION),
-                b"incompatible protocol version",
-            );
-            return;
-        }
-        debug!(software = %hello.software, "peer connected");
-        if let Some(p) = peer.as_ref().filter(|p| p.role == Role::Admin) {
+        if peer.role == Role::Admin {
             tokio::spawn(
                 close_when_revoked(
                     conn.clone(),
-                    p.serial.clone(),
+                    peer.serial.clone(),
                     ctx.admin_revoked.subscribe(),
                 )
                 .in_current_span(),
             );
         }
-        let session = match &peer {
-            Some(p) if p.role == Role::Agent => {
-                let (id, events) = ctx.service.sessions.register(&p.subject);
-                tokio::spawn(
-                    session_events(conn.clone(), events, p.subject.clone()).in_current_span(),
-                );
-                Some((p.subject.clone(), id))
-            }
-            _ => None,
-        };
+        let session = (peer.role == Role::Agent).then(|| {
+            let (id, events) = ctx.service.sessions.register(&peer.subject);
+            tokio::spawn(
+                session_events(conn.clone(), events, peer.subject.clone(), budgets.clone())
+                    .in_current_span(),
+            );
+            (peer.subject.clone(), id)
+        });
         let peer = Arc::new(peer);
         loop {
             let (send, recv) = match conn.accept_bi().await {
@@ -255,8 +234,10 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) {
             let ctx = ctx.clone();
             let conn = conn.clone();
             let peer = peer.clone();
+            let budgets = budgets.clone();
             tokio::spawn(
-                async move { serve_stream(conn, send, recv, ctx, peer).await }.in_current_span(),
+                async move { serve_stream(conn, send, recv, ctx, peer, budgets).await }
+                    .in_current_span(),
             );
         }
         if let Some((agent, id)) = session {
@@ -274,6 +255,7 @@ async fn session_events(
     conn: quinn::Connection,
     mut events: tokio::sync::mpsc::UnboundedReceiver<SessionEvent>,
     agent: String,
+    budgets: Budgets,
 ) {
     while let Some(event) = events.recv().await {
         match event {
@@ -290,7 +272,14 @@ async fn session_events(
                 }
             }
             SessionEvent::Command(command, reply) => {
+                // A discovery scan may take up to its own timeout (60 s by
+                // default); the others answer at once.
+                let wait = std::time::Duration::from_secs(match command {
+                    AgentCommand::Discover => 90,
+                    _ => 20,
+                });
                 let conn = conn.clone();
+                let budgets = budgets.clone();
                 tokio::spawn(
                     async move {
                         let answer = async {
@@ -300,16 +289,23 @@ async fn session_events(
                                 .await
                                 .map_err(|e| e.to_string())?;
                             let _ = send.finish();
-                            frame::read::<AgentCommandReply, _>(&mut recv, DEFAULT_MAX_FRAME)
-                                .await
-                                .map_err(|e| e.to_string())
+                            // The agent may take up to `wait` to start
+                            // answering (a scan); the body then has the
+                            // usual deadlines.
+                            let started =
+                                Instant::now() + wait.saturating_sub(intake::HEADER_DEADLINE);
+                            intake::read_message::<AgentCommandReply>(
+                                &mut recv,
+                                &budgets,
+                                started,
+                                limits::COMMAND_REPLY,
+                            )
+                            .await
+                            .map_err(|r| match r {
+                                Refusal::Answer(e) => e.message,
+                                Refusal::Close(w) => w,
+                            })
                         };
-                        // A discovery scan may take up to its own timeout
-                        // (60 s by default); the others answer at once.
-                        let wait = std::time::Duration::from_secs(match command {
-                            AgentCommand::Discover => 90,
-                            _ => 20,
-                        });
                         let answer = match tokio::time::timeout(wait, answer).await {
                             Ok(Ok(a)) => a,
                             Ok(Err(e)) => AgentCommandReply {
@@ -386,21 +382,42 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     ctx: Arc<Ctx>,
-    peer: Arc<Option<PeerIdentity>>,
+    peer: Arc<PeerIdentity>,
+    budgets: Budgets,
 ) {
-    let request: Request = match frame::read(&mut recv, DEFAULT_MAX_FRAME).await {
+    let caller = match peer.role {
+        Role::Admin => Caller::Admin,
+        Role::Agent => Caller::Agent,
+    };
+    let request = match intake::read_request(&mut recv, &budgets, Instant::now(), caller).await {
         Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "malformed request; closing connection");
-            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
+        Err(Refusal::Answer(e)) => {
+            debug!(error = %e, "request refused before decoding");
+            // The rest of the request is not wanted.
+            let _ = recv.stop(VarInt::from_u32(0));
+            if frame::write(&mut send, &Response::Error(e), DEFAULT_MAX_FRAME)
+                .await
+                .is_ok()
+            {
+                let _ = send.finish();
+            }
+            return;
+        }
+        Err(Refusal::Close(reason)) => {
+            warn!(%reason, "bad request; closing connection");
+            let code = if reason.contains("in time") || reason.contains("bytes of unfinished") {
+                CLOSE_LIMIT
+            } else {
+                CLOSE_PROTOCOL
+            };
+            conn.close(VarInt::from_u32(code), reason.as_bytes());
             return;
         }
     };
     let revoking = matches!(request, Request::AdminRevoke { .. });
-    let response = match peer.as_ref() {
-        Some(p) if p.role == Role::Admin => admin_request(&ctx, p, request).await,
-        Some(p) => agent_request(&ctx, p, request).await,
-        None => enroll_request(&ctx, request).await,
+    let response = match peer.role {
+        Role::Admin => admin_request(&ctx, &peer, request).await,
+        Role::Agent => agent_request(&ctx, &peer, request).await,
     };
     // An answer too large for a frame becomes an error the client can
     // show, instead of a reset stream it could only call a stream error.
@@ -749,25 +766,4 @@ async fn agent_request(ctx: &Ctx, peer: &PeerIdentity, request: Request) -> Resp
         _ => return denied("agents may only make agent requests"),
     };
     result.unwrap_or_else(|e| Response::Error(e.to_rpc()))
-}
-
-async fn enroll_request(ctx: &Ctx, request: Request) -> Response {
-    match request {
-        Request::Enroll {
-            token,
-            csr_pem,
-            hostname,
-        } => match ctx.service.enroll(token, csr_pem, hostname).await {
-            Ok((agent, cert_pem)) => Response::Enrolled {
-                agent,
-                cert_pem,
-                ca_pem: ctx.identity.cert_pem().to_string(),
-            },
-            Err(e) => Response::Error(e.to_rpc()),
-        },
-        _ => denied(
-            "this connection presented no client certificate; only enrollment is possible \
-             (pass --credential)",
-        ),
-    }
 }

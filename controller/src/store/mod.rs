@@ -1767,6 +1767,20 @@ pub fn audit_insert(conn: &Connection, at: i64, a: &AuditRecord<'_>) -> Result<(
     Ok(())
 }
 
+/// Insert an audit entry and answer its id.
+pub fn audit_insert_id(conn: &Connection, at: i64, a: &AuditRecord<'_>) -> Result<i64, StoreError> {
+    audit_insert(conn, at, a)?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Replace the detail of an aggregate audit entry (the count of refused
+/// enrollments of one source and minute, which grows while it lasts).
+pub fn audit_set_detail(conn: &Connection, id: i64, detail: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE audit SET detail = ?2 WHERE id = ?1")?
+        .execute(params![id, detail])?;
+    Ok(())
+}
+
 /// The newest `limit` audit entries, oldest first.
 pub fn audit_list(conn: &Connection, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
     let mut stmt = conn.prepare(

@@ -42,6 +42,16 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
+    /// A new P-256 key (PEM) and a certificate signing request for it, to
+    /// send with `AdminCreate` or `AdminRenew`.
+    pub fn new_key() -> anyhow::Result<(String, String)> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .context("cannot make a certificate signing request")?;
+        Ok((key.serialize_pem(), csr.pem()?))
+    }
+
     /// Read a credential file.
     pub fn load(path: &Path) -> anyhow::Result<Credential> {
         let bytes = std::fs::read(path)

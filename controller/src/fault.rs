@@ -13,8 +13,6 @@
 use std::collections::BTreeSet;
 use std::sync::{PoisonError, RwLock};
 
-use crate::service::ServiceError;
-
 /// Issuers currently refusing, process-wide.
 static OUTAGES: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
 
@@ -39,13 +37,12 @@ pub fn issuer_refusing(issuer: &str) -> bool {
         .contains(issuer)
 }
 
-/// The error an application gets from an issuer under an injected outage,
-/// or `Ok` when the issuer is not under one.
-pub fn check_issuer(issuer: &str) -> Result<(), ServiceError> {
+/// The refusal an application gets from an issuer under an injected
+/// outage (the caller reports it as the CA's refusal), or `Ok` when the
+/// issuer is not under one.
+pub fn check_issuer(issuer: &str) -> Result<(), String> {
     if issuer_refusing(issuer) {
-        return Err(ServiceError::Conflict(format!(
-            "issuer {issuer} refused: injected outage"
-        )));
+        return Err(format!("issuer {issuer} refused: injected outage"));
     }
     Ok(())
 }
@@ -63,10 +60,7 @@ mod tests {
         assert!(check_issuer(down).is_ok());
         set_issuer_outage(down, true);
         let err = check_issuer(down).unwrap_err();
-        assert_eq!(
-            err.to_rpc().message,
-            "issuer fault-test-down refused: injected outage"
-        );
+        assert_eq!(err, "issuer fault-test-down refused: injected outage");
         assert!(check_issuer(up).is_ok(), "another issuer is unaffected");
         set_issuer_outage(down, true);
         set_issuer_outage(down, false);

@@ -923,7 +923,7 @@ impl Service {
 
         let mut row = if issuer.acme.is_some() {
             // Test seam: an injected outage refuses before the CA is asked.
-            crate::fault::check_issuer(&issuer.name)?;
+            crate::fault::check_issuer(&issuer.name).map_err(ServiceError::Conflict)?;
             let names = parse_names(&app.domains)?;
             let (leaf_pem, chain_pem, checked, key) =
                 self.issue_acme(&app, &instance, &issuer, &names).await?;
@@ -1514,7 +1514,7 @@ fn issue_chunk(
                 .or_insert_with(|| load_ca(master, crl_base, &c.issuer).map_err(|e| e.to_string()));
             // Test seam: an injected outage refuses before anything is signed.
             let r = match (crate::fault::check_issuer(&c.issuer.name), ca) {
-                (Err(refused), _) => Err(refused),
+                (Err(refused), _) => Err(ServiceError::Conflict(refused)),
                 (Ok(()), Ok(ca)) => issue_one(master, ca, &memo, &c, now),
                 (Ok(()), Err(e)) => Err(internal(e.clone())),
             };

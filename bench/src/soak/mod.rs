@@ -16,6 +16,7 @@
 //! makes the run fail.
 
 mod agents;
+mod control;
 mod faults;
 mod ledger;
 mod sim;
@@ -27,18 +28,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use certfleet_controller::client::{Client, Credential};
 use certfleet_controller::rollout::policy::Strategy;
-use certfleet_controller::server::{self, Running, ServeOptions};
+use certfleet_controller::server::{self, ServeOptions};
 use certfleet_controller::service::{Mode, Service, ServiceError};
-use certfleet_protocol::message::{
-    InstanceSpec, IssuerKind, KeyType, Request, Response, ValidationType,
-};
+use certfleet_protocol::message::{InstanceSpec, IssuerKind, KeyType, ValidationType};
 use serde_json::json;
 use tokio::sync::watch;
 
 use agents::SoakAgent;
-use faults::{Event, Plan, Restart, Schedule};
+use control::{Counts, Ctl, Operator};
+use faults::{Plan, Schedule};
 use ledger::{Ledger, Served};
 use sim::{Rng, SimClock};
 
@@ -94,115 +93,6 @@ pub(crate) struct Options {
 
 fn rpc(e: ServiceError) -> anyhow::Error {
     anyhow!(e.to_rpc().message)
-}
-
-/// The controller under test, restarted in place.
-struct Ctl {
-    running: Option<Running>,
-    opts: ServeOptions,
-    clock: SimClock,
-}
-
-impl Ctl {
-    async fn start(opts: ServeOptions, clock: SimClock) -> Result<Ctl> {
-        let running = Some(Self::open(&opts, &clock).await?);
-        Ok(Ctl {
-            running,
-            opts,
-            clock,
-        })
-    }
-
-    /// Start on the same state directory and port; the port of a crashed
-    /// controller may take a moment to be free.
-    async fn open(opts: &ServeOptions, clock: &SimClock) -> Result<Running> {
-        let mut last = None;
-        for _ in 0..100 {
-            match server::start(opts.clone(), Arc::new(clock.clone())).await {
-                Ok(r) => return Ok(r),
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(last.unwrap_or_else(|| anyhow!("controller did not start")))
-    }
-
-    fn running(&self) -> &Running {
-        self.running.as_ref().expect("controller is running")
-    }
-
-    fn svc(&self) -> Arc<Service> {
-        self.running().service.clone()
-    }
-
-    async fn restart(&mut self, how: Restart) -> Result<()> {
-        if let Some(r) = self.running.take() {
-            match how {
-                Restart::Graceful => r.stop().await,
-                Restart::Crash => r.abort().await,
-            }
-        }
-        self.running = Some(Self::open(&self.opts, &self.clock).await?);
-        Ok(())
-    }
-}
-
-/// The operator: an admin credential, used once a simulated day and
-/// renewed (`admin renew`) when the CLI would start warning, 30 days
-/// before it expires.
-struct Operator {
-    cred: Credential,
-    not_after: i64,
-    renewals: u64,
-    failures: u64,
-    last_error: Option<String>,
-}
-
-impl Operator {
-    fn load(path: &Path) -> Result<Operator> {
-        let cred = Credential::load(path)?;
-        let (_, not_after) = ledger::validity(cred.cert.as_ref())?;
-        Ok(Operator {
-            cred,
-            not_after,
-            renewals: 0,
-            failures: 0,
-            last_error: None,
-        })
-    }
-
-    async fn daily(&mut self, addr: SocketAddr, clock: &SimClock) {
-        if let Err(e) = self.try_daily(addr, clock).await {
-            self.failures += 1;
-            self.last_error = Some(format!("{e:#}"));
-        }
-    }
-
-    async fn try_daily(&mut self, addr: SocketAddr, clock: &SimClock) -> Result<()> {
-        let client = Client::open_at(addr, &self.cred, Arc::new(clock.clone())).await?;
-        client.call(&Request::Status).await?;
-        if self.not_after - clock.secs() < 30 * 86_400 {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-            let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())?
-                .serialize_request(&key)?
-                .pem()?;
-            let issued = match client.call(&Request::AdminRenew { csr_pem }).await? {
-                Response::AdminIssued(i) => i,
-                other => bail!("unexpected answer to AdminRenew: {other:?}"),
-            };
-            let pem = format!(
-                "{}{}{}",
-                issued.cert_pem,
-                issued.ca_pem,
-                key.serialize_pem()
-            );
-            self.cred = Credential::from_pem(pem.as_bytes())?;
-            self.not_after = issued.credential.not_after.0;
-            self.renewals += 1;
-        }
-        client.close();
-        Ok(())
-    }
 }
 
 /// The hours at which a lineage of `days`-day certificates issued at hour
@@ -606,89 +496,6 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
 
 fn record_result(results: &Path, value: serde_json::Value) -> Result<()> {
     crate::record(results, value)
-}
-
-/// What the faults did.
-#[derive(Debug, Default)]
-struct Counts {
-    graceful: u64,
-    crashes: u64,
-    hosts_down: u64,
-    install_faults: u64,
-    issuer_outages: u64,
-    reenrollments: u64,
-    /// Bumped at every re-enrollment, so cached identities are re-read.
-    reenrolled_epoch: u64,
-    endpoint_renewals: u64,
-    expired: u64,
-    unsettled_steps: u64,
-}
-
-impl Counts {
-    async fn apply(
-        &mut self,
-        event: &Event,
-        ctl: &mut Ctl,
-        hosts: &[Arc<SoakAgent>],
-        ledger: &mut Ledger,
-        addr: SocketAddr,
-    ) -> Result<()> {
-        match event {
-            Event::Restart(how) => {
-                ctl.restart(*how).await?;
-                match how {
-                    Restart::Graceful => self.graceful += 1,
-                    Restart::Crash => self.crashes += 1,
-                }
-            }
-            Event::HostDown(a) => {
-                hosts[*a].set_online(false);
-                ledger.forget(*a);
-                self.hosts_down += 1;
-            }
-            Event::HostUp(a) => {
-                let host = &hosts[*a];
-                let id = host.identity()?;
-                if id
-                    .expired(certfleet_agent::clock::now(), &host.config.path)
-                    .is_some()
-                {
-                    // Its identity expired while the host was down: the
-                    // documented way back, a re-enroll token.
-                    let token = ctl
-                        .svc()
-                        .token_create_reenroll("soak".into(), host.name(), 3600)
-                        .await
-                        .map_err(rpc)?;
-                    certfleet_agent::session::enroll(
-                        &host.config,
-                        &addr.to_string(),
-                        token.token,
-                        &token.ca_pin,
-                        true,
-                    )
-                    .await
-                    .with_context(|| format!("re-enrolling {}", host.name()))?;
-                    self.reenrollments += 1;
-                    self.reenrolled_epoch += 1 << 32;
-                }
-                host.set_online(true);
-            }
-            Event::InstallFails(a, k) => {
-                hosts[*a].set_failing(*k, true)?;
-                self.install_faults += 1;
-            }
-            Event::InstallWorks(a, k) => hosts[*a].set_failing(*k, false)?,
-            Event::IssuerDown(issuer) => {
-                certfleet_controller::fault::set_issuer_outage(issuer, true);
-                self.issuer_outages += 1;
-            }
-            Event::IssuerUp(issuer) => {
-                certfleet_controller::fault::set_issuer_outage(issuer, false)
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Wait until every host that is up is connected and synced.

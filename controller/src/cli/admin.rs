@@ -140,7 +140,7 @@ where
             ..
         } => {
             refuse_existing(&file)?;
-            let (key, csr_pem) = new_key()?;
+            let (key, csr_pem) = Credential::new_key()?;
             let client = connect().await?;
             let r = client.call(&Request::AdminCreate { name, csr_pem }).await;
             client.close();
@@ -155,7 +155,7 @@ where
             if let Some(f) = &file {
                 refuse_existing(f)?;
             }
-            let (key, csr_pem) = new_key()?;
+            let (key, csr_pem) = Credential::new_key()?;
             let client = connect().await.map_err(|e| {
                 // A revoked or expired credential cannot renew itself; say
                 // how to get a new one instead.
@@ -215,15 +215,6 @@ where
             credentials(out, &list)
         }
     }
-}
-
-/// A new P-256 key (PEM) and a certificate signing request for it.
-fn new_key() -> anyhow::Result<(String, String)> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .context("cannot make a certificate signing request")?;
-    Ok((key.serialize_pem(), csr.pem()?))
 }
 
 fn create_offline(

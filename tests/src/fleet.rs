@@ -534,6 +534,36 @@ pub fn wait_deployments(
     }
 }
 
+/// Enrolls one agent per config body with one join token labelled
+/// `role=web`, gives each the environment variable `env`, starts them and
+/// waits until the controller lists every one as connected.
+pub fn start_web_agents(
+    controller: &Controller,
+    bodies: Vec<String>,
+    env: &(String, String),
+    timeout: Duration,
+) -> Result<Vec<Agent>> {
+    let uses = bodies.len().max(1).to_string();
+    let (tok, pin) = token(controller, &["--labels", "role=web", "--uses", &uses])?;
+    let mut agents = Vec::new();
+    for body in bodies {
+        let mut agent = Agent::new(controller, &body)?;
+        agent.enroll(controller, &tok, &pin)?;
+        agent.set_env(&env.0, &env.1);
+        agent.start()?;
+        agents.push(agent);
+    }
+    for a in &agents {
+        wait_connected(
+            controller,
+            a.id.as_deref().unwrap_or_default(),
+            true,
+            timeout,
+        )?;
+    }
+    Ok(agents)
+}
+
 /// Waits until the controller lists `agent` as connected (or not).
 pub fn wait_connected(
     controller: &Controller,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use certfleet_tests::fleet::{
     check_wave_invariants, named_files_agent_config, named_nginx_agent_config, parse_rfc3339,
-    rollout_show, token, wait_connected, wait_rollout_state, wait_served, write_clock_offset,
-    Agent, Nginx, CLOCK_OFFSET_ENV,
+    rollout_show, start_web_agents, wait_rollout_state, wait_served, write_clock_offset, Agent,
+    Nginx, CLOCK_OFFSET_ENV,
 };
 use certfleet_tests::{array, cert_fingerprint, str_field, Controller, ControllerOptions};
 use serde_json::Value;
@@ -57,19 +57,7 @@ impl Fleet {
             ctl.restart_with(&["--listen", &format!("127.0.0.1:{port}")])?;
         }
         ctl.cli_json(&["issuer", "add", "ca", "--kind", "builtin"])?;
-        let uses = bodies.len().to_string();
-        let (tok, pin) = token(&ctl, &["--labels", "role=web", "--uses", &uses])?;
-        let mut agents = Vec::new();
-        for body in bodies {
-            let mut agent = Agent::new(&ctl, &body)?;
-            agent.enroll(&ctl, &tok, &pin)?;
-            agent.set_env(&env.0, &env.1);
-            agent.start()?;
-            agents.push(agent);
-        }
-        for a in &agents {
-            wait_connected(&ctl, a.id.as_deref().unwrap_or_default(), true, WAIT)?;
-        }
+        let agents = start_web_agents(&ctl, bodies, &env, WAIT)?;
         Ok(Fleet {
             _agents: agents,
             ctl,

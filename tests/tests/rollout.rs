@@ -431,18 +431,26 @@ fn five_agents_with_a_one_day_certificate() -> Result<(Fleet, String, String)> {
 fn renewal_at_a_simulated_date_is_rolled_out_canary_then_waves() -> Result<()> {
     let (fleet, old, old_fp) = five_agents_with_a_one_day_certificate()?;
 
-    // The policy, as `cert show` reports it: a 1-day certificate is due 8 h
-    // before expiry (a third of its lifetime), jitter only moving it earlier
-    // by up to 1/20 of that.
+    // The policy, as `cert show` reports it: a 1-day certificate is due a
+    // third of its lifetime before expiry (8 h, plus a third of the minutes
+    // the issuer backdates `not_before`), jitter only moving it earlier by up
+    // to 1/20 of that.
     let shown = fleet.ctl.cli_json(&["cert", "show", &old])?;
+    let not_before = parse_rfc3339(str_field(&shown, "not_before")?)?;
     let not_after = parse_rfc3339(str_field(&shown, "not_after")?)?;
+    let lifetime = not_after - not_before;
+    ensure!(
+        (86_400..=86_400 + 3600).contains(&lifetime),
+        "a 1-day certificate (perhaps backdated a few minutes) lives {lifetime} s"
+    );
     let renewal = &shown["renewal"];
     let due_at = parse_rfc3339(str_field(renewal, "due_at")?)?;
     let before_expiry = not_after - due_at;
+    let third = lifetime / 3;
     ensure!(
-        (8 * 3600..=8 * 3600 + 8 * 3600 / 20 + 1).contains(&before_expiry),
-        "a 1-day certificate must be due 8 h (+ up to 24 min jitter) before expiry, \
-         is due {before_expiry} s before: {shown:#}"
+        (third..=third + third / 20 + 1).contains(&before_expiry),
+        "a 1-day certificate must be due a third of its life ({third} s, + up to 1/20 \
+         of that as jitter) before expiry, is due {before_expiry} s before: {shown:#}"
     );
     ensure!(
         renewal["blocked"].is_null() && renewal["last_error"].is_null(),

@@ -3,10 +3,11 @@
 //! clock (the soak benchmark) and must not wait for wall-clock ticks.
 //!
 //! The passes are the ones the background loops run ([`Service::expire`],
-//! [`Service::reconcile_renewals`], [`Service::reconcile_rollouts`],
-//! [`Service::reconcile_at_risk`]); calling
-//! them between ticks is harmless, as every pass recomputes from stored
-//! state. [`Service::pending`] says when the work a step started has
+//! [`Service::reconcile_renewals`], [`Service::reconcile_rollouts`]);
+//! calling them between ticks is harmless, as every pass recomputes from
+//! stored state. The at-risk pass ([`Service::reconcile_at_risk`]) is the
+//! caller's to run once the step's work has settled: run before, it would
+//! judge a fleet in the middle of its installs. [`Service::pending`] says when the work a step started has
 //! settled: no application in flight and no rollout target waiting on an
 //! agent that is connected (an offline agent's targets wait for its
 //! deadline, which only the clock moving on can bring).
@@ -40,22 +41,15 @@ pub struct StepWork {
     pub expired: usize,
     /// Renewal applications started.
     pub renewals: usize,
-    /// Deployments at risk after the pass.
-    pub at_risk: usize,
 }
 
 impl Service {
-    /// Run the expiry, renewal, rollout and at-risk passes once, now.
+    /// Run the expiry, renewal and rollout passes once, now.
     pub async fn reconcile_step(self: &Arc<Self>) -> Result<StepWork> {
         let expired = self.expire().await?;
         let renewals = self.reconcile_renewals().await?;
         self.reconcile_rollouts().await?;
-        let at_risk = self.reconcile_at_risk().await?;
-        Ok(StepWork {
-            expired,
-            renewals,
-            at_risk,
-        })
+        Ok(StepWork { expired, renewals })
     }
 
     /// What is still in flight (see the module comment).

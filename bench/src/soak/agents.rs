@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Result};
@@ -28,7 +28,7 @@ use certfleet_agent::session::{self, IdentityRenewal};
 use certfleet_agent::transport::Conn;
 use certfleet_protocol::message::{AgentCommand, AgentCommandReply, Poke, Request};
 use certfleet_protocol::{frame, DEFAULT_MAX_FRAME};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// One simulated host with an agent.
 pub(crate) struct SoakAgent {
@@ -48,6 +48,14 @@ pub(crate) struct SoakAgent {
     /// finished, so the driver never reads a target in the middle of an
     /// install.
     step_done: AtomicU64,
+    /// Shared by every agent: notified whenever one of them finished a
+    /// step's work or a sync, so the driver waits for that instead of
+    /// polling.
+    progress: Arc<Notify>,
+    /// When the identity on disk comes due for renewal (Unix seconds, on
+    /// the agent's clock): read back after every connection and renewal, so
+    /// a step before it need not read and parse the identity files again.
+    renew_at: AtomicI64,
     /// Identity renewals done over the agent's own code path.
     pub(crate) identity_renewals: AtomicU64,
     pub(crate) sessions: AtomicU64,
@@ -65,6 +73,7 @@ impl SoakAgent {
         domains: &[String],
         skew: i64,
         resync_steps: u64,
+        progress: Arc<Notify>,
     ) -> Result<SoakAgent> {
         let dir = root.join(format!("a{index}"));
         let state_dir = dir.join("state");
@@ -105,6 +114,8 @@ impl SoakAgent {
             ready: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             step_done: AtomicU64::new(0),
+            progress,
+            renew_at: AtomicI64::new(i64::MIN),
             identity_renewals: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -146,9 +157,25 @@ impl SoakAgent {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Connected, synced, and done with the work of step `step`.
-    pub(crate) fn settled(&self, step: u64) -> bool {
-        self.ready() && self.step_done.load(Ordering::SeqCst) >= step
+    /// Connected, synced, and done with the work of step `step`, which
+    /// the simulated clock put at `now`. A step that brings this agent no
+    /// work of its own (no resync, no identity renewal due) need not be
+    /// waited for: the agent only looks at it and goes back to waiting.
+    pub(crate) fn settled(&self, step: u64, now: i64) -> bool {
+        self.ready() && (self.step_done.load(Ordering::SeqCst) >= step || !self.works_at(step, now))
+    }
+
+    /// Whether step `step` at simulated time `now` makes this agent resync
+    /// or renew its identity.
+    fn works_at(&self, step: u64, now: i64) -> bool {
+        resyncs_at(self.resync_steps, self.index, step)
+            || now + self.skew >= self.renew_at.load(Ordering::SeqCst)
+    }
+
+    /// This agent finished step `step`'s work.
+    fn done(&self, step: u64) {
+        self.step_done.store(step, Ordering::SeqCst);
+        self.progress.notify_one();
     }
 
     pub(crate) fn identity(&self) -> Result<Identity> {
@@ -214,6 +241,7 @@ async fn session(
     if let Some(why) = id.expired(certfleet_agent::clock::now(), &config.path) {
         bail!("{why}");
     }
+    agent.renew_at.store(id.renew_at(), Ordering::SeqCst);
     let conn = Conn::mtls_via(endpoint, addr, &id).await?;
     *connected = true;
     agent.sessions.fetch_add(1, Ordering::Relaxed);
@@ -226,8 +254,8 @@ async fn session(
         return Ok(true);
     }
     sync(agent, &conn).await?;
-    agent.step_done.store(step_now, Ordering::SeqCst);
     agent.ready.store(true, Ordering::SeqCst);
+    agent.done(step_now);
     loop {
         tokio::select! {
             bi = conn.conn.accept_bi() => {
@@ -264,24 +292,35 @@ async fn session(
                     conn.conn.close(0u32.into(), b"reconnecting with the renewed identity");
                     return Ok(true);
                 }
-                if agent.resync_steps > 0
-                    && n.wrapping_add(agent.index as u64) % agent.resync_steps == 0
-                {
+                if resyncs_at(agent.resync_steps, agent.index, n) {
                     sync(agent, &conn).await?;
                 }
-                agent.step_done.store(n, Ordering::SeqCst);
+                agent.done(n);
             }
         }
     }
 }
 
+/// Whether agent `index` resyncs at step `step`: every `resync_steps`
+/// steps, the agents spread over them; never when `resync_steps` is 0.
+fn resyncs_at(resync_steps: u64, index: usize, step: u64) -> bool {
+    resync_steps > 0 && step.wrapping_add(index as u64) % resync_steps == 0
+}
+
 /// Renew the identity when due, as the agent does; whether the session
 /// should end so the agent reconnects with the new identity at once.
+/// Before the renewal time read at the last connection or renewal nothing
+/// can be due, and the identity files are not read again.
 async fn renew_identity(agent: &SoakAgent, conn: &Conn) -> Result<bool> {
+    if certfleet_agent::clock::now() < agent.renew_at.load(Ordering::SeqCst) {
+        return Ok(false);
+    }
     match session::renew_identity_if_due(&agent.config, conn).await? {
         IdentityRenewal::NotDue => Ok(false),
         IdentityRenewal::Renewed { reconnect } => {
             agent.identity_renewals.fetch_add(1, Ordering::Relaxed);
+            let id = agent.identity()?;
+            agent.renew_at.store(id.renew_at(), Ordering::SeqCst);
             Ok(reconnect)
         }
     }
@@ -290,5 +329,6 @@ async fn renew_identity(agent: &SoakAgent, conn: &Conn) -> Result<bool> {
 async fn sync(agent: &SoakAgent, conn: &Conn) -> Result<()> {
     let result = session::sync(&agent.config, conn).await;
     agent.dirty.store(true, Ordering::SeqCst);
+    agent.progress.notify_one();
     result
 }

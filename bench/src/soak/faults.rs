@@ -42,6 +42,12 @@ pub(crate) struct Plan {
     /// Per target: the hours its certificate is expected to come due for
     /// renewal, when an install failure may hit it (see [`Schedule::new`]).
     pub(crate) renewals: Vec<Vec<i64>>,
+    /// Per target: the latest its renewal may come due before each of
+    /// `renewals` (the due time's jitter), in hours, when a week-long
+    /// install failure from then on brings its certificate within the
+    /// at-risk lead of expiry without letting it expire ([`tight`]); `None`
+    /// otherwise.
+    pub(crate) tight: Vec<Option<i64>>,
     pub(crate) failing_percent: usize,
     pub(crate) restarts: usize,
 }
@@ -51,6 +57,29 @@ pub(crate) struct Plan {
 pub(crate) struct Schedule {
     events: std::collections::BTreeMap<i64, Vec<Event>>,
     pub(crate) failing_targets: usize,
+    /// Failing targets whose certificate the failure brings within its
+    /// at-risk lead.
+    pub(crate) tight_targets: usize,
+}
+
+/// Hours of a week-long install failure.
+const FAILURE_HOURS: i64 = 7 * 24;
+
+/// For a lineage of `days`-day certificates under the default renewal
+/// policy (due a third of the lifetime, at most 30 days, before expiry,
+/// moved earlier by a jitter of up to a twentieth of that): the largest
+/// jitter in hours, when a week-long install failure starting just before
+/// the earliest due time brings the certificate within its at-risk lead
+/// (the shorter of 7 days and a sixth of its lifetime) with at least a day
+/// still left before it expires; `None` when the failure would leave it
+/// further from expiry, or let it expire.
+pub(crate) fn tight(days: i64) -> Option<i64> {
+    let window = (days * 24 / 3).min(30 * 24);
+    let lead = (7 * 24).min(days * 24 / 6);
+    let jitter = window / 20;
+    // Installed about an hour after the failure ends (the rollout retry).
+    let margin = window + jitter + 1 - FAILURE_HOURS - 2;
+    (margin < lead - 2 && window - FAILURE_HOURS - 2 > 24).then_some(jitter)
 }
 
 impl Schedule {
@@ -82,19 +111,50 @@ impl Schedule {
         // than the failure are hit: a host that cannot install anything for
         // the whole window serves an expired certificate whatever its
         // controller does (the at-risk item says so).
-        let len = (7 * 24).min(plan.hours / 3).max(1);
+        //
+        // A fifth of them (at least one) are *tight*: targets whose
+        // certificate the week brings within its at-risk lead of expiry
+        // (their failure starts before the earliest their renewal may come
+        // due), so the soak measures how early such a certificate was
+        // flagged (`at_risk_min_lead_ratio`) and not only that it was
+        // replaced in time.
+        let len = FAILURE_HOURS.min(plan.hours / 3).max(1);
         let fits = |h: &i64| *h - 48 >= 1 && *h + len + 24 <= plan.hours;
         let eligible: Vec<usize> = (0..plan.targets.len())
             .filter(|&i| plan.renewals.get(i).is_some_and(|r| r.iter().any(fits)))
             .collect();
+        let tight: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| plan.tight.get(i).copied().flatten().is_some())
+            .collect();
         let n = (plan.targets.len() * plan.failing_percent).div_ceil(100);
-        s.failing_targets = n.min(eligible.len());
-        for i in rng.pick(eligible.len(), n) {
-            let t = eligible[i];
+        let n_tight = if n == 0 { 0 } else { (n / 5).max(1) }.min(tight.len());
+        let mut chosen: Vec<(usize, bool)> = rng
+            .pick(tight.len(), n_tight)
+            .into_iter()
+            .map(|i| (tight[i], true))
+            .collect();
+        let rest: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|i| !chosen.iter().any(|(c, _)| c == i))
+            .collect();
+        chosen.extend(
+            rng.pick(rest.len(), n - n_tight)
+                .into_iter()
+                .map(|i| (rest[i], false)),
+        );
+        s.failing_targets = chosen.len();
+        s.tight_targets = n_tight;
+        for (t, is_tight) in chosen {
             let (agent, k) = plan.targets[t];
             let due: Vec<i64> = plan.renewals[t].iter().copied().filter(fits).collect();
             let at = due[rng.range(0, due.len() as i64 - 1) as usize];
-            let from = at - rng.range(1, 48);
+            let from = match plan.tight[t].filter(|_| is_tight) {
+                Some(jitter) => at - jitter - 1,
+                None => at - rng.range(1, 48),
+            };
             s.add(from, Event::InstallFails(agent, k));
             s.add(from + len, Event::InstallWorks(agent, k));
         }
@@ -146,6 +206,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            tight: (0..1000).map(|i| (i % 7 == 3).then_some(12)).collect(),
             restarts: 20,
         }
     }
@@ -160,6 +221,7 @@ mod tests {
         assert_eq!(count(&|e| matches!(e, Event::HostDown(_))), 20);
         assert_eq!(count(&|e| matches!(e, Event::HostUp(_))), 20);
         assert_eq!(count(&|e| matches!(e, Event::InstallFails(..))), 50);
+        assert_eq!((a.failing_targets, a.tight_targets), (50, 10));
         // Each failure covers a renewal of its target.
         for (h, events) in &a.events {
             for e in events {
@@ -192,6 +254,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn tight_lifetimes_come_within_their_lead_and_not_past_expiry() {
+        // 8-day windows and longer hold a week's failure; from 38 days on
+        // the certificate stays further from expiry than its lead.
+        let days: Vec<i64> = (1..400).filter(|&d| tight(d).is_some()).collect();
+        assert_eq!(days, (25..=37).collect::<Vec<_>>());
+        assert_eq!(tight(30), Some(12));
     }
 
     #[test]

@@ -159,6 +159,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     let mut rng = Rng::new(o.seed ^ 0x5eed);
     let domain = |j: usize| format!("c{j}.soak.test");
     let mut hosts = Vec::with_capacity(o.agents);
+    let progress = Arc::new(tokio::sync::Notify::new());
     let token = svc
         .token_create(
             "soak".into(),
@@ -176,7 +177,15 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
             .collect();
         let skew = if a == 0 { o.skew_secs } else { 0 };
         let resync_steps = o.resync_hours * 3600 / o.step_secs.max(1) as u64;
-        let agent = SoakAgent::new(root.path(), a, addr, &domains, skew, resync_steps)?;
+        let agent = SoakAgent::new(
+            root.path(),
+            a,
+            addr,
+            &domains,
+            skew,
+            resync_steps,
+            progress.clone(),
+        )?;
         certfleet_agent::session::enroll(
             &agent.config,
             &addr.to_string(),
@@ -258,7 +267,16 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         .await
         .map_err(rpc)?;
     }
-    if !settle(&svc, &hosts, 0, Duration::from_secs(300)).await? {
+    if !settle(
+        &svc,
+        &hosts,
+        &progress,
+        0,
+        clock.secs(),
+        Duration::from_secs(300),
+    )
+    .await?
+    {
         bail!("the first deploys did not settle within 5 minutes");
     }
     let setup_seconds = wall.elapsed().as_secs_f64();
@@ -279,6 +297,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
                 .iter()
                 .map(|&days| renewal_hours(days, hours * o.step_secs / 3600))
                 .collect(),
+            tight: lifetimes.iter().map(|&days| faults::tight(days)).collect(),
             failing_percent: o.failing_percent,
             restarts: o.restarts,
         },
@@ -298,7 +317,9 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         identity_not_after.push((u64::MAX, h.identity()?.not_after));
     }
     let mut counts = Counts::default();
+    let mut phases = Phases::default();
     for step in 1..=hours {
+        let mut lap = Lap::start();
         clock.advance(o.step_secs);
         let now = clock.secs();
         for event in schedule.at(step) {
@@ -312,6 +333,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
                 .apply(event, &mut ctl, &hosts, &mut ledger, addr)
                 .await?;
         }
+        phases.faults += lap.next();
         let svc = ctl.svc();
         if ctl.running().renew_endpoint_cert_if_due()? {
             counts.endpoint_renewals += 1;
@@ -319,7 +341,17 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         let _ = step_tx.send(step as u64);
         let work = svc.reconcile_step().await.map_err(rpc)?;
         counts.expired += work.expired as u64;
-        if !settle(&svc, &hosts, step as u64, Duration::from_secs(30)).await? {
+        phases.passes += lap.next();
+        if !settle(
+            &svc,
+            &hosts,
+            &progress,
+            step as u64,
+            now,
+            Duration::from_secs(30),
+        )
+        .await?
+        {
             counts.unsettled_steps += 1;
             let pending = svc.pending().await.map_err(rpc)?;
             let waiting: Vec<String> = hosts
@@ -339,6 +371,8 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
             );
         }
 
+        phases.settle += lap.next();
+
         // What the controller holds at risk now.
         svc.reconcile_at_risk().await.map_err(rpc)?;
         for item in svc.at_risk_items().await.map_err(rpc)? {
@@ -356,6 +390,8 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
             };
             ledger.at_risk(&fp, item.since.0);
         }
+
+        phases.at_risk += lap.next();
 
         // What is served now.
         for h in hosts.iter().filter(|h| h.online()) {
@@ -386,6 +422,16 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         }
         if now >= operator.not_after {
             ledger.past(format!("the operator's admin credential at step {step}"));
+        }
+        phases.ledger += lap.next();
+        let day = step * o.step_secs / 86_400;
+        if day > 0 && day % 90 == 0 && (step - 1) * o.step_secs / 86_400 < day {
+            eprintln!(
+                "soak: day {day} of {} after {:.0} s; {} certificate-hours past expiry so far",
+                o.days,
+                wall.elapsed().as_secs_f64(),
+                ledger.past_expiry_hours
+            );
         }
     }
 
@@ -455,10 +501,12 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
             "operator_failures": operator.failures,
             "operator_last_error": operator.last_error,
             "unsettled_steps": counts.unsettled_steps,
+            "step_seconds": phases.json(),
             "agents_not_connected_at_end": stuck,
             "faults": {
                 "hosts_down": counts.hosts_down,
                 "failing_targets": schedule.failing_targets,
+                "failing_targets_brought_within_lead": schedule.tight_targets,
                 "install_failure_windows": counts.install_faults,
                 "issuer_outages": counts.issuer_outages,
                 "skewed_agents": usize::from(o.skew_secs != 0),
@@ -494,6 +542,52 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     Ok(())
 }
 
+/// Wall time of the step loop by phase, for finding where a slow run
+/// spends it.
+#[derive(Debug, Default)]
+struct Phases {
+    /// Applying the faults due (restarts included).
+    faults: Duration,
+    /// The endpoint certificate check, the step signal and the passes.
+    passes: Duration,
+    /// Waiting for the agents and the work started to settle.
+    settle: Duration,
+    /// Reading the at-risk items back.
+    at_risk: Duration,
+    /// Reading what every target serves and judging it.
+    ledger: Duration,
+}
+
+impl Phases {
+    fn json(&self) -> serde_json::Value {
+        let s = |d: Duration| (d.as_secs_f64() * 100.0).round() / 100.0;
+        json!({
+            "faults": s(self.faults),
+            "passes": s(self.passes),
+            "settle": s(self.settle),
+            "at_risk": s(self.at_risk),
+            "ledger": s(self.ledger),
+        })
+    }
+}
+
+/// A stopwatch read in laps.
+struct Lap(Instant);
+
+impl Lap {
+    fn start() -> Lap {
+        Lap(Instant::now())
+    }
+
+    /// The time since the last lap.
+    fn next(&mut self) -> Duration {
+        let now = Instant::now();
+        let lap = now - self.0;
+        self.0 = now;
+        lap
+    }
+}
+
 fn record_result(results: &Path, value: serde_json::Value) -> Result<()> {
     crate::record(results, value)
 }
@@ -516,17 +610,20 @@ async fn wait_ready(hosts: &[Arc<SoakAgent>], timeout: Duration) -> Result<()> {
 
 /// Wait until every host that is up is connected, synced and done with
 /// step `step`, and nothing the step started is in flight, driving
-/// rollouts meanwhile. `false` when
-/// `timeout` passed first.
+/// rollouts meanwhile. `false` when `timeout` passed first. Woken by the
+/// agents' progress; the controller's side (an application issuing, an
+/// install report arriving) is looked at again every millisecond.
 async fn settle(
     svc: &Arc<Service>,
     hosts: &[Arc<SoakAgent>],
+    progress: &tokio::sync::Notify,
     step: u64,
+    now: i64,
     timeout: Duration,
 ) -> Result<bool> {
     let start = Instant::now();
     loop {
-        if hosts.iter().all(|h| !h.online() || h.settled(step)) {
+        if hosts.iter().all(|h| !h.online() || h.settled(step, now)) {
             svc.reconcile_rollouts().await.map_err(rpc)?;
             if svc.pending().await.map_err(rpc)?.settled() {
                 return Ok(true);
@@ -535,6 +632,6 @@ async fn settle(
         if start.elapsed() > timeout {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(1), progress.notified()).await;
     }
 }

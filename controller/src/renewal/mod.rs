@@ -213,7 +213,7 @@ impl Service {
             .call(move |c| -> Result<Vec<String>> {
                 let tx = c.transaction()?;
                 let mut started = Vec::new();
-                for cert in store::renewal_candidates(&tx)? {
+                for cert in store::renewal_candidates(&tx, now)? {
                     if now < due_at(&tx, &cert)? {
                         continue;
                     }

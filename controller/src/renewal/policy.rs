@@ -20,6 +20,13 @@ pub const RATE_LIMIT_BACKOFF_SECS: i64 = 3600;
 pub const MIN_RETRY_SECS: i64 = 60;
 pub const MAX_RETRY_SECS: i64 = 6 * 3600;
 
+/// Without a CA's renewal window, renewal never comes due earlier than
+/// this percentage of a certificate's lifetime before its expiry: a third
+/// at most, moved earlier by a jitter of at most a twentieth of that (35 %),
+/// plus a margin for rounding. The renewal pass reads only certificates
+/// this close to expiry.
+pub const EARLIEST_DUE_PERCENT: i64 = 36;
+
 /// The effective `renew_before` for a certificate of the given lifetime.
 pub fn renew_before(lifetime_secs: i64, configured_secs: Option<i64>) -> i64 {
     let configured = configured_secs.unwrap_or(DEFAULT_RENEW_BEFORE_SECS).max(0);
@@ -121,6 +128,30 @@ mod tests {
         assert!(is_due(d, d));
         assert!(is_due(d, T0 + 200 * DAY), "expired certificates are due");
         assert!(!is_due(d, T0));
+    }
+
+    #[test]
+    fn renewal_is_never_due_earlier_than_the_earliest_due_percent() {
+        for lifetime in [
+            1,
+            59,
+            3600,
+            86_400,
+            6 * 86_400 + 300,
+            90 * 86_400,
+            398 * 86_400,
+        ] {
+            for configured in [None, Some(0), Some(86_400), Some(400 * 86_400)] {
+                for i in 0..200 {
+                    let id = format!("cert-{i}");
+                    let due = due_at(&id, 1_000, 1_000 + lifetime, configured, None);
+                    assert!(
+                        1_000 + lifetime - due <= lifetime * EARLIEST_DUE_PERCENT / 100,
+                        "{lifetime} {configured:?} {id}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 pub use rusqlite::Connection as Conn;
 
+use crate::renewal::policy::EARLIEST_DUE_PERCENT;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error")]
@@ -1236,14 +1238,20 @@ pub fn cert_set_renewal(
 /// renews yet: the heads of their lineages, the ones renewal looks at. An
 /// expired head still renews, so a controller that was down through the
 /// renewal window catches up.
-pub fn renewal_candidates(conn: &Connection) -> Result<Vec<CertRow>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
+///
+/// Only heads that may be due at `now` are read: renewal never comes due
+/// earlier than [`EARLIEST_DUE_PERCENT`] of a certificate's lifetime before
+/// its expiry, so the rest are left in the database; the exact due time is
+/// the caller's to check.
+pub fn renewal_candidates(conn: &Connection, now: i64) -> Result<Vec<CertRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CERT_COLS} FROM certificates c
          WHERE c.state IN ('active', 'expired')
+           AND c.not_after - (c.not_after - c.not_before) * {EARLIEST_DUE_PERCENT} / 100 <= ?1
            AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.renews = c.id)
          ORDER BY not_after, id"
     ))?;
-    let rows = stmt.query_map([], cert_from_row)?;
+    let rows = stmt.query_map([now], cert_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -63,6 +63,21 @@ fn ensure_aborted(status: ExitStatus, failpoint: &str) -> Result<()> {
     Ok(())
 }
 
+/// Start a CLI call to an armed controller without waiting for its answer:
+/// the controller may die before it answers, and the CLI would then wait
+/// for the connection's idle timeout. Kill the returned child once done.
+fn cli_detached(ctl: &Controller, args: &[&str]) -> Result<std::process::Child> {
+    let mut cmd = ctl.cli_command();
+    cmd.arg("--controller")
+        .arg(ctl.listen().to_string())
+        .arg("--credential")
+        .arg(ctl.credential_path())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Ok(cmd.spawn()?)
+}
+
 /// Create an instance and apply (without waiting); returns the application id.
 fn apply(ctl: &Controller, issuer: &str, domain: &str) -> Result<String> {
     let inst = ctl.cli_json(&["instance", "create", "--issuer", issuer])?;
@@ -154,8 +169,10 @@ fn a_store_commit_that_crashes_or_fails_its_fsync_loses_nothing_committed() -> R
     let kept = str_field(&kept, "id")?.to_owned();
     // Crash with the commit in the log but not yet fsynced.
     arm(&mut ctl, "store.commit")?;
-    let _ = ctl.cli(&["instance", "create", "--issuer", "ca"]);
+    let mut call = cli_detached(&ctl, &["instance", "create", "--issuer", "ca"])?;
     crashed_then_restarted(&mut ctl, "store.commit")?;
+    let _ = call.kill();
+    let _ = call.wait();
     one_certificate_for(&ctl, "kept.example.test")?;
 
     // EIO from the fsync: the call fails naming the log file, the store
@@ -260,8 +277,16 @@ fn a_controller_killed_at_each_rollout_step_converges_after_restart() -> Result<
         let before = served_fingerprint(nginx.port, NAME)?;
         arm(&mut ctl, failpoint)?;
         // The armed controller dies during the deploy or right after it.
-        let _ = deploy(&ctl, &cert);
+        let mut call = cli_detached(
+            &ctl,
+            &[
+                "deploy", &cert, "--to", "role=web", "--target", "nginx", "--canary", "0",
+                "--wave", "100%",
+            ],
+        )?;
         crashed_then_restarted(&mut ctl, failpoint)?;
+        let _ = call.kill();
+        let _ = call.wait();
         let served = served_fingerprint(nginx.port, NAME)?;
         ensure!(
             served == before || served == fp,

@@ -140,7 +140,7 @@ fn nothing_in_flight(ctl: &Controller) -> Result<()> {
 }
 
 #[test]
-fn a_controller_killed_at_each_issuing_step_issues_each_application_once() -> Result<()> {
+fn each_issuing_step_killed_or_failed_issues_every_application_once() -> Result<()> {
     let mut ctl = pinned_controller()?;
     for (n, failpoint) in [
         "issue.before_sign",
@@ -158,6 +158,56 @@ fn a_controller_killed_at_each_issuing_step_issues_each_application_once() -> Re
         wait_issued(&ctl, &app, WAIT)?;
         one_certificate_for(&ctl, &domain)?;
         nothing_in_flight(&ctl)?;
+    }
+    // An error (not a crash) at each step: the application fails with the
+    // step's error, its instance is free again, nothing was stored, and
+    // applying again on the same instance issues one certificate.
+    for (n, failpoint) in [
+        "issue.before_sign",
+        "issue.after_sign",
+        "issue.before_commit",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ctl.set_env(FAILPOINTS, Some(&format!("{failpoint}=1*return")));
+        ctl.restart()?;
+        let domain = format!("error{n}.example.test");
+        let inst = ctl.cli_json(&["instance", "create", "--issuer", "ca"])?;
+        let inst = str_field(&inst, "id")?.to_owned();
+        let out = ctl.cli(&[
+            "cert",
+            "apply",
+            "--instance",
+            &inst,
+            "--domain",
+            &domain,
+            "--wait",
+        ])?;
+        ensure!(!out.status.success(), "{failpoint}: the apply succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            err.contains(&format!("failpoint {failpoint}")),
+            "{failpoint}: {err}"
+        );
+        let list = ctl.cli_json(&["cert", "list"])?;
+        ensure!(
+            !list.to_string().contains(&domain),
+            "{failpoint}: a certificate was stored: {list}"
+        );
+        let instance = ctl.cli_json(&["instance", "show", &inst])?;
+        ensure!(instance["state"] == "unused", "{failpoint}: {instance}");
+        let app = ctl.cli_json(&[
+            "cert",
+            "apply",
+            "--instance",
+            &inst,
+            "--domain",
+            &domain,
+            "--wait",
+        ])?;
+        ensure!(app["state"] == "issued", "{failpoint}: {app}");
+        one_certificate_for(&ctl, &domain)?;
     }
     Ok(())
 }

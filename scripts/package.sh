@@ -26,7 +26,9 @@
 # Release binaries are built into $CARGO_TARGET_DIR [default: target/pkg], a
 # target directory of their own so packaging does not invalidate debug
 # builds; dev binaries come from $CARGO_TARGET_DIR [default: target], built
-# with `cargo build --workspace --bins` exactly as scripts/test.sh does.
+# with `cargo build --workspace --bins --features ...failpoints` exactly as
+# scripts/test.sh does (failpoints compiled in, inert unless
+# CERTFLEET_FAILPOINTS is set; release packages never have them).
 #
 # Signing: with CERTFLEET_RPM_SIGN_KEY set to a GnuPG key id (in $GNUPGHOME
 # or ~/.gnupg), the .rpms are signed with `rpmsign --addsign`. Unsigned
@@ -132,8 +134,9 @@ out=$(cd "$out" && pwd)
 
 if [[ $profile == dev ]]; then
   # The same command as scripts/test.sh: after it, nothing to rebuild.
-  log "building dev binaries into $CARGO_TARGET_DIR (cargo build --workspace --bins)"
-  cargo build --workspace --bins
+  FEATURES=certfleet-controller/failpoints,certfleet-agent/failpoints
+  log "building dev binaries into $CARGO_TARGET_DIR (cargo build --workspace --bins --features $FEATURES)"
+  cargo build --workspace --bins --features "$FEATURES"
 else
   log "building release binaries into $CARGO_TARGET_DIR"
   cargo build --release \

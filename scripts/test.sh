@@ -152,9 +152,12 @@ if [[ $deps_only == true ]]; then
   exit 0
 fi
 
-# The end-to-end tests start target/debug/certfleet; build it first.
-log "cargo build --workspace --bins"
-cargo build --workspace --bins
+# The end-to-end tests start target/debug/certfleet and certfleet-agent;
+# build them first, with the failpoints tests/tests/failpoints.rs arms
+# (docs/testing.md). nextest does not rebuild these binaries.
+FEATURES=certfleet-controller/failpoints,certfleet-agent/failpoints
+log "cargo build --workspace --bins --features $FEATURES"
+cargo build --workspace --bins --features "$FEATURES"
 
 if cargo nextest --version >/dev/null 2>&1; then
   log "cargo nextest run --workspace"

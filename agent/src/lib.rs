@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod discovery;
+pub mod failpoints;
 pub mod identity;
 pub mod install;
 pub mod manual;

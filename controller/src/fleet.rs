@@ -759,6 +759,7 @@ impl Service {
             .store
             .call(move |c| -> Result<bool> {
                 let tx = c.transaction()?;
+                crate::service::failpoint("report.before_record")?;
                 let applied = store::deployment_report(&tx, &agent, &report, now)?;
                 store::audit_insert(
                     &tx,
@@ -780,6 +781,8 @@ impl Service {
                 Ok(applied)
             })
             .await?;
+        // Recorded and durable; the rollout is not yet woken.
+        crate::service::failpoint("report.after_record")?;
         if !applied {
             warn!("report for a deployment that has since changed; ignored");
         }

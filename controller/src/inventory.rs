@@ -28,7 +28,7 @@ use crate::store::{self, AuditRecord, StoreError};
 const SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn sql(e: rusqlite::Error) -> ServiceError {
-    ServiceError::Store(StoreError::Sqlite(e))
+    ServiceError::Store(StoreError::from(e))
 }
 
 /// Replace an agent's inventory with `report`, inside the caller's

@@ -68,7 +68,7 @@ pub enum ServiceError {
 
 impl From<rusqlite::Error> for ServiceError {
     fn from(e: rusqlite::Error) -> Self {
-        ServiceError::Store(StoreError::Sqlite(e))
+        ServiceError::Store(StoreError::from(e))
     }
 }
 
@@ -761,6 +761,7 @@ impl Service {
                     }
                     out.push((row.application, row.info.id, row.info.serial, r));
                 }
+                failpoint("issue.before_commit")?;
                 tx.commit()?;
                 Ok(out)
             })
@@ -961,6 +962,7 @@ impl Service {
             .call(move |c| -> Result<Option<bool>> {
                 let tx = c.transaction()?;
                 let started = persist_issued(&tx, &mut row, at)?;
+                failpoint("issue.before_commit")?;
                 tx.commit()?;
                 if started.is_some() {
                     info!(certificate = %row.info.id, serial = %row.info.serial, renews = ?row.info.renews, "certificate issued");
@@ -1495,6 +1497,15 @@ fn load_ca(master: &MasterKey, crl_base: &str, issuer: &IssuerRow) -> Result<Loa
     })
 }
 
+/// Fail the step with [`ServiceError::Internal`] when failpoint `name` (see
+/// `certfleet_agent::failpoints`) fires; a no-op in builds without them.
+pub(crate) fn failpoint(name: &str) -> Result<()> {
+    match certfleet_agent::failpoints::check(name) {
+        Some(message) => Err(internal(message)),
+        None => Ok(()),
+    }
+}
+
 /// Issue every application of `chunk` on this (blocking) thread: key,
 /// signature, the checks every certificate must pass, sealed key. Each CA is
 /// opened once per chunk.
@@ -1540,6 +1551,7 @@ fn issue_one(
 ) -> Result<CertRow> {
     let names = parse_names(&c.app.domains)?;
     let key = LeafKey::generate(c.instance.spec.key)?;
+    failpoint("issue.before_sign")?;
     let leaf = ca
         .ca
         .issue(
@@ -1560,6 +1572,8 @@ fn issue_one(
         memo,
     )
     .map_err(|e| internal(format!("issued certificate failed its checks: {e}")))?;
+    // Signed at the CA, not yet stored anywhere.
+    failpoint("issue.after_sign")?;
     cert_row(
         master,
         &c.app,

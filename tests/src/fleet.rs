@@ -25,7 +25,7 @@ pub fn agent_bin() -> PathBuf {
     let bin = certfleet_bin().with_file_name("certfleet-agent");
     assert!(
         bin.is_file(),
-        "certfleet-agent not found at {}: run `cargo build --workspace --bins`",
+        "certfleet-agent not found at {}: run `cargo build --workspace --bins --features certfleet-controller/failpoints,certfleet-agent/failpoints` (as scripts/test.sh does)",
         bin.display()
     );
     bin

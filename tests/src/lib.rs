@@ -11,7 +11,7 @@
 //! that log, which the test runner shows only for a failing test.
 //!
 //! The binary is found beside the test executable (`target/debug/certfleet`)
-//! or at `$CERTFLEET_BIN`; build it first with `cargo build --workspace --bins`.
+//! or at `$CERTFLEET_BIN`; build it first with `cargo build --workspace --bins --features certfleet-controller/failpoints,certfleet-agent/failpoints` (as scripts/test.sh does).
 
 use std::{
     env,
@@ -64,7 +64,7 @@ pub fn certfleet_bin() -> PathBuf {
         assert!(
             path.is_file(),
             "{BIN_ENV}={} does not name a file; unset it or build the binary with \
-             `cargo build --workspace --bins`",
+             `cargo build --workspace --bins --features certfleet-controller/failpoints,certfleet-agent/failpoints` (as scripts/test.sh does)",
             path.display()
         );
         return path;
@@ -80,7 +80,7 @@ pub fn certfleet_bin() -> PathBuf {
     let bin = dir.join(format!("certfleet{}", env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),
-        "the certfleet binary was not found at {}: run `cargo build --workspace --bins` \
+        "the certfleet binary was not found at {}: run `cargo build --workspace --bins --features certfleet-controller/failpoints,certfleet-agent/failpoints` (as scripts/test.sh does) \
          before the end-to-end tests (or point {BIN_ENV} at it)",
         bin.display()
     );
@@ -311,6 +311,39 @@ impl Controller {
             thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable of the
+    /// controller process from its next start on (e.g. `CERTFLEET_FAILPOINTS`).
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.options.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.options.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// Waits for the controller process to exit by itself (a failpoint
+    /// that aborts it) and returns its status; fails after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("the controller is not running"))?;
+        loop {
+            if let Some(status) = child.try_wait().context("polling the controller")? {
+                self.child = None;
+                self.runtime = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the controller is still running after {timeout:?}; log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts a stopped controller again on its state directory.

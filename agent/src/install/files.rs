@@ -470,7 +470,8 @@ fn fill(fd: OwnedFd, spec: &FileSpec, mode: Mode, path: &Path) -> Result<(), Fil
     // The umask only narrowed the mode given to openat; set it exactly.
     fchmod(&fd, mode).map_err(sys_err("set mode of", path))?;
     let mut file = fs::File::from(fd);
-    file.write_all(&spec.contents)
+    crate::failpoints::check_io("install.write")
+        .and_then(|()| file.write_all(&spec.contents))
         .and_then(|()| file.sync_all())
         .map_err(io_err("write", path))
 }
@@ -734,6 +735,11 @@ impl Swap {
     /// backups. A backup that cannot be removed is only logged: the commit has
     /// happened, and the next install of that file removes it.
     pub fn commit(self) -> Result<(), FileError> {
+        crate::failpoints::check_io("install.before_commit").map_err(|error| FileError::Io {
+            op: "commit the journal",
+            path: self.journal_path.clone(),
+            error,
+        })?;
         remove_journal(&self.journal_dir, &self.journal_path)?;
         for entry in self.entries.iter().filter(|entry| entry.backup) {
             let removed =
@@ -848,6 +854,17 @@ fn swap_in_until(
     }
     // The contents are on disk; zeroize our copy now.
     drop(files);
+    // Test builds: every file staged, no journal yet.
+    if let Err(error) = crate::failpoints::check_io("install.staged") {
+        entries.iter().for_each(Entry::discard_staged);
+        return Err(FileError::Io {
+            op: "stage",
+            path: entries
+                .first()
+                .map_or_else(|| journal_path.clone(), |e| e.live.clone()),
+            error,
+        });
+    }
 
     let journal = Journal {
         version: JOURNAL_VERSION,

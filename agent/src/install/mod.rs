@@ -420,24 +420,30 @@ pub async fn install(
         }
     };
 
-    // 3. config test
-    if let Some(argv) = &target.test_command {
-        if let Err(e) = run_step("config test", argv, target.command_timeout).await {
-            warn!(target = %target.name, error = %e, "config test failed; restoring previous files");
-            let restored = tokio::task::spawn_blocking(move || swap.restore()).await;
-            let note = match restored {
-                Ok(Ok(())) => String::new(),
-                Ok(Err(e)) => format!("\nrestoring the previous files also failed: {e}"),
-                Err(e) => format!("\nrestoring the previous files also failed: {e}"),
-            };
-            return report(
-                d,
-                DeploymentStatus::RolledBack,
-                None,
-                Some(format!("{e}{note}")),
-                start,
-            );
-        }
+    // 3. config test (test builds: `install.swapped` fails it, the new
+    // files being in place and the server not yet reloaded)
+    let tested = match crate::failpoints::check("install.swapped") {
+        Some(e) => Err(e),
+        None => match &target.test_command {
+            Some(argv) => run_step("config test", argv, target.command_timeout).await,
+            None => Ok(()),
+        },
+    };
+    if let Err(e) = tested {
+        warn!(target = %target.name, error = %e, "config test failed; restoring previous files");
+        let restored = tokio::task::spawn_blocking(move || swap.restore()).await;
+        let note = match restored {
+            Ok(Ok(())) => String::new(),
+            Ok(Err(e)) => format!("\nrestoring the previous files also failed: {e}"),
+            Err(e) => format!("\nrestoring the previous files also failed: {e}"),
+        };
+        return report(
+            d,
+            DeploymentStatus::RolledBack,
+            None,
+            Some(format!("{e}{note}")),
+            start,
+        );
     }
 
     // 4. reload and 5. verify
@@ -445,12 +451,19 @@ pub async fn install(
     // nothing in the server, so a rollback needs no second update; any
     // other failed reload leaves the server unknown.
     let mut server_untouched = false;
-    let outcome = match reload_or_unchanged(target).await {
+    let reloaded = match crate::failpoints::check("install.before_reload") {
+        Some(e) => Err((e, true)),
+        None => reload_or_unchanged(target).await,
+    };
+    let outcome = match reloaded {
         Ok(()) => {
             if let Err(e) = swap.mark_reloaded() {
                 warn!(error = %e, "could not update install journal");
             }
-            verify_served(target, &valid.fingerprint).await
+            match crate::failpoints::check("install.before_verify") {
+                Some(e) => Err(e),
+                None => verify_served(target, &valid.fingerprint).await,
+            }
         }
         Err((e, unchanged)) => {
             server_untouched = unchanged;

@@ -252,9 +252,27 @@ pub async fn issue<S: Solver>(
                 .await
                 .map_err(describe)?;
             record(Milestone::OrderCreated(order.url())).map_err(AcmeError::Other)?;
+            injected("acme.order_created")?;
             order
         }
     };
+
+    // A resumed order finalized before the crash has nothing left to
+    // validate (and `poll_ready` would wait for a `ready` it never returns
+    // to): download its certificate, the one the CA has already issued.
+    if order_url.is_some()
+        && matches!(
+            order.state().status,
+            OrderStatus::Valid | OrderStatus::Processing
+        )
+    {
+        info!(url = %order.url(), "resumed ACME order is already finalized; downloading its certificate");
+        injected("acme.download")?;
+        return order
+            .poll_certificate(&poll_policy(VALIDATION_TIMEOUT))
+            .await
+            .map_err(describe);
+    }
 
     let mut published = Vec::new();
     // A resumed order whose challenges were already submitted only puts its
@@ -302,6 +320,7 @@ pub async fn issue<S: Solver>(
     let status = ready?;
     match status {
         OrderStatus::Ready => {
+            injected("acme.finalize")?;
             order.finalize_csr(csr_der).await.map_err(describe)?;
         }
         OrderStatus::Valid | OrderStatus::Processing => {}
@@ -312,6 +331,7 @@ pub async fn issue<S: Solver>(
             ))
         }
     }
+    injected("acme.download")?;
     order
         .poll_certificate(&poll_policy(VALIDATION_TIMEOUT))
         .await
@@ -383,6 +403,8 @@ async fn solve<S: Solver>(
                 )))
             }
         }
+        // Published, not yet submitted to the CA.
+        injected("acme.challenge_published")?;
         if submit && handle.status == ChallengeStatus::Pending {
             if !recorded {
                 record(Milestone::Answering).map_err(AcmeError::Other)?;
@@ -392,6 +414,14 @@ async fn solve<S: Solver>(
         }
     }
     Ok(())
+}
+
+/// Fail an ACME step when failpoint `name` fires (test builds only).
+fn injected(name: &str) -> Result<(), AcmeError> {
+    match certfleet_agent::failpoints::check(name) {
+        Some(message) => Err(AcmeError::Other(message)),
+        None => Ok(()),
+    }
 }
 
 /// The CA's reasons for an invalid order: each failed challenge's problem.

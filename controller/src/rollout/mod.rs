@@ -430,6 +430,10 @@ impl Service {
                         let result = reconcile_one(&tx, row, &connected, now)?;
                         let after = store::rollout_get(&tx, &id)?
                             .map(|r| (r.current_wave, r.wave_done_at, r.state));
+                        if !result.poke.is_empty() {
+                            // A wave's targets are decided, not yet committed.
+                            crate::service::failpoint("rollout.before_send")?;
+                        }
                         tx.commit()?;
                         Ok(Some((result, after.as_ref() != Some(&before))))
                     })
@@ -437,6 +441,10 @@ impl Service {
                 let Some((pass, progressed)) = pass else {
                     break;
                 };
+                if !pass.poke.is_empty() {
+                    // Committed; the agents are not yet told.
+                    crate::service::failpoint("rollout.after_send")?;
+                }
                 for agent in &pass.poke {
                     self.sessions.send(agent, SessionEvent::Poke);
                 }

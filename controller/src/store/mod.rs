@@ -16,6 +16,7 @@
 //! disk — the same promise as `synchronous=FULL`.
 
 pub mod at_risk;
+mod disk;
 pub mod fallback;
 pub mod integrity;
 mod migrations;
@@ -37,7 +38,15 @@ use crate::renewal::policy::EARLIEST_DUE_PERCENT;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(#[source] rusqlite::Error),
+    /// The file system under the database failed (full, read-only, EIO).
+    #[error("cannot write the database {path}: {advice}")]
+    Disk {
+        path: String,
+        advice: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("cannot open database {path}")]
     Open {
         path: String,
@@ -64,6 +73,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        disk::classify(e)
+    }
 }
 
 /// Handle to the database; cheap to clone.
@@ -102,8 +117,9 @@ impl GroupCommit {
             + 1
     }
 
-    /// Return once commit `seq` is on disk.
-    fn sync_through(&self, seq: u64) -> Result<(), StoreError> {
+    /// Return once commit `seq` is on disk. `injectable`: the `store.commit`
+    /// failpoint applies (calls made while serving, not the start's).
+    fn sync_through(&self, seq: u64, injectable: bool) -> Result<(), StoreError> {
         // A panic while holding this lock leaves a valid number behind.
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
         if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -121,7 +137,14 @@ impl GroupCommit {
         // the log, so this fsync covers all of them.
         let upto = self.committed.load(std::sync::atomic::Ordering::SeqCst);
         let sync = |path: &Path| std::fs::File::open(path).and_then(|f| f.sync_all());
-        let result = match sync(&self.wal) {
+        // Test builds: the commit is in the log, not yet durable; `abort`
+        // crashes here, `return(eio)` fails the fsync.
+        let injected = if injectable {
+            certfleet_agent::failpoints::check_io("store.commit")
+        } else {
+            Ok(())
+        };
+        let result = match injected.and_then(|()| sync(&self.wal)) {
             // No log: the commits are in the database file itself.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 sync(&self.db).map_err(|source| StoreError::Sync {
@@ -136,7 +159,10 @@ impl GroupCommit {
         };
         if let Err(e) = result {
             self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::error!(error = %e, "fsync failed; the store refuses every further call");
+            let cause = std::error::Error::source(&e)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            tracing::error!(error = %e, %cause, "fsync failed; the store refuses every further call");
             return Err(e);
         }
         self.syncs
@@ -164,7 +190,10 @@ where
         // SQLite rolled that transaction back, so the connection is usable.
         let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
         let before = guard.total_changes();
-        let result = f(&mut guard);
+        let result = {
+            let _db = disk::using(&durable.db);
+            f(&mut guard)
+        };
         let wrote = guard.total_changes() != before;
         let seq = if wrote {
             durable.committed()
@@ -173,7 +202,7 @@ where
         };
         (result, seq)
     };
-    durable.sync_through(seq)?;
+    durable.sync_through(seq, true)?;
     result
 }
 
@@ -214,7 +243,7 @@ impl Store {
         };
         // The migrations committed above: on disk before anything relies on them.
         let seq = store.durable.committed();
-        store.durable.sync_through(seq)?;
+        store.durable.sync_through(seq, false)?;
         // And the log's directory entry, created with the log: SQLite in
         // NORMAL mode syncs it only at the first checkpoint.
         if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -273,7 +302,7 @@ impl Store {
             };
             (result, seq)
         };
-        if let Err(e) = self.durable.sync_through(seq) {
+        if let Err(e) = self.durable.sync_through(seq, false) {
             panic!("cannot make the store durable: {e}");
         }
         result

@@ -346,4 +346,13 @@ CREATE INDEX at_risk_certificate ON at_risk(not_after, certificate);
 ALTER TABLE rollout_targets ADD COLUMN failed_since INTEGER;
 CREATE INDEX rollouts_certificate ON rollouts(certificate, created_at);
 "#,
+    // 14: the passes that run every few seconds find what they look at
+    // without reading every certificate and rollout ever made: certificates
+    // by state and expiry (expiry marks the active ones past `not_after`,
+    // renewal reads the heads near theirs), rollouts by state (the running
+    // few).
+    r#"
+CREATE INDEX certificates_state_not_after ON certificates(state, not_after, id);
+CREATE INDEX rollouts_state ON rollouts(state, created_at);
+"#,
 ];

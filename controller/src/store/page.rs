@@ -214,8 +214,9 @@ mod tests {
         store.call_blocking(|c| {
             let plan = query_plan(c, &cert_page_sql(false), params![0, "", 10]);
             assert_index_order(&plan, "certificates_not_after");
+            // Expiring soon: only the active ones, in the same order.
             let plan = query_plan(c, &cert_page_sql(true), params![0, "", 10, 100]);
-            assert_index_order(&plan, "certificates_not_after");
+            assert_index_order(&plan, "certificates_state_not_after");
             let plan = query_plan(c, &rollout_page_sql(), params![0, "", 10]);
             assert_index_order(&plan, "rollouts_created");
         });

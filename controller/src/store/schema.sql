@@ -230,6 +230,8 @@ CREATE INDEX certificates_not_after ON certificates(not_after, id);
 
 CREATE INDEX certificates_renews ON certificates(renews);
 
+CREATE INDEX certificates_state_not_after ON certificates(state, not_after, id);
+
 CREATE INDEX credentials_subject ON credentials(subject, role);
 
 CREATE INDEX deployments_lineage ON deployments(lineage);
@@ -251,3 +253,5 @@ CREATE UNIQUE INDEX rollouts_one_active_per_lineage
     ON rollouts(lineage) WHERE state IN ('running', 'paused');
 
 CREATE INDEX rollouts_retry_at ON rollouts(retry_at) WHERE retry_at IS NOT NULL;
+
+CREATE INDEX rollouts_state ON rollouts(state, created_at);

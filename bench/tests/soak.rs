@@ -56,7 +56,13 @@ fn sixty_days_serve_nothing_past_expiry() {
     // A week-long install failure brought at least one certificate within
     // its at-risk lead; it was flagged at least that early.
     assert!(r["came_within_lead"].as_u64().unwrap() >= 1, "{r}");
-    assert!(r["faults"]["failing_targets_brought_within_lead"].as_u64().unwrap() >= 1, "{r}");
+    assert!(
+        r["faults"]["failing_targets_brought_within_lead"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{r}"
+    );
     let ratio = r["at_risk_min_lead_ratio"].as_f64().expect("a lead ratio");
     assert!(ratio >= 1.0, "{r}");
     // The run did what it says: renewals rolled out, faults happened, the

@@ -123,10 +123,15 @@ impl Schedule {
         let eligible: Vec<usize> = (0..plan.targets.len())
             .filter(|&i| plan.renewals.get(i).is_some_and(|r| r.iter().any(fits)))
             .collect();
+        // A tight failure hits the lineage's first renewal: later ones
+        // drift earlier by each generation's jitter (which depends on
+        // certificate ids not known in advance), the first by one jitter
+        // at most.
         let tight: Vec<usize> = eligible
             .iter()
             .copied()
             .filter(|&i| plan.tight.get(i).copied().flatten().is_some())
+            .filter(|&i| plan.renewals[i].first().is_some_and(fits))
             .collect();
         let n = (plan.targets.len() * plan.failing_percent).div_ceil(100);
         let n_tight = if n == 0 { 0 } else { (n / 5).max(1) }.min(tight.len());
@@ -150,10 +155,9 @@ impl Schedule {
         for (t, is_tight) in chosen {
             let (agent, k) = plan.targets[t];
             let due: Vec<i64> = plan.renewals[t].iter().copied().filter(fits).collect();
-            let at = due[rng.range(0, due.len() as i64 - 1) as usize];
             let from = match plan.tight[t].filter(|_| is_tight) {
-                Some(jitter) => at - jitter - 1,
-                None => at - rng.range(1, 48),
+                Some(jitter) => due[0] - jitter - 1,
+                None => due[rng.range(0, due.len() as i64 - 1) as usize] - rng.range(1, 48),
             };
             s.add(from, Event::InstallFails(agent, k));
             s.add(from + len, Event::InstallWorks(agent, k));

@@ -324,9 +324,22 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
         let now = clock.secs();
         for event in schedule.at(step) {
             if o.verbose {
+                let served = match event {
+                    faults::Event::InstallFails(a, k) | faults::Event::InstallWorks(a, k) => {
+                        Served::read(&hosts[*a].fullchain(*k))?.map(|s| {
+                            format!(
+                                ", serving a {}-day certificate with {} h left",
+                                (s.not_after - s.not_before) / 86_400,
+                                (s.not_after - now) / 3600
+                            )
+                        })
+                    }
+                    _ => None,
+                };
                 eprintln!(
-                    "soak: step {step} (day {:.1}): {event:?}",
-                    step as f64 * o.step_secs as f64 / 86_400.0
+                    "soak: step {step} (day {:.1}): {event:?}{}",
+                    step as f64 * o.step_secs as f64 / 86_400.0,
+                    served.unwrap_or_default()
                 );
             }
             counts

@@ -44,10 +44,13 @@ if ! cargo afl --version >/dev/null 2>&1; then
   log "cargo install cargo-afl --locked"
   cargo install cargo-afl --locked
 fi
-# cargo-afl builds AFL++ on installation; build it when that did not happen.
-if ! cargo afl fuzz -h >/dev/null 2>&1; then
-  log "cargo afl config --build"
-  cargo afl config --build
+# cargo-afl builds AFL++ on installation; build it when that did not happen
+# (it refuses, saying so, when AFL++ is already built).
+if ! out=$(cargo afl config --build 2>&1); then
+  if ! grep -q "already built" <<<"$out"; then
+    printf '%s\n' "$out" >&2
+    exit 1
+  fi
 fi
 
 work=${CERTFLEET_FUZZ_DIR:-target/afl}

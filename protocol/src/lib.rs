@@ -15,9 +15,14 @@ pub mod limits;
 pub mod list;
 pub mod message;
 pub mod name;
+#[cfg(any(test, feature = "sample"))]
+pub mod sample;
 pub mod secret;
 pub mod skew;
 pub mod version;
+
+#[cfg(test)]
+mod proptests;
 
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};
 pub use secret::Secret;

@@ -131,11 +131,21 @@ pub fn nginx_dump_files(dump: &str) -> Vec<(String, String)> {
     files
 }
 
+/// Most included files one dump is walked through, counting each
+/// inclusion: `include` directives that match many files, or a file that
+/// includes itself, would otherwise make the walk exponential in the depth.
+const NGINX_MAX_INCLUSIONS: usize = 1024;
+
 struct NginxWalk<'a> {
     files: &'a [(String, String)],
     conf_dir: PathBuf,
     refs: Vec<CertRef>,
     depth: usize,
+    /// The files being included, outermost first: a file is not included
+    /// inside itself.
+    chain: Vec<&'a str>,
+    /// Inclusions walked so far, at most [`NGINX_MAX_INCLUSIONS`].
+    inclusions: usize,
 }
 
 #[derive(Default)]
@@ -222,12 +232,19 @@ impl NginxWalk<'_> {
                 };
                 let files = self.files;
                 for (path, text) in files.iter().filter(|(f, _)| p.matches(f)) {
-                    let _ = path;
+                    if self.chain.contains(&path.as_str())
+                        || self.inclusions >= NGINX_MAX_INCLUSIONS
+                    {
+                        continue;
+                    }
+                    self.inclusions += 1;
                     let tokens = nginx_tokens(text);
                     self.depth += 1;
+                    self.chain.push(path);
                     // An included file continues the current block.
                     let mut inner_stack = stack.to_vec();
                     self.walk(&tokens, &mut inner_stack, servers);
+                    self.chain.pop();
                     self.depth -= 1;
                 }
             }
@@ -252,6 +269,8 @@ pub fn parse_nginx_dump(dump: &str) -> Vec<CertRef> {
         conf_dir,
         refs: Vec::new(),
         depth: 0,
+        chain: vec![main.as_str()],
+        inclusions: 0,
     };
     let tokens = nginx_tokens(text);
     walk.walk(&tokens, &mut Vec::new(), &mut Vec::new());
@@ -557,6 +576,24 @@ ssl_certificate tls/b.pem;
         assert!(find("$ssl_server_name.pem").is_some());
         assert!(!refs.iter().any(|r| r.path.contains(".key")));
         assert_eq!(refs.len(), 4, "{refs:?}");
+    }
+
+    #[test]
+    fn nginx_includes_of_everything_stay_bounded() {
+        // Found by fuzzing (docs/fuzzing.md): files that include every
+        // file, themselves included, took exponential time.
+        let mut dump = String::from(
+            "# configuration file /etc/nginx/nginx.conf:\nhttp { include *; include *; }\n",
+        );
+        for i in 0..6 {
+            dump.push_str(&format!(
+                "# configuration file /etc/nginx/{i}.conf:\n\
+                 include *; include *;\nserver {{ server_name s{i}.test; ssl_certificate /c/{i}.pem; }}\n"
+            ));
+        }
+        let refs = parse_nginx_dump(&dump);
+        assert_eq!(refs.len(), 6, "{refs:?}");
+        assert!(refs.iter().any(|r| r.path == "/c/5.pem"));
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Ledger {
     /// Something in use was past its expiry this hour.
     pub(crate) fn past(&mut self, what: String) {
         self.past_expiry_hours += 1;
-        if self.past_expiry_examples.len() < 5 {
+        if self.past_expiry_examples.len() < 5 && !self.past_expiry_examples.contains(&what) {
             self.past_expiry_examples.push(what);
         }
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use certfleet_controller::client::{Client, Credential};
 use certfleet_controller::server::{self, Running, ServeOptions};
 use certfleet_controller::service::Service;
@@ -37,10 +37,11 @@ impl Ctl {
     }
 
     /// Start on the same state directory and port; the port of a crashed
-    /// controller may take a moment to be free.
+    /// controller may take a moment to be free (until the last task that
+    /// held one of its connections has noticed the close), up to 30 s.
     async fn open(opts: &ServeOptions, clock: &SimClock) -> Result<Running> {
         let mut last = None;
-        for _ in 0..100 {
+        for _ in 0..600 {
             match server::start(opts.clone(), Arc::new(clock.clone())).await {
                 Ok(r) => return Ok(r),
                 Err(e) => last = Some(e),
@@ -129,6 +130,8 @@ pub(super) struct Counts {
     pub(super) install_faults: u64,
     pub(super) issuer_outages: u64,
     pub(super) reenrollments: u64,
+    /// Re-enrollments that failed, with why.
+    pub(super) reenroll_failures: Vec<String>,
     /// Bumped at every re-enrollment, so cached identities are re-read.
     pub(super) reenrolled_epoch: u64,
     pub(super) endpoint_renewals: u64,
@@ -172,7 +175,10 @@ impl Counts {
                         .token_create_reenroll("soak".into(), host.name(), 3600)
                         .await
                         .map_err(|e| anyhow!(e.to_rpc().message))?;
-                    certfleet_agent::session::enroll(
+                    // A re-enrollment that fails (the controller's own
+                    // endpoint certificate expired, say) leaves the host
+                    // with its expired identity, counted as such.
+                    match certfleet_agent::session::enroll(
                         &host.config,
                         &addr.to_string(),
                         token.token,
@@ -180,9 +186,16 @@ impl Counts {
                         true,
                     )
                     .await
-                    .with_context(|| format!("re-enrolling {}", host.name()))?;
-                    self.reenrollments += 1;
-                    self.reenrolled_epoch += 1 << 32;
+                    {
+                        Ok(_) => {
+                            self.reenrollments += 1;
+                            self.reenrolled_epoch += 1 << 32;
+                        }
+                        Err(e) => {
+                            self.reenroll_failures
+                                .push(format!("{}: {e:#}", host.name()));
+                        }
+                    }
                 }
                 host.set_online(true);
             }

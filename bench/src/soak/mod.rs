@@ -19,6 +19,7 @@ mod agents;
 mod control;
 mod faults;
 mod ledger;
+mod pace;
 mod sim;
 
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use certfleet_controller::rollout::policy::Strategy;
 use certfleet_controller::server::{self, ServeOptions};
-use certfleet_controller::service::{Mode, Service, ServiceError};
+use certfleet_controller::service::{Mode, ServiceError};
 use certfleet_protocol::message::{InstanceSpec, IssuerKind, KeyType, ValidationType};
 use serde_json::json;
 use tokio::sync::watch;
@@ -39,6 +40,7 @@ use agents::SoakAgent;
 use control::{Counts, Ctl, Operator};
 use faults::{Plan, Schedule};
 use ledger::{Ledger, Served};
+use pace::{settle, wait_ready, Lap, Phases};
 use sim::{Rng, SimClock};
 
 /// The soak's size and faults.
@@ -509,6 +511,7 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
             "endpoint_cert_renewals": counts.endpoint_renewals,
             "agent_identity_renewals": identity_renewals,
             "agent_reenrollments": counts.reenrollments,
+            "agent_reenroll_failures": counts.reenroll_failures,
             "admin_credential_renewals": operator.renewals,
             "operator_failures": operator.failures,
             "operator_last_error": operator.last_error,
@@ -554,96 +557,6 @@ pub(crate) async fn run(results: &Path, o: Options) -> Result<()> {
     Ok(())
 }
 
-/// Wall time of the step loop by phase, for finding where a slow run
-/// spends it.
-#[derive(Debug, Default)]
-struct Phases {
-    /// Applying the faults due (restarts included).
-    faults: Duration,
-    /// The endpoint certificate check, the step signal and the passes.
-    passes: Duration,
-    /// Waiting for the agents and the work started to settle.
-    settle: Duration,
-    /// Reading the at-risk items back.
-    at_risk: Duration,
-    /// Reading what every target serves and judging it.
-    ledger: Duration,
-}
-
-impl Phases {
-    fn json(&self) -> serde_json::Value {
-        let s = |d: Duration| (d.as_secs_f64() * 100.0).round() / 100.0;
-        json!({
-            "faults": s(self.faults),
-            "passes": s(self.passes),
-            "settle": s(self.settle),
-            "at_risk": s(self.at_risk),
-            "ledger": s(self.ledger),
-        })
-    }
-}
-
-/// A stopwatch read in laps.
-struct Lap(Instant);
-
-impl Lap {
-    fn start() -> Lap {
-        Lap(Instant::now())
-    }
-
-    /// The time since the last lap.
-    fn next(&mut self) -> Duration {
-        let now = Instant::now();
-        let lap = now - self.0;
-        self.0 = now;
-        lap
-    }
-}
-
 fn record_result(results: &Path, value: serde_json::Value) -> Result<()> {
     crate::record(results, value)
-}
-
-/// Wait until every host that is up is connected and synced.
-async fn wait_ready(hosts: &[Arc<SoakAgent>], timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    while !hosts.iter().all(|h| !h.online() || h.ready()) {
-        if start.elapsed() > timeout {
-            let h = hosts.iter().find(|h| h.online() && !h.ready());
-            bail!(
-                "agents did not connect within {timeout:?}; e.g. {:?}",
-                h.map(|h| (h.name(), h.last_error.lock().ok().and_then(|e| e.clone())))
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
-}
-
-/// Wait until every host that is up is connected, synced and done with
-/// step `step`, and nothing the step started is in flight, driving
-/// rollouts meanwhile. `false` when `timeout` passed first. Woken by the
-/// agents' progress; the controller's side (an application issuing, an
-/// install report arriving) is looked at again every millisecond.
-async fn settle(
-    svc: &Arc<Service>,
-    hosts: &[Arc<SoakAgent>],
-    progress: &tokio::sync::Notify,
-    step: u64,
-    now: i64,
-    timeout: Duration,
-) -> Result<bool> {
-    let start = Instant::now();
-    loop {
-        if hosts.iter().all(|h| !h.online() || h.settled(step, now)) {
-            svc.reconcile_rollouts().await.map_err(rpc)?;
-            if svc.pending().await.map_err(rpc)?.settled() {
-                return Ok(true);
-            }
-        }
-        if start.elapsed() > timeout {
-            return Ok(false);
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(1), progress.notified()).await;
-    }
 }

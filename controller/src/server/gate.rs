@@ -171,6 +171,12 @@ impl Gate {
         })
     }
 
+    /// Connections without a certificate held now from `source` (as
+    /// [`source_of`] gives it).
+    pub(crate) fn held(&self, source: IpAddr) -> usize {
+        self.lock().connected.get(&source).copied().unwrap_or(0)
+    }
+
     /// Whether `ip` may try to enroll now; if not, the refusal is counted
     /// and the answer says when to retry.
     pub(crate) fn may_enroll(&self, ip: IpAddr, now_ms: i64) -> Result<(), String> {

@@ -2,6 +2,7 @@
 //! admins and agents, the plain-HTTP CRL endpoint and the background
 //! reconcilers, and drains them all on shutdown.
 
+mod admission;
 mod crl_http;
 pub mod endpoint_cert;
 mod enroll;
@@ -430,12 +431,14 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         clock.clone(),
         shutdown_rx.clone(),
     ));
+    let gate = Arc::new(gate::Gate::default());
     let ctx = Arc::new(rpc::Ctx {
         service: service.clone(),
         store: state.store.clone(),
         identity: state.identity.clone(),
         admin_revoked: tokio::sync::broadcast::channel(16).0,
-        gate: Arc::new(gate::Gate::default()),
+        admission: Arc::new(admission::Admission::new(gate.clone())),
+        gate,
         budget: intake::Budget::new(intake::GLOBAL_BUDGET),
     });
     tasks.spawn(enroll::flush_refusals(ctx.clone(), shutdown_rx.clone()));

@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
+use super::admission::{self, Admission};
 use super::gate::Gate;
 use super::intake::{self, Budget, Budgets, Refusal};
 use crate::fleet::SessionEvent;
@@ -52,6 +53,8 @@ pub(super) struct Ctx {
     pub(super) admin_revoked: broadcast::Sender<Revoked>,
     /// Limits on connections without a certificate.
     pub(super) gate: Arc<Gate>,
+    /// Limits on handshakes in progress, and their order.
+    pub(super) admission: Arc<Admission>,
     /// Bytes all connections may hold in unfinished frames.
     pub(super) budget: Budget,
 }
@@ -68,6 +71,10 @@ pub(super) async fn accept_loop(
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    debug!(
+        handshakes = ctx.admission.limit(),
+        "admitting handshakes in progress at most"
+    );
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
@@ -75,12 +82,15 @@ pub(super) async fn accept_loop(
         };
         let Some(incoming) = incoming else { return };
         let remote = incoming.remote_address();
+        // Decided before any crypto is done for the peer.
+        let Some((incoming, ticket)) = admission::decide(&ctx.admission, incoming) else {
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(
             async move {
-                match incoming.await {
-                    Ok(conn) => serve_connection(conn, ctx, Instant::now()).await,
-                    Err(e) => debug!(error = %e, "handshake failed"),
+                if let Some(conn) = admission::handshake(incoming, ticket).await {
+                    serve_connection(conn, ctx, Instant::now()).await;
                 }
             }
             .instrument(tracing::info_span!("conn", %remote)),
@@ -197,6 +207,7 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>, opened: Instan
         }
     };
     conn.set_receive_window(VarInt::from_u32(AUTHENTICATED_RECEIVE_WINDOW));
+    ctx.admission.authenticated(conn.remote_address().ip());
     let span = tracing::info_span!("peer", actor = %peer.actor());
     async move {
         let budgets = Budgets::for_connection(&ctx.budget);

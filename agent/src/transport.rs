@@ -16,8 +16,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::identity::Identity;
 
-/// The name in the controller's server certificate.
-pub const SERVER_NAME: &str = "certfleet-controller";
+pub use certfleet_protocol::cert::SERVER_NAME;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The workspace's one crypto provider.

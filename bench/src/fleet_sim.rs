@@ -30,7 +30,7 @@ use certfleet_agent::identity::Identity;
 use certfleet_agent::session;
 use certfleet_agent::transport::{self, Conn};
 use certfleet_controller::client::{Client, Credential};
-use certfleet_controller::fleet::mint_agents_for_bench;
+use certfleet_controller::mint::mint_agents_for_bench;
 use certfleet_controller::server::{open_state, ServeOptions};
 use certfleet_protocol::message::{
     AgentCommand, AgentCommandReply, DeploymentStatus, Poke, Request, Response,

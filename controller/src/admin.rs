@@ -23,8 +23,9 @@ use rcgen::PublicKeyData;
 use rusqlite::{params, Connection, TransactionBehavior};
 use time::{Duration, OffsetDateTime};
 
+use crate::error::{internal, Result, ServiceError};
 use crate::identity::{IdentityCa, Role};
-use crate::service::{internal, Issue, Result, Service, ServiceError};
+use crate::service::{Issue, Service};
 use crate::store::{self, AuditRecord, CredentialRow};
 
 /// How long an admin credential stays valid.

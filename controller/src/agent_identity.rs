@@ -14,9 +14,10 @@
 use time::Duration;
 use tracing::info;
 
+use crate::error::{internal, Result, ServiceError};
 use crate::fleet::{record_identity, AGENT_IDENTITY_DAYS};
 use crate::identity::Role;
-use crate::service::{internal, Result, Service, ServiceError};
+use crate::service::Service;
 use crate::store::{self, AuditRecord, StoreError};
 
 impl Service {

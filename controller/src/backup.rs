@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use certfleet_protocol::message::{BackupChunk, BACKUP_CHUNK};
 use tracing::{info, warn};
 
-use crate::service::{internal, Result, Service, ServiceError};
+use crate::error::{internal, Result, ServiceError};
+
+use crate::service::Service;
 use crate::store::{self, AuditRecord};
 
 /// An abandoned snapshot older than this is deleted by the next backup.

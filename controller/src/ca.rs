@@ -5,7 +5,9 @@
 use certfleet_protocol::message::{CaRoot, IssuerKind};
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::service::{Result, Service, ServiceError};
+use crate::error::{Result, ServiceError};
+
+use crate::service::Service;
 use crate::store::{self, IssuerRow};
 
 /// The issuer an operator means: the one named, or the only one there is.

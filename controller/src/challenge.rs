@@ -17,12 +17,13 @@ use certfleet_protocol::name::{self, SubjectName};
 use certfleet_protocol::Secret;
 use tracing::{info, warn};
 
+use crate::agent_bus::SessionEvent;
 use crate::check;
-use crate::fleet::SessionEvent;
+use crate::error::{internal, Result, ServiceError};
 use crate::issuer::acme::{self, AcmeError};
 use crate::issuer::dns::{challenge_name, Rfc2136};
 use crate::issuer::generate_key;
-use crate::service::{apply_in_tx, internal, validate_issuer_name, Result, Service, ServiceError};
+use crate::service::{apply_in_tx, validate_issuer_name, Service};
 use crate::store::{self, AcmeIssuer, AcmeProgress, IssuerRow};
 
 /// How long DNS-01 waits for the authoritative server to answer a record.

@@ -44,10 +44,7 @@ pub struct Checked {
     pub not_after: i64,
 }
 
-/// SHA-256 fingerprint of a DER certificate, lower-case hex.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
-}
+pub use certfleet_protocol::cert::fingerprint;
 
 /// The DNS and IP names in a certificate's SAN extension.
 pub fn san_names(x: &x509_parser::certificate::X509Certificate<'_>) -> Vec<SubjectName> {

@@ -14,12 +14,15 @@ use certfleet_protocol::Secret;
 use time::Duration;
 use tracing::info;
 
+use crate::agent_bus::SessionEvent;
+
+use crate::error::{internal, ServiceError};
 use crate::fleet::{
-    new_agent_row, record_identity, removed_agent, token_hash, valid_hostname, SessionEvent,
-    AGENT_IDENTITY_DAYS, TOKEN_PREFIX,
+    new_agent_row, record_identity, removed_agent, token_hash, valid_hostname, AGENT_IDENTITY_DAYS,
+    TOKEN_PREFIX,
 };
 use crate::identity::Role;
-use crate::service::{internal, Service, ServiceError};
+use crate::service::Service;
 use crate::store::{self, AuditRecord};
 
 /// Why an enrollment did not happen.

@@ -8,9 +8,6 @@
 //! the agent fetches its full desired state on every connect and poke, so a
 //! lost poke costs nothing but latency.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use aws_lc_rs::digest;
 use base64::Engine;
 use certfleet_protocol::message::{
@@ -18,13 +15,13 @@ use certfleet_protocol::message::{
     InstallReport, JoinToken, Timestamp,
 };
 use certfleet_protocol::Secret;
-use time::Duration;
-use tokio::sync::mpsc;
 use tracing::warn;
 
+pub use crate::agent_bus::{SessionEvent, Sessions};
+use crate::error::{internal, Result, ServiceError};
 use crate::identity::Role;
 use crate::service::Mode;
-use crate::service::{internal, key_aad, Result, Service, ServiceError};
+use crate::service::{key_aad, Service};
 use crate::store::{self, AgentRow, AuditRecord, TokenRow};
 
 /// Lifetime of an agent identity certificate; agents renew at two thirds.
@@ -32,78 +29,6 @@ pub const AGENT_IDENTITY_DAYS: i64 = 30;
 /// Longest join-token lifetime.
 pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
 pub(crate) const TOKEN_PREFIX: &str = "cfjt1";
-
-/// What the controller asks of a live agent session.
-#[derive(Debug)]
-pub enum SessionEvent {
-    /// Desired state changed: fetch it.
-    Poke,
-    /// The agent's identity was replaced (re-enrollment) or a newer
-    /// session took over: close the connection.
-    Kick,
-    /// Carry out a command and answer on the channel.
-    Command(
-        certfleet_protocol::message::AgentCommand,
-        tokio::sync::oneshot::Sender<certfleet_protocol::message::AgentCommandReply>,
-    ),
-    /// The agent was removed: close the connection with the definitive
-    /// close code, so the agent stops instead of retrying.
-    Removed,
-}
-
-/// Live agent sessions by agent id.
-#[derive(Default)]
-pub struct Sessions {
-    inner: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<SessionEvent>)>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Sessions {
-    /// Register a session; a previous session of the same agent is kicked.
-    pub fn register(&self, agent: &str) -> (u64, mpsc::UnboundedReceiver<SessionEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let old = self.lock().insert(agent.to_string(), (id, tx));
-        if let Some((_, old)) = old {
-            let _ = old.send(SessionEvent::Kick);
-        }
-        (id, rx)
-    }
-
-    pub fn unregister(&self, agent: &str, session: u64) {
-        let mut map = self.lock();
-        if map.get(agent).is_some_and(|(id, _)| *id == session) {
-            map.remove(agent);
-        }
-    }
-
-    pub fn send(&self, agent: &str, event: SessionEvent) -> bool {
-        self.lock()
-            .get(agent)
-            .is_some_and(|(_, tx)| tx.send(event).is_ok())
-    }
-
-    pub fn is_connected(&self, agent: &str) -> bool {
-        self.lock().contains_key(agent)
-    }
-
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Ids of the agents connected now.
-    pub fn connected_ids(&self) -> std::collections::HashSet<String> {
-        self.lock().keys().cloned().collect()
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, mpsc::UnboundedSender<SessionEvent>)>>
-    {
-        // A panic while holding this lock leaves a valid map behind.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 pub(crate) fn token_hash(secret: &str) -> Vec<u8> {
     digest::digest(&digest::SHA256, secret.as_bytes())
@@ -759,7 +684,7 @@ impl Service {
             .store
             .call(move |c| -> Result<bool> {
                 let tx = c.transaction()?;
-                crate::service::failpoint("report.before_record")?;
+                crate::error::failpoint("report.before_record")?;
                 let applied = store::deployment_report(&tx, &agent, &report, now)?;
                 store::audit_insert(
                     &tx,
@@ -782,7 +707,7 @@ impl Service {
             })
             .await?;
         // Recorded and durable; the rollout is not yet woken.
-        crate::service::failpoint("report.after_record")?;
+        crate::error::failpoint("report.after_record")?;
         if !applied {
             warn!("report for a deployment that has since changed; ignored");
         }
@@ -797,87 +722,6 @@ impl Service {
         self.rollout_wake.notify_one();
         Ok(())
     }
-}
-
-/// An agent identity made by [`mint_agents_for_bench`].
-#[derive(Debug, Clone)]
-pub struct MintedAgent {
-    pub id: String,
-    pub name: String,
-    pub cert_pem: String,
-}
-
-/// **Benchmarks only** (`certfleet-bench hold` and `rollout`): enroll agents
-/// straight into a controller's state, without join tokens, so thousands of
-/// simulated agents get identities in seconds rather than one durable
-/// enrollment commit each. It is a library call on an opened state
-/// directory, reachable from no network request and no CLI command: whoever
-/// can open the state directory holds the master key and the identity CA
-/// already. Each agent gets what token enrollment gives it (an agent row,
-/// a 30-day identity certificate for `public_key`, a credential row), all in
-/// one transaction with one audit entry for the batch.
-pub fn mint_agents_for_bench<K: rcgen::PublicKeyData>(
-    state: &crate::server::State,
-    agents: &[(String, K)],
-    labels: &[(String, String)],
-    now: time::OffsetDateTime,
-) -> anyhow::Result<Vec<MintedAgent>> {
-    for (name, _) in agents {
-        anyhow::ensure!(valid_hostname(name), "{name:?} is not a valid host name");
-    }
-    for (k, v) in labels {
-        parse_labels(&format!("{k}={v}")).map_err(anyhow::Error::msg)?;
-    }
-    let ts = now.unix_timestamp();
-    let mut minted = Vec::with_capacity(agents.len());
-    let mut issued_all = Vec::with_capacity(agents.len());
-    for (name, key) in agents {
-        let id = store::new_id("agent");
-        let issued = state.identity.issue_client(
-            Role::Agent,
-            &id,
-            key,
-            now,
-            Duration::days(AGENT_IDENTITY_DAYS),
-        )?;
-        minted.push(MintedAgent {
-            id,
-            name: name.clone(),
-            cert_pem: issued.cert_pem.clone(),
-        });
-        issued_all.push(issued);
-    }
-    state.store.call_blocking(|c| -> anyhow::Result<()> {
-        let tx = c.transaction()?;
-        for (m, issued) in minted.iter().zip(&issued_all) {
-            store::agent_insert(&tx, &new_agent_row(&m.id, &m.name, labels, ts))?;
-            store::credential_insert(
-                &tx,
-                &store::CredentialRow {
-                    serial: issued.serial.clone(),
-                    role: Role::Agent.as_str().into(),
-                    subject: m.id.clone(),
-                    not_after: issued.not_after,
-                    revoked_at: None,
-                },
-                ts,
-            )?;
-        }
-        store::audit_insert(
-            &tx,
-            ts,
-            &AuditRecord {
-                actor: "certfleet-bench",
-                action: "agent.enroll.bench",
-                target: "",
-                outcome: "ok",
-                detail: &format!("count={}", minted.len()),
-            },
-        )?;
-        tx.commit()?;
-        Ok(())
-    })?;
-    Ok(minted)
 }
 
 #[cfg(test)]
@@ -928,59 +772,5 @@ mod tests {
             merged,
             vec![("role".into(), "web".into()), ("zone".into(), "a".into())]
         );
-    }
-
-    #[test]
-    fn bench_minted_agents_authenticate_like_enrolled_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = crate::server::ServeOptions {
-            state_dir: dir.path().join("state"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            crl_listen: "127.0.0.1:0".parse().unwrap(),
-            crl_url_base: None,
-            master_key_file: None,
-        };
-        let now = time::OffsetDateTime::now_utc();
-        let state = crate::server::open_state(&opts, &crate::clock::SystemClock).unwrap();
-        let keys: Vec<(String, rcgen::KeyPair)> = (0..3)
-            .map(|i| {
-                (
-                    format!("sim-{i}"),
-                    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
-                )
-            })
-            .collect();
-        let labels = vec![("role".to_string(), "bench".to_string())];
-        let minted = mint_agents_for_bench(&state, &keys, &labels, now).unwrap();
-        assert_eq!(minted.len(), 3);
-        for m in &minted {
-            // The certificate names the agent as the controller's TLS
-            // layer reads it, and the store knows both agent and credential.
-            let der = crate::identity::pem_to_der(&m.cert_pem).unwrap();
-            let peer = crate::identity::peer_identity(&der).unwrap();
-            assert_eq!(peer.role, Role::Agent);
-            assert_eq!(peer.subject, m.id);
-            let (agent, cred) = state.store.call_blocking(|c| {
-                (
-                    store::agent_get(c, &m.id).unwrap().unwrap(),
-                    store::credential_get(c, &peer.serial).unwrap().unwrap(),
-                )
-            });
-            assert_eq!(agent.labels, labels);
-            assert!(agent.removed_at.is_none());
-            assert_eq!(cred.subject, m.id);
-            assert_eq!(cred.role, "agent");
-        }
-        let audit = state
-            .store
-            .call_blocking(|c| store::audit_list(c, 10))
-            .unwrap();
-        assert!(audit.iter().any(|a| a.action == "agent.enroll.bench"));
-        // Bad names are refused before anything is written.
-        let bad = vec![(
-            "not a host".to_string(),
-            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
-        )];
-        assert!(mint_agents_for_bench(&state, &bad, &labels, now).is_err());
     }
 }

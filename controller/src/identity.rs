@@ -23,8 +23,7 @@ use time::{Duration, OffsetDateTime};
 use crate::seal::MasterKey;
 use crate::store::IdentityCaRow;
 
-/// The name the controller's server certificate carries and clients verify.
-pub const SERVER_NAME: &str = "certfleet-controller";
+pub use certfleet_protocol::cert::SERVER_NAME;
 
 const IDENTITY_CA_AAD: &str = "identity-ca";
 const URN_PREFIX: &str = "urn:certfleet:";

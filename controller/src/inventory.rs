@@ -19,9 +19,12 @@ use certfleet_protocol::name::{self, SubjectName};
 use rusqlite::{params, Connection, OptionalExtension};
 use tracing::info;
 
-use crate::fleet::{resolve_agent, SessionEvent};
+use crate::agent_bus::SessionEvent;
+
+use crate::error::{Result, ServiceError};
+use crate::fleet::resolve_agent;
 use crate::service::Mode;
-use crate::service::{apply_in_tx, Result, Service, ServiceError, MAX_DOMAINS, MAX_VALIDITY_DAYS};
+use crate::service::{apply_in_tx, Service, MAX_DOMAINS, MAX_VALIDITY_DAYS};
 use crate::store::{self, AuditRecord, StoreError};
 
 /// How long `inventory scan` waits for the agent's report.

@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod admin;
+pub mod agent_bus;
 pub mod agent_identity;
 pub mod atrisk;
 pub mod backup;
@@ -16,12 +17,14 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod enrollment;
+pub mod error;
 pub mod fault;
 pub mod fleet;
 pub mod identity;
 pub mod inventory;
 pub mod issuer;
 pub mod list;
+pub mod mint;
 pub mod plan;
 pub mod renewal;
 pub mod rollout;

@@ -24,8 +24,9 @@ use certfleet_protocol::message::{
 use certfleet_protocol::DEFAULT_MAX_FRAME;
 use serde::Serialize;
 
+use crate::error::{internal, Result, ServiceError};
 use crate::inventory::InventoryKey;
-use crate::service::{internal, with_renewal, Result, Service, ServiceError};
+use crate::service::{with_renewal, Service};
 use crate::store::{self, page};
 
 /// Bytes kept free in a frame for everything around the rows.

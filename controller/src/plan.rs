@@ -7,7 +7,9 @@
 
 use certfleet_protocol::message::{Plan, PlanOutcome, Planned};
 
-use crate::service::{Mode, Result, Service, ServiceError};
+use crate::error::{Result, ServiceError};
+
+use crate::service::{Mode, Service};
 use crate::store;
 
 /// The audit action and target of a planned request.

@@ -3,7 +3,7 @@
 //! test can list 50,000 rows through the real controller and CLI without
 //! issuing 50,000 certificates first.
 //!
-//! Like [`crate::fleet::mint_agents_for_bench`] it is a library call on an
+//! Like [`crate::mint::mint_agents_for_bench`] it is a library call on an
 //! opened state directory, reachable from no request and no command.
 //! The rows are real rows of the real store: each certificate copies an
 //! issued one (its PEMs, key and instance) under a new id, serial and

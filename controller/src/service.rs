@@ -11,9 +11,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use certfleet_protocol::message::{
-    ApplicationInfo, ApplicationState, AuditEntry, CertBundle, CertInfo, CertState, Crl, ErrorKind,
+    ApplicationInfo, ApplicationState, AuditEntry, CertBundle, CertInfo, CertState, Crl,
     InstanceInfo, InstanceSpec, InstanceState, IssuerInfo, IssuerKind, KeyType, RevocationReason,
-    RpcError, Timestamp,
+    Timestamp,
 };
 use certfleet_protocol::name::{self, SubjectName};
 use certfleet_protocol::Secret;
@@ -24,6 +24,8 @@ use tracing::{debug, info, warn};
 
 use crate::check;
 use crate::clock::Clock;
+pub use crate::error::ServiceError;
+use crate::error::{failpoint, internal, Result};
 use crate::identity::pem_to_der;
 use crate::issuer::builtin::{self, BuiltinCa};
 use crate::issuer::generate_key;
@@ -48,61 +50,6 @@ const TRANSIENT_RETRIES: u32 = 4;
 pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
 /// A CRL older than this is re-signed before it is served.
 const CRL_REFRESH: Duration = Duration::hours(24);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("{what} {id:?} not found")]
-    NotFound { what: &'static str, id: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-    /// A remote party (a CA, a DNS server) failed in a way worth retrying.
-    #[error("{0}")]
-    Transient(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<rusqlite::Error> for ServiceError {
-    fn from(e: rusqlite::Error) -> Self {
-        ServiceError::Store(StoreError::from(e))
-    }
-}
-
-impl ServiceError {
-    pub fn to_rpc(&self) -> RpcError {
-        let kind = match self {
-            ServiceError::NotFound { .. } => ErrorKind::NotFound,
-            ServiceError::Invalid(_) => ErrorKind::InvalidArgument,
-            ServiceError::Conflict(_) => ErrorKind::Conflict,
-            ServiceError::Internal(_) | ServiceError::Store(_) => ErrorKind::Internal,
-            ServiceError::Transient(_) => ErrorKind::Unavailable,
-        };
-        let message = match self {
-            ServiceError::Store(e) => {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(e);
-                while let Some(s) = source {
-                    text.push_str(": ");
-                    text.push_str(&s.to_string());
-                    source = s.source();
-                }
-                text
-            }
-            other => other.to_string(),
-        };
-        RpcError { kind, message }
-    }
-}
-
-pub(crate) fn internal(e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::Internal(e.to_string())
-}
-
-pub(crate) type Result<T> = std::result::Result<T, ServiceError>;
 
 /// Why a new credential is being issued, for the audit log.
 #[derive(Debug, Clone, Copy)]
@@ -1495,15 +1442,6 @@ fn load_ca(master: &MasterKey, crl_base: &str, issuer: &IssuerRow) -> Result<Loa
         root_der: pem_to_der(&issuer.root_pem).ok_or_else(|| internal("stored root unreadable"))?,
         crl_url: crl_url(crl_base, &issuer.name),
     })
-}
-
-/// Fail the step with [`ServiceError::Internal`] when failpoint `name` (see
-/// `certfleet_agent::failpoints`) fires; a no-op in builds without them.
-pub(crate) fn failpoint(name: &str) -> Result<()> {
-    match certfleet_agent::failpoints::check(name) {
-        Some(message) => Err(internal(message)),
-        None => Ok(()),
-    }
 }
 
 /// Issue every application of `chunk` on this (blocking) thread: key,

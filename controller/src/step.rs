@@ -14,8 +14,9 @@
 
 use std::sync::Arc;
 
+use crate::error::Result;
 use crate::rollout::policy::TargetState;
-use crate::service::{Result, Service};
+use crate::service::Service;
 use crate::store;
 
 /// What a step left in flight.

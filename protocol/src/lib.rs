@@ -9,6 +9,7 @@
 //! ([`limits`], [`bounded`]).
 
 pub mod bounded;
+pub mod cert;
 pub mod close;
 pub mod frame;
 pub mod limits;

@@ -439,11 +439,12 @@ fn an_agent_install_step_that_fails_rolls_back_and_a_retry_installs() -> Result<
                 "{failpoint}: the error does not name the path: {error}"
             );
         }
-        // The previous certificate is still the one served.
-        ensure!(
-            served_fingerprint(nginx.port, NAME)? == first_fp,
-            "{failpoint}: nginx no longer serves the previous certificate"
-        );
+        // The previous certificate is the one served (a reload after a
+        // rollback is asynchronous: nginx's old workers may answer a
+        // connection or two first).
+        wait_served(nginx.port, NAME, &first_fp, Duration::from_secs(5)).map_err(|e| {
+            anyhow::anyhow!("{failpoint}: nginx no longer serves the previous certificate: {e}")
+        })?;
         // Fault cleared: the same certificate deploys.
         agent.kill();
         agent.clear_env();

@@ -12,10 +12,7 @@ use rustls::pki_types::ServerName;
 
 use crate::transport::{CertCheck, ServerCheck};
 
-/// SHA-256 of DER, lower-case hex.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
-}
+pub use certfleet_protocol::cert::fingerprint;
 
 /// Fingerprint of the leaf served at `addr` for `sni` (no SNI when `sni` is
 /// empty or an IP address). Blocking.

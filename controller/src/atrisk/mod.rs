@@ -23,8 +23,9 @@ use rusqlite::Connection;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::error::Result;
 use crate::renewal::policy as renewal;
-use crate::service::{Result, Service};
+use crate::service::Service;
 use crate::store::at_risk::{self as table, ServedDeployment, StoredItem};
 use crate::store::{self, AuditRecord};
 use policy::{Agent, Facts, OnFallback, Renewal, Replacement, Risk, Served};

@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use tracing::info;
 
 use super::fallback_policy::{self as policy, Pick, State, Window};
-use crate::service::Result;
+use crate::error::Result;
 use crate::store::fallback::{self as rows, LineageIssuer};
 use crate::store::{self, AuditRecord, CertRow};
 

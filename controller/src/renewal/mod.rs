@@ -25,8 +25,9 @@ use rusqlite::Connection;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::error::{Result, ServiceError};
 use crate::service::Mode;
-use crate::service::{apply_in_tx, Result, Service, ServiceError};
+use crate::service::{apply_in_tx, Service};
 use crate::store::{self, AuditRecord, CertRow};
 
 /// How often due certificates are looked for without a poke.
@@ -76,9 +77,9 @@ fn renew_in_tx(
         )));
     }
     let old_instance = store::instance_get(conn, &cert.info.instance)?
-        .ok_or_else(|| crate::service::internal("instance of certificate vanished"))?;
+        .ok_or_else(|| crate::error::internal("instance of certificate vanished"))?;
     let primary = store::issuer_get(conn, &old_instance.spec.issuer)?
-        .ok_or_else(|| crate::service::internal("issuer of certificate vanished"))?;
+        .ok_or_else(|| crate::error::internal("issuer of certificate vanished"))?;
     // The primary, or a fallback issuer when the primary keeps failing.
     let choice = fallback::choose(conn, cert, &old_instance.spec, actor, now)?;
     // Built-in issuers are free: an instance is bought on the fly when the

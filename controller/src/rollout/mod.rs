@@ -19,8 +19,9 @@ use rusqlite::Connection;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::fleet::SessionEvent;
-use crate::service::{internal, Result, Service, ServiceError};
+use crate::agent_bus::SessionEvent;
+use crate::error::{internal, Result, ServiceError};
+use crate::service::Service;
 use crate::store::{self, AuditRecord, RolloutRow, RolloutTargetRow};
 use policy::{Step, Strategy, TargetState, WaveSize};
 
@@ -432,7 +433,7 @@ impl Service {
                             .map(|r| (r.current_wave, r.wave_done_at, r.state));
                         if !result.poke.is_empty() {
                             // A wave's targets are decided, not yet committed.
-                            crate::service::failpoint("rollout.before_send")?;
+                            crate::error::failpoint("rollout.before_send")?;
                         }
                         tx.commit()?;
                         Ok(Some((result, after.as_ref() != Some(&before))))
@@ -443,7 +444,7 @@ impl Service {
                 };
                 if !pass.poke.is_empty() {
                     // Committed; the agents are not yet told.
-                    crate::service::failpoint("rollout.after_send")?;
+                    crate::error::failpoint("rollout.after_send")?;
                 }
                 for agent in &pass.poke {
                     self.sessions.send(agent, SessionEvent::Poke);

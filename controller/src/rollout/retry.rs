@@ -20,8 +20,9 @@ use time::OffsetDateTime;
 use tracing::info;
 
 use super::policy::TargetState;
-use crate::fleet::SessionEvent;
-use crate::service::{Result, Service};
+use crate::agent_bus::SessionEvent;
+use crate::error::Result;
+use crate::service::Service;
 use crate::store::{self, AuditRecord, RolloutRow};
 
 /// `reason` followed by when the next automatic retry is due, if one is.

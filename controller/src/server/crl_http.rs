@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::service::{Service, ServiceError};
+use crate::error::ServiceError;
+
+use crate::service::Service;
 
 pub(super) async fn serve(
     listener: TcpListener,

@@ -27,10 +27,12 @@ use tracing::{debug, info, warn, Instrument};
 use super::admission::{self, Admission};
 use super::gate::Gate;
 use super::intake::{self, Budget, Budgets, Refusal};
-use crate::fleet::SessionEvent;
+use crate::agent_bus::SessionEvent;
 use crate::identity::{peer_identity, IdentityCa, PeerIdentity, Role};
 
-use crate::service::{Issue, Mode, Service, ServiceError};
+use crate::error::ServiceError;
+
+use crate::service::{Issue, Mode, Service};
 use crate::store::{self, Store};
 
 /// QUIC application close codes.

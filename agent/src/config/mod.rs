@@ -9,8 +9,15 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+mod discovery;
+
 use nix::sys::signal::Signal;
 use serde::Deserialize;
+
+pub use discovery::{
+    CommandSource, Discovery, DiscoveryConfig, HaproxySource, Source, DEFAULT_MAX_FILES,
+    DEFAULT_MAX_FILE_BYTES,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -90,7 +97,7 @@ pub struct AgentConfig {
     pub targets: Vec<TargetConfig>,
     /// Which certificates this host already uses (`[discovery]`).
     #[serde(default)]
-    pub discovery: crate::discovery::DiscoveryConfig,
+    pub discovery: DiscoveryConfig,
 }
 
 fn default_key_mode() -> String {
@@ -248,7 +255,7 @@ pub struct Config {
     pub labels: Vec<(String, String)>,
     pub allowed_dirs: Vec<PathBuf>,
     pub targets: Vec<Target>,
-    pub discovery: crate::discovery::Discovery,
+    pub discovery: Discovery,
 }
 
 /// Which file keys a kind needs and which it refuses, and the keys that
@@ -743,7 +750,7 @@ impl Config {
                 },
             });
         }
-        let discovery = crate::discovery::Discovery::check(&raw.discovery, &targets)
+        let discovery = Discovery::check(&raw.discovery, &targets)
             .map_err(|(key, message)| invalid(key, message))?;
         Ok(Config {
             discovery,

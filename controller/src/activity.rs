@@ -10,10 +10,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tracing::warn;
-
-use crate::service::Service;
-
 /// Least time between two writes of activity to the store.
 pub const PERSIST_EVERY_SECS: i64 = 60;
 
@@ -66,40 +62,6 @@ impl Activity {
     pub fn last(&self, agent: &str) -> Option<i64> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.seen.get(agent).copied()
-    }
-}
-
-impl Service {
-    /// Note a request from `agent`; writes the fleet's activity to the
-    /// store when the minute has passed.
-    pub async fn note_agent_activity(&self, agent: &str) {
-        let now = self.now().unix_timestamp();
-        let Some(batch) = self.activity.touch(agent, now) else {
-            return;
-        };
-        let count = batch.len();
-        let written = self
-            .store
-            .call(move |c| -> Result<(), crate::store::StoreError> {
-                let tx = c.transaction()?;
-                {
-                    let mut stmt = tx.prepare_cached(
-                        "UPDATE agents SET last_seen = ?2 WHERE id = ?1 \
-                         AND (last_seen IS NULL OR last_seen < ?2)",
-                    )?;
-                    for (id, at) in &batch {
-                        stmt.execute(rusqlite::params![id, at])?;
-                    }
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = written {
-            // Only LAST SEEN is at stake, and the next write retries with
-            // newer times for the agents that stay active.
-            warn!(error = %e, agents = count, "could not store agents' last activity");
-        }
     }
 }
 

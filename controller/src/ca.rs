@@ -3,43 +3,12 @@
 //! no key and is not audited.
 
 use certfleet_protocol::message::{CaRoot, IssuerKind};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::OptionalExtension;
 
 use crate::error::{Result, ServiceError};
 
+pub(crate) use crate::ops::issuers::pick_issuer;
 use crate::service::Service;
-use crate::store::{self, IssuerRow};
-
-/// The issuer an operator means: the one named, or the only one there is.
-pub(crate) fn pick_issuer(conn: &Connection, issuer: Option<String>) -> Result<IssuerRow> {
-    let name = match issuer {
-        Some(n) => n,
-        None => {
-            let all = store::issuer_list(conn)?;
-            match all.as_slice() {
-                [one] => one.name.clone(),
-                [] => {
-                    return Err(ServiceError::Invalid(
-                        "no issuers yet; add one with `certfleet issuer add`".into(),
-                    ))
-                }
-                many => {
-                    return Err(ServiceError::Invalid(format!(
-                        "several issuers exist ({}); choose one with --issuer",
-                        many.iter()
-                            .map(|i| i.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )))
-                }
-            }
-        }
-    };
-    store::issuer_get(conn, &name)?.ok_or(ServiceError::NotFound {
-        what: "issuer",
-        id: name,
-    })
-}
 
 impl Service {
     /// The root and issuing chain of a built-in issuer; for an ACME issuer

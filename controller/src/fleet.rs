@@ -530,7 +530,7 @@ impl Service {
                         &serde_json::to_string(&strategy).map_err(internal)?,
                         now,
                     )?;
-                    let mut row = crate::rollout::create(
+                    let mut row = crate::ops::rollout::create(
                         &tx,
                         "deploy",
                         &cert.lineage,
@@ -566,7 +566,7 @@ impl Service {
                             ),
                         },
                     )?;
-                    let info = crate::rollout::info(&tx, &row)?;
+                    let info = crate::ops::rollout::info(&tx, &row)?;
                     mode.finish(tx)?;
                     Ok(info)
                 },
@@ -721,6 +721,32 @@ impl Service {
         }
         self.rollout_wake.notify_one();
         Ok(())
+    }
+}
+
+impl Service {
+    /// Note a request from `agent`; writes the fleet's activity to the
+    /// store when the minute has passed.
+    pub async fn note_agent_activity(&self, agent: &str) {
+        let now = self.now().unix_timestamp();
+        let Some(batch) = self.activity.touch(agent, now) else {
+            return;
+        };
+        let count = batch.len();
+        let written = self
+            .store
+            .call(move |c| -> std::result::Result<(), store::StoreError> {
+                let tx = c.transaction()?;
+                store::agents_touch(&tx, &batch)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = written {
+            // Only LAST SEEN is at stake, and the next write retries with
+            // newer times for the agents that stay active.
+            warn!(error = %e, agents = count, "could not store agents' last activity");
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod inventory;
 pub mod issuer;
 pub mod list;
 pub mod mint;
+pub mod ops;
 pub mod plan;
 pub mod renewal;
 pub mod rollout;

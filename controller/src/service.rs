@@ -86,7 +86,7 @@ pub struct Service {
     crl_url_base: String,
     applications: mpsc::UnboundedSender<String>,
     /// Live agent sessions, for pokes and removal.
-    pub(crate) sessions: crate::fleet::Sessions,
+    pub(crate) sessions: crate::agent_bus::Sessions,
     /// Wakes the rollout reconciler.
     pub(crate) rollout_wake: tokio::sync::Notify,
     /// Wakes the renewal reconciler.
@@ -1124,7 +1124,7 @@ impl Service {
         self.store
             .call(move |c| -> Result<Crl> {
                 let tx = c.transaction()?;
-                let row = crate::ca::pick_issuer(&tx, issuer)?;
+                let row = crate::ops::issuers::pick_issuer(&tx, issuer)?;
                 let name = row.name.clone();
                 if row.acme.is_some() {
                     return Err(ServiceError::Invalid(format!(
@@ -1676,10 +1676,10 @@ fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<
             // The strategy of the lineage's last deploy; the default for a
             // lineage deployed before strategies were remembered.
             let strategy = match store::lineage_strategy(tx, &row.lineage)? {
-                Some(text) => crate::rollout::parse_strategy(&text)?,
+                Some(text) => crate::ops::rollout::parse_strategy(&text)?,
                 None => crate::rollout::policy::Strategy::default(),
             };
-            crate::rollout::create(
+            crate::ops::rollout::create(
                 tx,
                 "renewal",
                 &row.lineage,
@@ -1695,7 +1695,7 @@ fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<
         }
     }
     // An adopted certificate goes where the discovered one was.
-    if crate::inventory::on_issued(tx, &app.id, &row.info.id, &row.lineage, at)? {
+    if crate::ops::inventory::on_issued(tx, &app.id, &row.info.id, &row.lineage, at)? {
         started = true;
     }
     app.state = ApplicationState::Issued;
@@ -1729,7 +1729,7 @@ fn persist_issued(tx: &Connection, row: &mut CertRow, at: i64) -> Result<Option<
 
 /// A certificate's public description with its renewal state filled in.
 pub(crate) fn with_renewal(conn: &Connection, row: CertRow) -> Result<CertInfo> {
-    let renewal = crate::renewal::info(conn, &row)?;
+    let renewal = crate::ops::renewal::info(conn, &row)?;
     let mut info = row.info;
     info.renewal = renewal;
     Ok(info)

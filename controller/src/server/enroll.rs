@@ -18,9 +18,12 @@ use quinn::VarInt;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::ctx::Ctx;
 use super::intake::{self, Budgets, Refusal};
-use super::rpc::{Ctx, CLOSE_LIMIT, CLOSE_PROTOCOL, CLOSE_UNAUTHORIZED};
 use crate::enrollment::EnrollFailure;
+use certfleet_protocol::close::{
+    LIMIT as CLOSE_LIMIT, PROTOCOL as CLOSE_PROTOCOL, UNAUTHORIZED as CLOSE_UNAUTHORIZED,
+};
 
 /// From the end of the handshake to the enrollment's answer.
 pub(crate) const ENROLL_DEADLINE: Duration = Duration::from_secs(10);

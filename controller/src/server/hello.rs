@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::intake::{self, Budgets, Refusal};
-use super::rpc::{CLOSE_PROTOCOL, CLOSE_VERSION};
+use certfleet_protocol::close::{PROTOCOL as CLOSE_PROTOCOL, VERSION as CLOSE_VERSION};
 
 /// Answer the peer's hello. `Err` means the connection has been closed
 /// (malformed, late or incompatible hello), with the reason for the log.

@@ -4,6 +4,7 @@
 
 mod admission;
 mod crl_http;
+mod ctx;
 pub mod endpoint_cert;
 mod enroll;
 mod gate;
@@ -432,7 +433,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         shutdown_rx.clone(),
     ));
     let gate = Arc::new(gate::Gate::default());
-    let ctx = Arc::new(rpc::Ctx {
+    let ctx = Arc::new(ctx::Ctx {
         service: service.clone(),
         store: state.store.clone(),
         identity: state.identity.clone(),

@@ -24,49 +24,26 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use super::admission::{self, Admission};
-use super::gate::Gate;
-use super::intake::{self, Budget, Budgets, Refusal};
+use super::admission;
+use super::ctx::{Ctx, Revoked};
+use super::intake::{self, Budgets, Refusal};
 use crate::agent_bus::SessionEvent;
-use crate::identity::{peer_identity, IdentityCa, PeerIdentity, Role};
+use crate::identity::{peer_identity, PeerIdentity, Role};
 
 use crate::error::ServiceError;
 
-use crate::service::{Issue, Mode, Service};
-use crate::store::{self, Store};
+use crate::service::{Issue, Mode};
+use crate::store::{self};
 
 /// QUIC application close codes.
-pub(super) const CLOSE_UNAUTHORIZED: u32 = certfleet_protocol::close::UNAUTHORIZED;
-pub(super) const CLOSE_PROTOCOL: u32 = certfleet_protocol::close::PROTOCOL;
-pub(super) const CLOSE_VERSION: u32 = certfleet_protocol::close::VERSION;
-pub(super) const CLOSE_AGENT_REMOVED: u32 = certfleet_protocol::close::AGENT_REMOVED;
-pub(super) const CLOSE_LIMIT: u32 = certfleet_protocol::close::LIMIT;
+const CLOSE_UNAUTHORIZED: u32 = certfleet_protocol::close::UNAUTHORIZED;
+const CLOSE_PROTOCOL: u32 = certfleet_protocol::close::PROTOCOL;
+const CLOSE_AGENT_REMOVED: u32 = certfleet_protocol::close::AGENT_REMOVED;
+const CLOSE_LIMIT: u32 = certfleet_protocol::close::LIMIT;
 
 /// The QUIC receive window of a connection once its peer is authenticated
 /// (before, it is the endpoint's small initial window).
 const AUTHENTICATED_RECEIVE_WINDOW: u32 = 1024 * 1024;
-
-pub(super) struct Ctx {
-    pub(super) service: Arc<Service>,
-    pub(super) store: Store,
-    pub(super) identity: Arc<IdentityCa>,
-    /// Admin credentials just revoked, and the connection that revoked
-    /// them: every other open connection of such a credential is closed.
-    pub(super) admin_revoked: broadcast::Sender<Revoked>,
-    /// Limits on connections without a certificate.
-    pub(super) gate: Arc<Gate>,
-    /// Limits on handshakes in progress, and their order.
-    pub(super) admission: Arc<Admission>,
-    /// Bytes all connections may hold in unfinished frames.
-    pub(super) budget: Budget,
-}
-
-/// Serials revoked by one `AdminRevoke`, and the connection it came on.
-#[derive(Debug, Clone)]
-pub(super) struct Revoked {
-    serials: Vec<String>,
-    origin: usize,
-}
 
 pub(super) async fn accept_loop(
     endpoint: quinn::Endpoint,
